@@ -1,0 +1,67 @@
+"""``tcp://host:port`` — TCP streams (happy-eyeballs client, half-closeable)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping, Sequence
+
+import trio
+
+from trio_conduit import Address, Capabilities, Connection, Context, Kind, Option, Transport, URLParts, hookimpl
+from trio_conduit.transport import HalfCloseableSocketStream, SocketListener, parse_host_port
+
+
+def _tune(sock: trio.socket.SocketType, options: Mapping[str, object]) -> None:
+    if options["nodelay"]:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if options["keepalive"]:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    congestion = options["congestion"]
+    if congestion:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, str(congestion).encode())
+
+
+class TCPTransport(Transport):
+    schemes = ("tcp",)
+    name = "TCP"
+    kind = Kind.STREAM
+    capabilities = Capabilities(half_close=True, device=True, ip_options=True)
+    options = (
+        Option.boolean("nodelay", True, "TCP_NODELAY: send small writes at once"),
+        Option.boolean("keepalive", False, "SO_KEEPALIVE"),
+        Option.text("congestion", None, "TCP_CONGESTION algorithm (bbr, cubic, reno, ...)"),
+    )
+    description = "TCP streams; the client races addresses (happy eyeballs)"
+
+    def parse_address(self, parts: URLParts, *, listening: bool) -> Address:
+        return parse_host_port(parts, listening=listening)
+
+    async def connect(self, ctx: Context) -> Connection:
+        sock = await ctx.connect_inet(socket.SOCK_STREAM)
+        try:
+            _tune(sock, ctx.options)
+        except BaseException:
+            sock.close()
+            raise
+        return HalfCloseableSocketStream(sock, ctx.conn_id, transport="tcp", tracer=ctx.tracer, address=ctx.address)
+
+    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+        sock = await ctx.listen_inet(socket.SOCK_STREAM)
+        host, port = sock.getsockname()[:2]
+        bound = Address(ctx.address.scheme, host=host, port=port, query=ctx.address.query)
+        options, tracer = ctx.options, ctx.tracer
+
+        def wrap(s: trio.socket.SocketType, remote: object, conn_id: int) -> Connection:
+            _tune(s, options)
+            return HalfCloseableSocketStream(s, conn_id, transport="tcp", tracer=tracer, address=bound,
+                                             remote=remote)  # type: ignore[arg-type]
+
+        return SocketListener(sock, ctx, wrap, bound)
+
+    def loopback_url(self, tmpdir: str) -> str:
+        return "tcp://127.0.0.1:0"
+
+
+@hookimpl
+def conduit_transports() -> Sequence[Transport]:
+    return [TCPTransport()]

@@ -1,0 +1,76 @@
+"""``udp://host:port`` — UDP datagram channels with connected-socket semantics."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+
+import trio
+
+from trio_conduit import (
+    Address,
+    Capabilities,
+    Connection,
+    Context,
+    Kind,
+    Option,
+    PermissionDenied,
+    Transport,
+    URLParts,
+    hookimpl,
+)
+from trio_conduit.transport import DatagramListener, SocketChannel, parse_host_port
+
+
+class UDPTransport(Transport):
+    schemes = ("udp",)
+    name = "UDP"
+    kind = Kind.DATAGRAM
+    capabilities = Capabilities(message_boundaries=True, broadcast=True, unconnected=True, device=True,
+                                ip_options=True)
+    options = (
+        Option.boolean("connected", True, "connect the socket: the URL is the default peer and datagrams "
+                       "from anyone else are dropped; false: send() goes to the URL, receive() from anyone"),
+        Option.count("max_size", 65536, "largest datagram received whole"),
+        Option.count("queue", 256, "listener: datagrams held per peer before dropping"),
+    )
+    description = "UDP datagrams; connected channels, or send_to/receive_from"
+
+    def parse_address(self, parts: URLParts, *, listening: bool) -> Address:
+        return parse_host_port(parts, listening=listening)
+
+    async def connect(self, ctx: Context) -> Connection:
+        max_size = int(ctx.options["max_size"])  # type: ignore[call-overload]
+        if ctx.options["connected"]:
+            try:
+                sock = await ctx.connect_inet(socket.SOCK_DGRAM)
+            except PermissionDenied as exc:
+                raise PermissionDenied(
+                    exc.errno or 0, f"cannot connect to {ctx.address}: {exc.strerror} "
+                    "(a broadcast address needs broadcast=True)", address=str(ctx.address),
+                ) from exc
+            return SocketChannel(sock, ctx.conn_id, transport="udp", tracer=ctx.tracer, address=ctx.address,
+                                 remote=sock.getpeername(), max_size=max_size)
+        host, port = ctx.address.host, ctx.address.port
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        family, _, _, _, peer = infos[0]
+        sock = await ctx.make_socket(family, socket.SOCK_DGRAM)
+        return SocketChannel(sock, ctx.conn_id, transport="udp", tracer=ctx.tracer, address=ctx.address,
+                             remote=peer, max_size=max_size, connected=False)
+
+    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+        assert ctx.nursery is not None
+        sock = await ctx.listen_inet(socket.SOCK_DGRAM)
+        host, port = sock.getsockname()[:2]
+        bound = Address(ctx.address.scheme, host=host, port=port, query=ctx.address.query)
+        return DatagramListener(sock, ctx, bound, nursery=ctx.nursery,
+                                queue=int(ctx.options["queue"]),  # type: ignore[call-overload]
+                                max_size=int(ctx.options["max_size"]))  # type: ignore[call-overload]
+
+    def loopback_url(self, tmpdir: str) -> str:
+        return "udp://127.0.0.1:0"
+
+
+@hookimpl
+def conduit_transports() -> Sequence[Transport]:
+    return [UDPTransport()]

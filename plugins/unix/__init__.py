@@ -1,0 +1,210 @@
+"""``unix:///path``, ``unix://@abstract`` and ``unix+dgram:///path`` — AF_UNIX sockets.
+
+Listeners handle a stale socket file left by a dead server (nothing answers
+there: it is removed) and refuse to steal a live one; they remove their file
+on close. Stream connections carry the peer's credentials (``SO_PEERCRED``).
+A datagram client binds a path of its own so replies can reach it, and removes
+it on close.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import socket
+import stat
+import tempfile
+from collections.abc import Callable, Sequence
+
+import trio
+
+from trio_conduit import (
+    Address,
+    AddressInUse,
+    Capabilities,
+    Connection,
+    ConnectionRefused,
+    Context,
+    Kind,
+    Option,
+    SocketRole,
+    Transport,
+    URLParts,
+    hookimpl,
+)
+from trio_conduit.transport import (
+    DatagramListener,
+    HalfCloseableSocketStream,
+    SocketChannel,
+    SocketListener,
+    connect_error_from_oserror,
+    parse_unix_path,
+    peer_credentials,
+)
+
+
+def sockaddr(path: str) -> str:
+    """``@name`` → the abstract-namespace address; a path as it is."""
+    return "\0" + path[1:] if path.startswith("@") else path
+
+
+def _unlink_if_ours(path: str, ino: int | None) -> Callable[[], None]:
+    def cleanup() -> None:
+        if path.startswith("@") or ino is None:
+            return
+        try:
+            if os.lstat(path).st_ino == ino:
+                os.unlink(path)
+        except OSError:
+            pass
+
+    return cleanup
+
+
+def _clear_stale(path: str, type: int, where: str) -> None:
+    """Remove ``path`` if it is a socket nobody listens on; refuse otherwise."""
+    if path.startswith("@"):
+        return
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise AddressInUse(errno.EADDRINUSE, f"cannot listen on {where}: {path} exists and is not a socket",
+                           address=where)
+    probe = socket.socket(socket.AF_UNIX, type)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # stale: its server is gone
+        return
+    except OSError:
+        return  # let bind() report what is wrong
+    finally:
+        probe.close()
+    raise AddressInUse(errno.EADDRINUSE, f"cannot listen on {where}: a server is already listening there",
+                       address=where)
+
+
+async def _bind_listener(ctx: Context, type: int) -> tuple[trio.socket.SocketType, Callable[[], None]]:
+    path = ctx.address.path
+    assert path is not None
+    where = str(ctx.address)
+    _clear_stale(path, type, where)
+    sock = await ctx.make_socket(socket.AF_UNIX, type, role=SocketRole.LISTEN)
+    try:
+        try:
+            await sock.bind(sockaddr(path))
+            if type == socket.SOCK_STREAM:
+                backlog = ctx.socket_options.backlog
+                sock.listen(socket.SOMAXCONN if backlog is None else backlog)
+        except OSError as exc:
+            raise connect_error_from_oserror(exc, action="listen on", address=where) from exc
+        ino = None if path.startswith("@") else os.lstat(path).st_ino
+    except BaseException:
+        sock.close()
+        raise
+    return sock, _unlink_if_ours(path, ino)
+
+
+async def _connect(ctx: Context, sock: trio.socket.SocketType) -> None:
+    path = ctx.address.path
+    assert path is not None
+    try:
+        await sock.connect(sockaddr(path))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.ENOENT:
+            raise ConnectionRefused(errno.ENOENT, f"cannot connect to {ctx.address}: no socket at {path}",
+                                    address=str(ctx.address)) from exc
+        raise connect_error_from_oserror(exc, action="connect to", address=str(ctx.address)) from exc
+    except BaseException:
+        sock.close()
+        raise
+
+
+class UnixStreamTransport(Transport):
+    schemes = ("unix",)
+    name = "UNIX"
+    kind = Kind.STREAM
+    capabilities = Capabilities(half_close=True)
+    description = "unix stream sockets (paths and the abstract namespace); peer credentials"
+
+    def parse_address(self, parts: URLParts, *, listening: bool) -> Address:
+        return parse_unix_path(parts)
+
+    async def connect(self, ctx: Context) -> Connection:
+        sock = await ctx.make_socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await _connect(ctx, sock)
+        return HalfCloseableSocketStream(sock, ctx.conn_id, transport="unix", tracer=ctx.tracer,
+                                         address=ctx.address, peer_credentials=peer_credentials(sock))
+
+    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+        sock, cleanup = await _bind_listener(ctx, socket.SOCK_STREAM)
+        tracer, bound = ctx.tracer, ctx.address
+
+        def wrap(s: trio.socket.SocketType, remote: object, conn_id: int) -> Connection:
+            return HalfCloseableSocketStream(s, conn_id, transport="unix", tracer=tracer, address=bound,
+                                             remote=remote, peer_credentials=peer_credentials(s))  # type: ignore[arg-type]
+
+        return SocketListener(sock, ctx, wrap, bound, on_close=cleanup)
+
+    def loopback_url(self, tmpdir: str) -> str:
+        return f"unix://{tmpdir}/check-stream.sock"
+
+
+class UnixDatagramTransport(Transport):
+    schemes = ("unix+dgram",)
+    name = "UNIX-DGRAM"
+    kind = Kind.DATAGRAM
+    capabilities = Capabilities(message_boundaries=True, unconnected=True)
+    options = (
+        Option.boolean("bind", True, "bind a client path of our own (removed on close) so replies arrive"),
+        Option.count("max_size", 65536, "largest datagram received whole"),
+        Option.count("queue", 256, "listener: datagrams held per peer before dropping"),
+    )
+    description = "unix datagram sockets; the client binds a path so replies reach it"
+
+    def parse_address(self, parts: URLParts, *, listening: bool) -> Address:
+        return parse_unix_path(parts)
+
+    async def connect(self, ctx: Context) -> Connection:
+        sock = await ctx.make_socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        cleanup: Callable[[], None] | None = None
+        try:
+            if ctx.socket_options.local is None and ctx.options["bind"]:
+                own = os.path.join(tempfile.gettempdir(),
+                                   f"conduit-{os.getpid()}-{ctx.conn_id}-{secrets.token_hex(4)}.sock")
+                await sock.bind(own)
+                cleanup = _unlink_if_ours(own, os.lstat(own).st_ino)
+            elif isinstance(ctx.socket_options.local, str):
+                local = ctx.socket_options.local
+                cleanup = _unlink_if_ours(local, None if local.startswith("@") else os.lstat(local).st_ino)
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            await _connect(ctx, sock)
+        except BaseException:
+            if cleanup is not None:
+                cleanup()
+            raise
+        return SocketChannel(sock, ctx.conn_id, transport="unix+dgram", tracer=ctx.tracer, address=ctx.address,
+                             remote=sock.getpeername(), on_close=cleanup,
+                             max_size=int(ctx.options["max_size"]))  # type: ignore[call-overload]
+
+    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+        assert ctx.nursery is not None
+        sock, cleanup = await _bind_listener(ctx, socket.SOCK_DGRAM)
+        return DatagramListener(sock, ctx, ctx.address, nursery=ctx.nursery, on_close=cleanup,
+                                queue=int(ctx.options["queue"]),  # type: ignore[call-overload]
+                                max_size=int(ctx.options["max_size"]))  # type: ignore[call-overload]
+
+    def loopback_url(self, tmpdir: str) -> str:
+        return f"unix+dgram://{tmpdir}/check-dgram.sock"
+
+
+@hookimpl
+def conduit_transports() -> Sequence[Transport]:
+    return [UnixStreamTransport(), UnixDatagramTransport()]

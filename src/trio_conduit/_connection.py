@@ -1,0 +1,129 @@
+"""What a connection is: the abstract classes users and plugins see, and its facts.
+
+Every connection has an ``id`` (unique within its pool, nsock's IOD number)
+and ``info``, a :class:`CommunicationInfo`. Streams are ``trio.abc.Stream``
+(``HalfCloseableStream`` where the transport can half-close); datagram
+connections are ``trio.abc.Channel[bytes]`` of whole messages.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+if TYPE_CHECKING:
+    from ._address import Address
+
+__all__ = [
+    "CommunicationInfo",
+    "Connection",
+    "DatagramConnection",
+    "HalfCloseableStreamConnection",
+    "Kind",
+    "PeerCredentials",
+    "SockAddr",
+    "StreamConnection",
+]
+
+#: A socket address as Python's ``socket`` module gives it: ``(host, port)``,
+#: ``(host, port, flowinfo, scope_id)``, a unix path (``str``), an abstract
+#: name (``bytes`` starting with NUL) or ``(cid, port)`` for vsock.
+SockAddr = str | bytes | tuple[Any, ...]
+
+
+class Kind(enum.Enum):
+    """What a transport carries."""
+
+    STREAM = "stream"
+    DATAGRAM = "datagram"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
+    """The peer process of a unix socket, as the kernel saw it at connect time (``SO_PEERCRED``)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommunicationInfo:
+    """Who a connection talks to and how (nsock's ``nsock_iod_get_communication_info``).
+
+    ``transport`` is the URL scheme; ``family``/``socktype``/``protocol`` the
+    kernel socket's, when there is one. ``local``/``remote`` are socket
+    addresses; for a datagram channel ``remote`` is its *current* peer (``None``
+    when unconnected). ``tls`` is filled by the TLS layer, ``peer_credentials``
+    by unix sockets.
+    """
+
+    transport: str
+    family: socket.AddressFamily | None
+    socktype: socket.SocketKind | None
+    protocol: int
+    local: SockAddr | None
+    remote: SockAddr | None
+    peer_credentials: PeerCredentials | None = None
+    tls: object | None = None
+
+
+class _Owner(Protocol):
+    async def connection_closed(self, conn: Connection, exc: BaseException | None) -> None: ...
+
+
+class Connection(trio.abc.AsyncResource):
+    """Base of every connection a pool hands out.
+
+    Plugin authors subclass :class:`StreamConnection`,
+    :class:`HalfCloseableStreamConnection` or :class:`DatagramConnection` and
+    call :meth:`_closed` from ``aclose`` once their resources are released, so
+    the owning pool can trace the close and run the ``conduit_connection_lost``
+    hooks.
+    """
+
+    id: int
+    address: Address | None
+    _owner: _Owner | None
+    _lost: bool
+
+    def __init__(self, conn_id: int, address: Address | None = None) -> None:
+        self.id = conn_id
+        self.address = address
+        self._owner = None
+        self._lost = False
+
+    @property
+    @abc.abstractmethod
+    def info(self) -> CommunicationInfo:
+        """Facts about this connection (see :class:`CommunicationInfo`)."""
+
+    async def _closed(self, exc: BaseException | None = None) -> None:
+        """Tell the owner (once) that this connection is gone."""
+        if self._lost:
+            return
+        self._lost = True
+        owner = self._owner
+        if owner is not None:
+            await owner.connection_closed(self, exc)
+
+    def __repr__(self) -> str:
+        where = f" {self.address}" if self.address is not None else ""
+        return f"<{type(self).__name__} #{self.id}{where}>"
+
+
+class StreamConnection(Connection, trio.abc.Stream):
+    """A byte stream connection (``trio.abc.Stream``)."""
+
+
+class HalfCloseableStreamConnection(StreamConnection, trio.abc.HalfCloseableStream):
+    """A byte stream connection that can close its sending side alone (``send_eof``)."""
+
+
+class DatagramConnection(Connection, trio.abc.Channel[bytes]):
+    """A connection of whole messages (``trio.abc.Channel[bytes]``)."""

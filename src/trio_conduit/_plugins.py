@@ -1,0 +1,209 @@
+"""The plugin manager, scopes (global / pool / listener) and the async hook dispatcher.
+
+pluggy calls implementations synchronously; an ``async def`` implementation
+would hand back an unawaited coroutine (and for a ``firstresult`` hook that
+coroutine would "win"). :func:`acall` walks the implementations in pluggy's
+order itself, awaits what needs awaiting, and applies ``firstresult`` to the
+awaited value.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import pluggy
+
+from . import hookspecs
+from ._errors import PluginError
+
+if TYPE_CHECKING:
+    from ._transport import Transport
+
+__all__ = ["ENTRY_POINT_GROUP", "HookScope", "global_scope", "hookimpl", "register_plugin"]
+
+ENTRY_POINT_GROUP: Final = "trio_conduit"
+hookimpl = pluggy.HookimplMarker("trio_conduit")
+_log = logging.getLogger("trio_conduit.plugins")
+
+# Hooks that are awaited by acall(); all others (registration) are called by pluggy.
+_ASYNC_HOOKS: Final = frozenset(
+    name for name, fn in vars(hookspecs).items()
+    if name.startswith("conduit_") and inspect.iscoroutinefunction(fn)
+)
+
+
+def _new_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def _check_no_wrappers(pm: pluggy.PluginManager) -> None:
+    for name in _ASYNC_HOOKS:
+        for impl in getattr(pm.hook, name).get_hookimpls():
+            if impl.hookwrapper or impl.wrapper:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r}: {name} is awaited by trio-conduit and "
+                    "cannot be implemented as a wrapper"
+                )
+
+
+class HookScope:
+    """A set of plugins seen together: the global ones plus a pool's or listener's own.
+
+    It owns a pluggy manager holding every plugin of the wider scope and its
+    own extras, so pluggy's ordering holds across scopes. The transport
+    registry is built once per scope.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager, parent: HookScope | None = None) -> None:
+        self.pm = pm
+        self.parent = parent
+        self._transports: dict[str, Transport] | None = None
+        self._has_impls: dict[str, bool] = {}
+
+    # -- building -------------------------------------------------------------
+    def child(self, plugins: Iterable[object]) -> HookScope:
+        """A narrower scope: everything here plus ``plugins``. Returns self if none."""
+        extras = list(plugins)
+        if not extras:
+            return self
+        pm = _new_manager()
+        for plugin, name in self.pm.list_name_plugin():
+            pm.register(plugin, name=name)
+        for plugin in extras:
+            try:
+                pm.register(plugin)
+            except ValueError as exc:
+                raise PluginError(f"cannot register plugin {plugin!r}: {exc}") from exc
+        try:
+            pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(str(exc)) from exc
+        _check_no_wrappers(pm)
+        return HookScope(pm, self)
+
+    # -- queries --------------------------------------------------------------
+    def has_impls(self, hook: str) -> bool:
+        cached = self._has_impls.get(hook)
+        if cached is None:
+            cached = self._has_impls[hook] = bool(getattr(self.pm.hook, hook).get_hookimpls())
+        return cached
+
+    @property
+    def transports(self) -> Mapping[str, Transport]:
+        """scheme → transport, from every plugin's ``conduit_transports``."""
+        if self._transports is None:
+            self._transports = self._collect_transports()
+        return self._transports
+
+    def _collect_transports(self) -> dict[str, Transport]:
+        table: dict[str, Transport] = {}
+        for impl in reversed(self.pm.hook.conduit_transports.get_hookimpls()):
+            result = impl.function()
+            for transport in result or ():
+                transport.plugin_name = impl.plugin_name
+                for scheme in transport.schemes:
+                    other = table.get(scheme)
+                    if other is not None and other is not transport:
+                        raise PluginError(
+                            f"scheme {scheme!r} registered twice: by plugin "
+                            f"{other.plugin_name!r} and by {impl.plugin_name!r}"
+                        )
+                    table[scheme] = transport
+        return table
+
+    def transport_for(self, scheme: str) -> Transport | None:
+        return self.transports.get(scheme)
+
+    # -- calling --------------------------------------------------------------
+    async def acall(self, hook: str, /, **kwargs: Any) -> list[Any]:
+        """Await every implementation of ``hook`` in pluggy's order; collect non-None results."""
+        return await _dispatch(self.pm, hook, kwargs, firstresult=False)  # type: ignore[no-any-return]
+
+    async def acall_first(self, hook: str, /, **kwargs: Any) -> Any:
+        """Await implementations in order until one returns a value that is not ``None``."""
+        return await _dispatch(self.pm, hook, kwargs, firstresult=True)
+
+    async def notify(self, hook: str, /, **kwargs: Any) -> None:
+        """Like :meth:`acall` for notification hooks: errors are logged, never raised."""
+        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+            try:
+                result = impl.function(*[kwargs[a] for a in impl.argnames])
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                _log.exception("plugin %r: %s raised; ignored", impl.plugin_name, hook)
+
+
+async def _dispatch(
+    pm: pluggy.PluginManager, hook: str, kwargs: Mapping[str, Any], *, firstresult: bool
+) -> Any:
+    results: list[Any] = []
+    # pluggy keeps implementations ordered so that the *last* is called first.
+    for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+        result = impl.function(*[kwargs[a] for a in impl.argnames])
+        if inspect.isawaitable(result):
+            result = await result
+        if result is not None:
+            if firstresult:
+                return result
+            results.append(result)
+    return None if firstresult else results
+
+
+_GLOBAL: HookScope | None = None
+_DEFAULT_PLUGINS: list[tuple[object, str | None]] = []
+
+
+def _build_global() -> HookScope:
+    pm = _new_manager()
+    for plugin, name in _DEFAULT_PLUGINS:
+        pm.register(plugin, name=name)
+    try:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    except Exception as exc:
+        raise PluginError(
+            f"cannot load a plugin from entry point group {ENTRY_POINT_GROUP!r}: {exc!r}"
+        ) from exc
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(str(exc)) from exc
+    _check_no_wrappers(pm)
+    return HookScope(pm)
+
+
+def global_scope() -> HookScope:
+    """The process-wide scope: entry-point plugins and those given to register_plugin()."""
+    global _GLOBAL
+    if _GLOBAL is None:
+        _GLOBAL = _build_global()
+    return _GLOBAL
+
+
+def register_plugin(plugin: object, name: str | None = None) -> None:
+    """Register a plugin globally (for pools opened after this call)."""
+    global _GLOBAL
+    _DEFAULT_PLUGINS.append((plugin, name))
+    _GLOBAL = None
+    global_scope()
+
+
+def unregister_plugin(plugin: object) -> None:
+    """Undo :func:`register_plugin`."""
+    global _GLOBAL
+    _DEFAULT_PLUGINS[:] = [(p, n) for p, n in _DEFAULT_PLUGINS if p is not plugin]
+    _GLOBAL = None
+
+
+def plugin_distributions() -> list[tuple[str, str, str]]:
+    """(plugin name, distribution, version) for plugins loaded from entry points."""
+    out = []
+    pm = global_scope().pm
+    for plugin, dist in pm.list_plugin_distinfo():
+        out.append((pm.get_name(plugin) or "?", dist.project_name, dist.version))
+    return out

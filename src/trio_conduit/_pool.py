@@ -1,0 +1,368 @@
+"""The pool: one nursery that owns every connection, listener and handler task.
+
+After nsock's ``nsock_pool``, made structured: ``open_pool()`` is an async
+context manager; leaving it cancels every task the pool runs and closes every
+connection and listener it handed out.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Final, NoReturn, final
+
+import trio
+
+from ._address import Address, Option, resolve_options, split_url
+from ._connection import Connection
+from ._errors import AddressError, ConduitError, ConnectError, ConnectTimeout
+from ._plugins import HookScope, global_scope
+from ._trace import Tracer
+from ._transport import Context, SocketOptions, SocketRole, Transport
+
+__all__ = ["Handler", "Pool", "PoolListener", "open_pool"]
+
+_log = logging.getLogger("trio_conduit")
+
+#: A connection handler: ``async def handler(conn)``.
+Handler = Callable[[Any], Awaitable[object]]
+
+#: How long ``conduit_connection_lost`` hooks and a handler's final close may take.
+CLOSE_GRACE: Final = 5.0
+
+# Options every kernel-socket transport takes from the URL too (keywords win).
+_CORE_OPTIONS: Final = {
+    o.name: o
+    for o in (
+        Option.text("local", None, "local address to bind before connecting"),
+        Option.text("device", None, "network device to bind to (SO_BINDTODEVICE)"),
+        Option.boolean("broadcast", False, "allow sending to broadcast addresses (SO_BROADCAST)"),
+        Option.count("backlog", None, "listen backlog"),
+        Option("ip_options", bytes.fromhex, None, "raw IPv4 options (hex in a URL)"),
+    )
+}
+_PARSE_CACHE_MAX: Final = 512
+
+
+class _Owner:
+    """Tracks connections for one hook scope (the pool's, or a listener's)."""
+
+    def __init__(self, pool: Pool, scope: HookScope) -> None:
+        self.pool = pool
+        self.scope = scope
+
+    async def adopt(self, conn: Connection) -> None:
+        conn._owner = self
+        self.pool._conns[conn.id] = conn
+        if self.scope.has_impls("conduit_connection_made"):
+            try:
+                await self.scope.acall("conduit_connection_made", conn=conn)
+            except BaseException:
+                await trio.aclose_forcefully(conn)
+                raise
+
+    async def connection_closed(self, conn: Connection, exc: BaseException | None) -> None:
+        pool = self.pool
+        pool._conns.pop(conn.id, None)
+        tracer = pool.tracer
+        if tracer.log.isEnabledFor(logging.INFO):
+            tracer.info("closed conn #%d event #%d", conn.id, tracer.next_event_id())
+        if self.scope.has_impls("conduit_connection_lost"):
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_GRACE):
+                await self.scope.notify("conduit_connection_lost", conn=conn, exc=exc)
+
+
+@final
+class PoolListener(trio.abc.Listener[Connection]):
+    """A transport's listener as the pool hands it out (``pool.listen``).
+
+    ``accept()`` returns connections already registered with the pool
+    (ids, trace, ``conduit_connection_made`` hooks). ``address`` is the bound
+    :class:`~trio_conduit.Address` (with the real port when 0 was asked for).
+    """
+
+    def __init__(self, inner: trio.abc.Listener[Connection], owner: _Owner, transport: Transport) -> None:
+        self._inner = inner
+        self._owner = owner
+        self.transport = transport
+        self.address: Address = inner.address  # type: ignore[attr-defined]
+
+    @property
+    def inner(self) -> trio.abc.Listener[Connection]:
+        """The transport's own listener object."""
+        return self._inner
+
+    async def accept(self) -> Connection:
+        tracer = self._owner.pool.tracer
+        while True:
+            conn = await self._inner.accept()
+            if tracer.log.isEnabledFor(logging.INFO):
+                tracer.info("%s connection accepted from %s on %s (conn #%d) event #%d",
+                            self.transport.name, _fmt(conn.info.remote), self.address, conn.id,
+                            tracer.next_event_id())
+            try:
+                await self._owner.adopt(conn)
+            except Exception:
+                _log.exception("conduit_connection_made rejected conn #%d; dropped", conn.id)
+                continue
+            return conn
+
+    async def aclose(self) -> None:
+        self._owner.pool._listeners.discard(self)
+        await self._inner.aclose()
+
+
+def _fmt(sockaddr: object) -> str:
+    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2 and isinstance(sockaddr[0], str):
+        host = sockaddr[0]
+        return f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
+    if isinstance(sockaddr, bytes) and sockaddr.startswith(b"\0"):
+        return "@" + sockaddr[1:].decode(errors="replace")
+    return str(sockaddr) if sockaddr else "(unnamed)"
+
+
+@final
+class Pool:
+    """Owns connections, listeners and handler tasks. Make one with :func:`open_pool`."""
+
+    def __init__(self, nursery: trio.Nursery, scope: HookScope) -> None:
+        self._nursery = nursery
+        self.scope = scope
+        self.tracer = Tracer()
+        self._owner = _Owner(self, scope)
+        self._conns: dict[int, Connection] = {}
+        self._listeners: set[PoolListener] = set()
+        self._parsed: dict[tuple[str, bool, int], tuple[Transport, Address]] = {}
+        self._closed = False
+
+    # -- addresses ----------------------------------------------------------
+    @property
+    def transports(self) -> Mapping[str, Transport]:
+        """scheme → transport, as registered by this pool's plugins."""
+        return self.scope.transports
+
+    def parse(self, url: str | Address, *, listening: bool = False, scope: HookScope | None = None) -> tuple[Transport, Address]:
+        """Parse ``url`` with its scheme's transport: (transport, address) or AddressError."""
+        scope = scope or self.scope
+        text = str(url) if isinstance(url, Address) else url
+        key = (text, listening, id(scope))
+        hit = self._parsed.get(key) if isinstance(text, str) else None
+        if hit is not None:
+            return hit
+        parts = split_url(text)
+        transport = scope.transport_for(parts.scheme)
+        if transport is None:
+            known = ", ".join(sorted(scope.transports)) or "none"
+            raise AddressError(f"{parts.text!r}: unknown scheme {parts.scheme!r} (registered: {known})")
+        result = (transport, transport.parse_address(parts, listening=listening))
+        if len(self._parsed) >= _PARSE_CACHE_MAX:
+            self._parsed.clear()
+        self._parsed[key] = result
+        return result
+
+    def _context(
+        self, transport: Transport, address: Address, scope: HookScope, role: SocketRole,
+        given: dict[str, object], conn_id: int = 0, event_id: int = 0,
+    ) -> Context:
+        known = dict(_CORE_OPTIONS)
+        known.update((o.name, o) for o in transport.options)
+        opts = resolve_options(str(address), known, address.query, given)
+        sockopts = SocketOptions(
+            local=opts.pop("local"), device=opts.pop("device"),  # type: ignore[arg-type]
+            ip_options=opts.pop("ip_options"), broadcast=bool(opts.pop("broadcast")),  # type: ignore[arg-type]
+            backlog=opts.pop("backlog"),  # type: ignore[arg-type]
+        )
+        return Context(transport, address, opts, sockopts, scope, self.tracer, role, conn_id, event_id,
+                       nursery=self._nursery)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this pool is closed")
+
+    # -- connecting ---------------------------------------------------------
+    async def connect(
+        self,
+        url: str | Address,
+        *,
+        timeout: float | None = None,
+        local: object | None = None,
+        device: str | None = None,
+        ip_options: bytes | None = None,
+        broadcast: bool = False,
+        **opts: object,
+    ) -> Any:
+        """Connect to ``url`` and return the connection (a stream or a datagram channel).
+
+        ``timeout`` bounds the whole connect (resolution included) and raises
+        :class:`~trio_conduit.ConnectTimeout`; ``local``, ``device``,
+        ``ip_options`` and ``broadcast`` go to the shared socket path;
+        other keywords are the transport's options. The connection belongs to
+        the pool: it is closed when the pool closes, if not before.
+        """
+        self._check_open()
+        transport, address = self.parse(url)
+        given: dict[str, object] = dict(opts)
+        if local is not None:
+            given["local"] = local
+        if device is not None:
+            given["device"] = device
+        if ip_options is not None:
+            given["ip_options"] = ip_options
+        if broadcast:
+            given["broadcast"] = True
+        tracer = self.tracer
+        conn_id, event_id = tracer.next_conn_id(), tracer.next_event_id()
+        ctx = self._context(transport, address, self.scope, SocketRole.CONNECT, given, conn_id, event_id)
+        if tracer.log.isEnabledFor(logging.INFO):
+            tracer.info("%s connection requested to %s (conn #%d) event #%d",
+                        transport.name, address.hostport, conn_id, event_id)
+        try:
+            if timeout is None:
+                conn = await transport.connect(ctx)
+            else:
+                with trio.move_on_after(timeout) as cs:
+                    conn = await transport.connect(ctx)
+                if cs.cancelled_caught:
+                    raise ConnectTimeout(
+                        errno.ETIMEDOUT, f"cannot connect to {address}: no answer within {timeout:g} s",
+                        address=str(address),
+                    )
+        except ConnectError as exc:
+            tracer.info("connect failed for event #%d (conn #%d): %s", event_id, conn_id, exc)
+            raise
+        if tracer.log.isEnabledFor(logging.INFO):
+            tracer.info("connect succeeded for event #%d (conn #%d) [%s]", event_id, conn_id, _fmt(conn.info.remote))
+        await self._owner.adopt(conn)
+        return conn
+
+    def spawn(self, url: str | Address, handler: Handler, **kwargs: Any) -> None:
+        """Connect to ``url`` and run ``handler(conn)`` as its own task in the pool.
+
+        Returns at once. A connect failure or a handler's exception is logged
+        and passed to ``conduit_handler_error`` (``conn`` is ``None`` for a
+        connect failure); the connection is closed when the handler ends.
+        ``kwargs`` are :meth:`connect`'s.
+        """
+        self._check_open()
+        self._nursery.start_soon(self._spawned, url, handler, kwargs, name=f"conduit spawn {url}")
+
+    async def _spawned(self, url: str | Address, handler: Handler, kwargs: dict[str, Any]) -> None:
+        try:
+            conn = await self.connect(url, **kwargs)
+        except (ConduitError, OSError) as exc:
+            _log.error("spawn %s: %s", url, exc)
+            await self.scope.notify("conduit_handler_error", conn=None, exc=exc)
+            return
+        await _run_handler(conn, handler, self.scope)
+
+    # -- listening ----------------------------------------------------------
+    async def listen(
+        self, url: str | Address, *, plugins: Iterable[object] = (), backlog: int | None = None, **opts: object
+    ) -> PoolListener:
+        """Bind and listen on ``url``; accept connections yourself with ``accept()``.
+
+        Port 0 asks the kernel for a free port: ``listener.address`` has it.
+        ``plugins`` are hook implementations for this listener only.
+        """
+        self._check_open()
+        scope = self.scope.child(plugins)
+        transport, address = self.parse(url, listening=True, scope=scope)
+        given: dict[str, object] = dict(opts)
+        if backlog is not None:
+            given["backlog"] = backlog
+        ctx = self._context(transport, address, scope, SocketRole.LISTEN, given)
+        inner = await transport.listen(ctx)
+        listener = PoolListener(inner, _Owner(self, scope), transport)
+        self._listeners.add(listener)
+        self.tracer.info("%s listening on %s", transport.name, listener.address)
+        return listener
+
+    async def serve(
+        self,
+        url: str | Address,
+        handler: Handler,
+        *,
+        max_connections: int | None = None,
+        plugins: Iterable[object] = (),
+        backlog: int | None = None,
+        task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
+        **opts: object,
+    ) -> NoReturn:
+        """Listen on ``url`` and run ``handler(conn)`` for each connection, each its own task.
+
+        Use as ``await nursery.start(pool.serve, url, handler)`` to get the
+        bound :class:`~trio_conduit.Address`. At ``max_connections`` live
+        handlers, accepting pauses (the kernel's backlog holds new ones). A
+        handler's exception is logged and passed to ``conduit_handler_error``;
+        the listener goes on. Runs until cancelled; handlers are cancelled with it.
+        """
+        if max_connections is not None and max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
+        listener = await self.listen(url, plugins=plugins, backlog=backlog, **opts)
+        scope = listener._owner.scope
+        limit = trio.Semaphore(max_connections) if max_connections else None
+        async with listener, trio.open_nursery() as nursery:
+            task_status.started(listener.address)
+            while True:
+                if limit is not None:
+                    await limit.acquire()
+                try:
+                    conn = await listener.accept()
+                except BaseException:
+                    if limit is not None:
+                        limit.release()
+                    raise
+                nursery.start_soon(_run_handler, conn, handler, scope, limit, name=f"conduit handler #{conn.id}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- closing ------------------------------------------------------------
+    async def _close_all(self) -> None:
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            for listener in list(self._listeners):
+                await trio.aclose_forcefully(listener)
+            for conn in list(self._conns.values()):
+                await trio.aclose_forcefully(conn)
+
+    @property
+    def connections(self) -> list[Connection]:
+        """The connections this pool owns that are still open."""
+        return list(self._conns.values())
+
+
+async def _run_handler(conn: Connection, handler: Handler, scope: HookScope,
+                       limit: trio.Semaphore | None = None) -> None:
+    try:
+        await handler(conn)
+    except Exception as exc:
+        _log.error("handler for conn #%d raised %s: %s", conn.id, type(exc).__name__, exc, exc_info=exc)
+        await scope.notify("conduit_handler_error", conn=conn, exc=exc)
+    finally:
+        try:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_GRACE) as cs:
+                await conn.aclose()
+            if cs.cancelled_caught:
+                await trio.aclose_forcefully(conn)
+        finally:
+            if limit is not None:
+                limit.release()
+
+
+@asynccontextmanager
+async def open_pool(*, plugins: Iterable[object] = ()) -> AsyncIterator[Pool]:
+    """Open a pool. ``plugins``: hook implementations for this pool only.
+
+    Leaving the ``async with`` block cancels every task the pool runs
+    (spawned handlers, datagram readers) and closes every connection and
+    listener it handed out.
+    """
+    scope = global_scope().child(plugins)
+    async with trio.open_nursery() as nursery:
+        pool = Pool(nursery, scope)
+        try:
+            yield pool
+        finally:
+            nursery.cancel_scope.cancel()
+            await pool._close_all()

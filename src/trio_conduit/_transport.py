@@ -1,0 +1,171 @@
+"""The transport API: what a plugin's ``conduit_transports`` hook returns.
+
+A :class:`Transport` parses its URLs, says whether the running kernel has it,
+and connects/listens. It gets a :class:`Context` from the pool: the parsed
+address, resolved options, the ids to use, and the shared socket-making path
+(:meth:`Context.make_socket`, :meth:`Context.connect_inet`) so kernel-socket
+transports stay a screenful.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._address import Address, Option, URLParts
+from ._connection import Connection, Kind
+
+if TYPE_CHECKING:
+    from ._plugins import HookScope
+    from ._trace import Tracer
+
+__all__ = ["Availability", "Capabilities", "Context", "SocketOptions", "SocketRole", "Transport"]
+
+
+class SocketRole(enum.Enum):
+    """What a socket made by the shared path is for."""
+
+    CONNECT = "connect"
+    LISTEN = "listen"
+    ACCEPTED = "accepted"
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a transport can do; ``conduit check`` and the docs list these."""
+
+    half_close: bool = False
+    message_boundaries: bool = False
+    broadcast: bool = False
+    unconnected: bool = False
+    local_bind: bool = True
+    device: bool = False
+    ip_options: bool = False
+
+    def names(self) -> list[str]:
+        return [name for name in self.__slots__ if getattr(self, name)]
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    """Whether the running kernel has a transport, and if not, why (errno and a sentence)."""
+
+    available: bool
+    reason: str = ""
+    errno: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SocketOptions:
+    """The options every kernel-socket transport honours (nsock's ``nsock_make_socket``).
+
+    ``local``: bind here before connecting (``"host:port"``, ``"host"``, a
+    sockaddr tuple, or a path for unix sockets). ``device``: ``SO_BINDTODEVICE``.
+    ``ip_options``: raw IPv4 options (``IP_OPTIONS``). ``broadcast``:
+    ``SO_BROADCAST`` (datagram sockets only; sending to a broadcast address
+    without it is ``EACCES``). ``backlog``: for listeners.
+    """
+
+    local: object | None = None
+    device: str | None = None
+    ip_options: bytes | None = None
+    broadcast: bool = False
+    backlog: int | None = None
+
+
+@dataclass(eq=False)
+class Context:
+    """What the pool hands a transport for one connect or listen."""
+
+    transport: Transport
+    address: Address
+    options: Mapping[str, object]
+    socket_options: SocketOptions
+    scope: HookScope
+    tracer: Tracer
+    role: SocketRole
+    #: The id of the connection being made (connect), or ``0`` for a listener.
+    conn_id: int = 0
+    #: The event id of the connect request.
+    event_id: int = 0
+    #: The pool's nursery: for tasks a listener needs (a datagram reader). They must
+    #: end when the listener closes.
+    nursery: trio.Nursery | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def new_conn_id(self) -> int:
+        """An id for a connection a listener accepted."""
+        return self.tracer.next_conn_id()
+
+    async def make_socket(
+        self, family: int, type: int, proto: int = 0, *, role: SocketRole | None = None
+    ) -> trio.socket.SocketType:
+        """The one socket-making path; see :func:`trio_conduit._sockets.make_socket`."""
+        from ._sockets import make_socket
+
+        return await make_socket(self, family, type, proto, role=role or self.role)
+
+    async def connect_inet(self, type: int, proto: int = 0) -> trio.socket.SocketType:
+        """Resolve ``address.host`` and connect with happy eyeballs; a connected socket."""
+        from ._sockets import connect_inet
+
+        return await connect_inet(self, type, proto)
+
+    async def listen_inet(self, type: int, proto: int = 0) -> trio.socket.SocketType:
+        """Resolve ``address.host`` (empty: all interfaces) and bind; ``listen()`` for streams."""
+        from ._sockets import listen_inet
+
+        return await listen_inet(self, type, proto)
+
+
+class Transport(abc.ABC):
+    """A URL scheme's worth of connecting and listening.
+
+    Subclasses set the class attributes and implement :meth:`parse_address`,
+    :meth:`connect` and :meth:`listen`. ``connect`` returns a
+    :class:`~trio_conduit.Connection` whose ``id`` is ``ctx.conn_id``;
+    ``listen`` returns a ``trio.abc.Listener`` whose ``accept`` gives
+    connections with ids from ``ctx.new_conn_id()`` and whose ``address``
+    attribute is the bound :class:`~trio_conduit.Address`.
+    """
+
+    #: URL schemes served (``("tcp",)``).
+    schemes: tuple[str, ...]
+    #: Short display name for trace lines ("TCP").
+    name: str
+    kind: Kind
+    capabilities: Capabilities = Capabilities()
+    #: Options accepted as keyword arguments or URL query parameters.
+    options: tuple[Option, ...] = ()
+    #: One line for ``conduit plugins`` and the docs.
+    description: str = ""
+    #: Set by the registry: the plugin that registered this transport.
+    plugin_name: str = "?"
+
+    @abc.abstractmethod
+    def parse_address(self, parts: URLParts, *, listening: bool) -> Address:
+        """Turn the URL's parts into an :class:`~trio_conduit.Address` or raise AddressError."""
+
+    def availability(self) -> Availability:
+        """Probe whether the running kernel has this transport. Cheap; may be cached."""
+        return Availability(True)
+
+    @abc.abstractmethod
+    async def connect(self, ctx: Context) -> Connection:
+        """Connect to ``ctx.address``. Raise :class:`~trio_conduit.ConnectError` subclasses."""
+
+    @abc.abstractmethod
+    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+        """Bind and listen on ``ctx.address``."""
+
+    def loopback_url(self, tmpdir: str) -> str | None:
+        """A URL to listen on for ``conduit check``'s round trip (``None``: no self test)."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Transport {'/'.join(self.schemes)} from {self.plugin_name}>"
