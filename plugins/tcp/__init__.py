@@ -7,8 +7,18 @@ from collections.abc import Mapping, Sequence
 
 import trio
 
-from trio_conduit import Address, Capabilities, Connection, Context, Kind, Option, Transport, URLParts, hookimpl
-from trio_conduit.transport import HalfCloseableSocketStream, SocketListener, parse_host_port
+from trio_conduit import (
+    Address,
+    Capabilities,
+    Connection,
+    Context,
+    Kind,
+    Option,
+    Transport,
+    URLParts,
+    hookimpl,
+)
+from trio_conduit.transport import HalfCloseableSocketStream, SockAddr, SocketListener, parse_host_port
 
 
 def _tune(sock: trio.socket.SocketType, options: Mapping[str, object]) -> None:
@@ -43,7 +53,9 @@ class TCPTransport(Transport):
         except BaseException:
             sock.close()
             raise
-        return HalfCloseableSocketStream(sock, ctx.conn_id, transport="tcp", tracer=ctx.tracer, address=ctx.address)
+        return HalfCloseableSocketStream(
+            sock, ctx.conn_id, transport="tcp", tracer=ctx.tracer, address=ctx.address
+        )
 
     async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
         sock = await ctx.listen_inet(socket.SOCK_STREAM)
@@ -51,10 +63,11 @@ class TCPTransport(Transport):
         bound = Address(ctx.address.scheme, host=host, port=port, query=ctx.address.query)
         options, tracer = ctx.options, ctx.tracer
 
-        def wrap(s: trio.socket.SocketType, remote: object, conn_id: int) -> Connection:
+        def wrap(s: trio.socket.SocketType, remote: SockAddr, conn_id: int) -> Connection:
             _tune(s, options)
-            return HalfCloseableSocketStream(s, conn_id, transport="tcp", tracer=tracer, address=bound,
-                                             remote=remote)  # type: ignore[arg-type]
+            return HalfCloseableSocketStream(
+                s, conn_id, transport="tcp", tracer=tracer, address=bound, remote=remote
+            )
 
         return SocketListener(sock, ctx, wrap, bound)
 

@@ -26,11 +26,16 @@ class UDPTransport(Transport):
     schemes = ("udp",)
     name = "UDP"
     kind = Kind.DATAGRAM
-    capabilities = Capabilities(message_boundaries=True, broadcast=True, unconnected=True, device=True,
-                                ip_options=True)
+    capabilities = Capabilities(
+        message_boundaries=True, broadcast=True, unconnected=True, device=True, ip_options=True
+    )
     options = (
-        Option.boolean("connected", True, "connect the socket: the URL is the default peer and datagrams "
-                       "from anyone else are dropped; false: send() goes to the URL, receive() from anyone"),
+        Option.boolean(
+            "connected",
+            True,
+            "connect the socket: the URL is the default peer and datagrams "
+            "from anyone else are dropped; false: send() goes to the URL, receive() from anyone",
+        ),
         Option.count("max_size", 65536, "largest datagram received whole"),
         Option.count("queue", 256, "listener: datagrams held per peer before dropping"),
     )
@@ -40,32 +45,54 @@ class UDPTransport(Transport):
         return parse_host_port(parts, listening=listening)
 
     async def connect(self, ctx: Context) -> Connection:
-        max_size = int(ctx.options["max_size"])  # type: ignore[call-overload]
+        max_size = ctx.int_option("max_size")
         if ctx.options["connected"]:
             try:
                 sock = await ctx.connect_inet(socket.SOCK_DGRAM)
             except PermissionDenied as exc:
                 raise PermissionDenied(
-                    exc.errno or 0, f"cannot connect to {ctx.address}: {exc.strerror} "
-                    "(a broadcast address needs broadcast=True)", address=str(ctx.address),
+                    exc.errno or 0,
+                    f"cannot connect to {ctx.address}: {exc.strerror} "
+                    "(a broadcast address needs broadcast=True)",
+                    address=str(ctx.address),
                 ) from exc
-            return SocketChannel(sock, ctx.conn_id, transport="udp", tracer=ctx.tracer, address=ctx.address,
-                                 remote=sock.getpeername(), max_size=max_size)
+            return SocketChannel(
+                sock,
+                ctx.conn_id,
+                transport="udp",
+                tracer=ctx.tracer,
+                address=ctx.address,
+                remote=sock.getpeername(),
+                max_size=max_size,
+            )
         host, port = ctx.address.host, ctx.address.port
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         family, _, _, _, peer = infos[0]
         sock = await ctx.make_socket(family, socket.SOCK_DGRAM)
-        return SocketChannel(sock, ctx.conn_id, transport="udp", tracer=ctx.tracer, address=ctx.address,
-                             remote=peer, max_size=max_size, connected=False)
+        return SocketChannel(
+            sock,
+            ctx.conn_id,
+            transport="udp",
+            tracer=ctx.tracer,
+            address=ctx.address,
+            remote=peer,
+            max_size=max_size,
+            connected=False,
+        )
 
     async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
         assert ctx.nursery is not None
         sock = await ctx.listen_inet(socket.SOCK_DGRAM)
         host, port = sock.getsockname()[:2]
         bound = Address(ctx.address.scheme, host=host, port=port, query=ctx.address.query)
-        return DatagramListener(sock, ctx, bound, nursery=ctx.nursery,
-                                queue=int(ctx.options["queue"]),  # type: ignore[call-overload]
-                                max_size=int(ctx.options["max_size"]))  # type: ignore[call-overload]
+        return DatagramListener(
+            sock,
+            ctx,
+            bound,
+            nursery=ctx.nursery,
+            queue=ctx.int_option("queue"),
+            max_size=ctx.int_option("max_size"),
+        )
 
     def loopback_url(self, tmpdir: str) -> str:
         return "udp://127.0.0.1:0"

@@ -36,6 +36,7 @@ from trio_conduit import (
 from trio_conduit.transport import (
     DatagramListener,
     HalfCloseableSocketStream,
+    SockAddr,
     SocketChannel,
     SocketListener,
     connect_error_from_oserror,
@@ -71,8 +72,9 @@ def _clear_stale(path: str, type: int, where: str) -> None:
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
-        raise AddressInUse(errno.EADDRINUSE, f"cannot listen on {where}: {path} exists and is not a socket",
-                           address=where)
+        raise AddressInUse(
+            errno.EADDRINUSE, f"cannot listen on {where}: {path} exists and is not a socket", address=where
+        )
     probe = socket.socket(socket.AF_UNIX, type)
     try:
         probe.connect(path)
@@ -83,8 +85,9 @@ def _clear_stale(path: str, type: int, where: str) -> None:
         return  # let bind() report what is wrong
     finally:
         probe.close()
-    raise AddressInUse(errno.EADDRINUSE, f"cannot listen on {where}: a server is already listening there",
-                       address=where)
+    raise AddressInUse(
+        errno.EADDRINUSE, f"cannot listen on {where}: a server is already listening there", address=where
+    )
 
 
 async def _bind_listener(ctx: Context, type: int) -> tuple[trio.socket.SocketType, Callable[[], None]]:
@@ -116,8 +119,11 @@ async def _connect(ctx: Context, sock: trio.socket.SocketType) -> None:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.ENOENT:
-            raise ConnectionRefused(errno.ENOENT, f"cannot connect to {ctx.address}: no socket at {path}",
-                                    address=str(ctx.address)) from exc
+            raise ConnectionRefused(
+                errno.ENOENT,
+                f"cannot connect to {ctx.address}: no socket at {path}",
+                address=str(ctx.address),
+            ) from exc
         raise connect_error_from_oserror(exc, action="connect to", address=str(ctx.address)) from exc
     except BaseException:
         sock.close()
@@ -137,16 +143,29 @@ class UnixStreamTransport(Transport):
     async def connect(self, ctx: Context) -> Connection:
         sock = await ctx.make_socket(socket.AF_UNIX, socket.SOCK_STREAM)
         await _connect(ctx, sock)
-        return HalfCloseableSocketStream(sock, ctx.conn_id, transport="unix", tracer=ctx.tracer,
-                                         address=ctx.address, peer_credentials=peer_credentials(sock))
+        return HalfCloseableSocketStream(
+            sock,
+            ctx.conn_id,
+            transport="unix",
+            tracer=ctx.tracer,
+            address=ctx.address,
+            peer_credentials=peer_credentials(sock),
+        )
 
     async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
         sock, cleanup = await _bind_listener(ctx, socket.SOCK_STREAM)
         tracer, bound = ctx.tracer, ctx.address
 
-        def wrap(s: trio.socket.SocketType, remote: object, conn_id: int) -> Connection:
-            return HalfCloseableSocketStream(s, conn_id, transport="unix", tracer=tracer, address=bound,
-                                             remote=remote, peer_credentials=peer_credentials(s))  # type: ignore[arg-type]
+        def wrap(s: trio.socket.SocketType, remote: SockAddr, conn_id: int) -> Connection:
+            return HalfCloseableSocketStream(
+                s,
+                conn_id,
+                transport="unix",
+                tracer=tracer,
+                address=bound,
+                remote=remote,
+                peer_credentials=peer_credentials(s),
+            )
 
         return SocketListener(sock, ctx, wrap, bound, on_close=cleanup)
 
@@ -174,8 +193,9 @@ class UnixDatagramTransport(Transport):
         cleanup: Callable[[], None] | None = None
         try:
             if ctx.socket_options.local is None and ctx.options["bind"]:
-                own = os.path.join(tempfile.gettempdir(),
-                                   f"conduit-{os.getpid()}-{ctx.conn_id}-{secrets.token_hex(4)}.sock")
+                own = os.path.join(
+                    tempfile.gettempdir(), f"conduit-{os.getpid()}-{ctx.conn_id}-{secrets.token_hex(4)}.sock"
+                )
                 await sock.bind(own)
                 cleanup = _unlink_if_ours(own, os.lstat(own).st_ino)
             elif isinstance(ctx.socket_options.local, str):
@@ -190,16 +210,29 @@ class UnixDatagramTransport(Transport):
             if cleanup is not None:
                 cleanup()
             raise
-        return SocketChannel(sock, ctx.conn_id, transport="unix+dgram", tracer=ctx.tracer, address=ctx.address,
-                             remote=sock.getpeername(), on_close=cleanup,
-                             max_size=int(ctx.options["max_size"]))  # type: ignore[call-overload]
+        return SocketChannel(
+            sock,
+            ctx.conn_id,
+            transport="unix+dgram",
+            tracer=ctx.tracer,
+            address=ctx.address,
+            remote=sock.getpeername(),
+            on_close=cleanup,
+            max_size=ctx.int_option("max_size"),
+        )
 
     async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
         assert ctx.nursery is not None
         sock, cleanup = await _bind_listener(ctx, socket.SOCK_DGRAM)
-        return DatagramListener(sock, ctx, ctx.address, nursery=ctx.nursery, on_close=cleanup,
-                                queue=int(ctx.options["queue"]),  # type: ignore[call-overload]
-                                max_size=int(ctx.options["max_size"]))  # type: ignore[call-overload]
+        return DatagramListener(
+            sock,
+            ctx,
+            ctx.address,
+            nursery=ctx.nursery,
+            on_close=cleanup,
+            queue=ctx.int_option("queue"),
+            max_size=ctx.int_option("max_size"),
+        )
 
     def loopback_url(self, tmpdir: str) -> str:
         return f"unix+dgram://{tmpdir}/check-dgram.sock"

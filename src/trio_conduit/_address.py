@@ -117,9 +117,7 @@ def split_url(text: object) -> URLParts:
     query: list[tuple[str, str]] = []
     if qs:
         try:
-            pairs = urllib.parse.parse_qsl(
-                qs, keep_blank_values=True, strict_parsing=True, errors="strict"
-            )
+            pairs = urllib.parse.parse_qsl(qs, keep_blank_values=True, strict_parsing=True, errors="strict")
         except (ValueError, UnicodeDecodeError) as exc:
             raise AddressError(f"{shown!r}: malformed query string: {exc}") from None
         seen: set[str] = set()
@@ -308,8 +306,6 @@ def resolve_options(
             raise AddressError(f"{where}: bad value for option {key!r}: {exc}") from None
     for key, value in given.items():
         if key not in known:
-            raise TypeError(
-                f"{where}: unknown option {key!r} (known: {', '.join(sorted(known)) or 'none'})"
-            )
+            raise TypeError(f"{where}: unknown option {key!r} (known: {', '.join(sorted(known)) or 'none'})")
         out[key] = value
     return out

@@ -137,9 +137,7 @@ def unavailable_reason(err: int) -> str:
     return _UNAVAILABLE_SENTENCES.get(err, os.strerror(err))
 
 
-def connect_error_from_oserror(
-    exc: OSError, *, action: str, address: str | None
-) -> ConnectError:
+def connect_error_from_oserror(exc: OSError, *, action: str, address: str | None) -> ConnectError:
     """Map an ``OSError`` from ``socket``/``bind``/``connect`` to our typed error.
 
     ``action`` is a short phrase ("connect to", "bind", "listen on") used in the

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import pluggy
 
@@ -30,7 +30,8 @@ _log = logging.getLogger("trio_conduit.plugins")
 
 # Hooks that are awaited by acall(); all others (registration) are called by pluggy.
 _ASYNC_HOOKS: Final = frozenset(
-    name for name, fn in vars(hookspecs).items()
+    name
+    for name, fn in vars(hookspecs).items()
     if name.startswith("conduit_") and inspect.iscoroutinefunction(fn)
 )
 
@@ -72,7 +73,7 @@ class HookScope:
         if not extras:
             return self
         pm = _new_manager()
-        for plugin, name in self.pm.list_name_plugin():
+        for name, plugin in self.pm.list_name_plugin():
             pm.register(plugin, name=name)
         for plugin in extras:
             try:
@@ -103,7 +104,7 @@ class HookScope:
     def _collect_transports(self) -> dict[str, Transport]:
         table: dict[str, Transport] = {}
         for impl in reversed(self.pm.hook.conduit_transports.get_hookimpls()):
-            result = impl.function()
+            result = cast("Iterable[Transport] | None", impl.function())
             for transport in result or ():
                 transport.plugin_name = impl.plugin_name
                 for scheme in transport.schemes:

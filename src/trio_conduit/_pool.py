@@ -99,9 +99,14 @@ class PoolListener(trio.abc.Listener[Connection]):
         while True:
             conn = await self._inner.accept()
             if tracer.log.isEnabledFor(logging.INFO):
-                tracer.info("%s connection accepted from %s on %s (conn #%d) event #%d",
-                            self.transport.name, _fmt(conn.info.remote), self.address, conn.id,
-                            tracer.next_event_id())
+                tracer.info(
+                    "%s connection accepted from %s on %s (conn #%d) event #%d",
+                    self.transport.name,
+                    _fmt(conn.info.remote),
+                    self.address,
+                    conn.id,
+                    tracer.next_event_id(),
+                )
             try:
                 await self._owner.adopt(conn)
             except Exception:
@@ -143,7 +148,9 @@ class Pool:
         """scheme → transport, as registered by this pool's plugins."""
         return self.scope.transports
 
-    def parse(self, url: str | Address, *, listening: bool = False, scope: HookScope | None = None) -> tuple[Transport, Address]:
+    def parse(
+        self, url: str | Address, *, listening: bool = False, scope: HookScope | None = None
+    ) -> tuple[Transport, Address]:
         """Parse ``url`` with its scheme's transport: (transport, address) or AddressError."""
         scope = scope or self.scope
         text = str(url) if isinstance(url, Address) else url
@@ -163,19 +170,45 @@ class Pool:
         return result
 
     def _context(
-        self, transport: Transport, address: Address, scope: HookScope, role: SocketRole,
-        given: dict[str, object], conn_id: int = 0, event_id: int = 0,
+        self,
+        transport: Transport,
+        address: Address,
+        scope: HookScope,
+        role: SocketRole,
+        given: dict[str, object],
+        conn_id: int = 0,
+        event_id: int = 0,
     ) -> Context:
         known = dict(_CORE_OPTIONS)
         known.update((o.name, o) for o in transport.options)
         opts = resolve_options(str(address), known, address.query, given)
+        ip_options = opts.pop("ip_options")
+        local, device, backlog = opts.pop("local"), opts.pop("device"), opts.pop("backlog")
+        if ip_options is not None and not isinstance(ip_options, bytes):
+            raise TypeError(f"{address}: ip_options must be bytes, not {ip_options!r}")
+        if device is not None and not isinstance(device, str):
+            raise TypeError(f"{address}: device must be a str, not {device!r}")
+        if backlog is not None and not isinstance(backlog, int):
+            raise TypeError(f"{address}: backlog must be an int, not {backlog!r}")
         sockopts = SocketOptions(
-            local=opts.pop("local"), device=opts.pop("device"),  # type: ignore[arg-type]
-            ip_options=opts.pop("ip_options"), broadcast=bool(opts.pop("broadcast")),  # type: ignore[arg-type]
-            backlog=opts.pop("backlog"),  # type: ignore[arg-type]
+            local=local,
+            device=device,
+            ip_options=ip_options,
+            broadcast=bool(opts.pop("broadcast")),
+            backlog=backlog,
         )
-        return Context(transport, address, opts, sockopts, scope, self.tracer, role, conn_id, event_id,
-                       nursery=self._nursery)
+        return Context(
+            transport,
+            address,
+            opts,
+            sockopts,
+            scope,
+            self.tracer,
+            role,
+            conn_id,
+            event_id,
+            nursery=self._nursery,
+        )
 
     def _check_open(self) -> None:
         if self._closed:
@@ -216,8 +249,13 @@ class Pool:
         conn_id, event_id = tracer.next_conn_id(), tracer.next_event_id()
         ctx = self._context(transport, address, self.scope, SocketRole.CONNECT, given, conn_id, event_id)
         if tracer.log.isEnabledFor(logging.INFO):
-            tracer.info("%s connection requested to %s (conn #%d) event #%d",
-                        transport.name, address.hostport, conn_id, event_id)
+            tracer.info(
+                "%s connection requested to %s (conn #%d) event #%d",
+                transport.name,
+                address.hostport,
+                conn_id,
+                event_id,
+            )
         try:
             if timeout is None:
                 conn = await transport.connect(ctx)
@@ -226,14 +264,17 @@ class Pool:
                     conn = await transport.connect(ctx)
                 if cs.cancelled_caught:
                     raise ConnectTimeout(
-                        errno.ETIMEDOUT, f"cannot connect to {address}: no answer within {timeout:g} s",
+                        errno.ETIMEDOUT,
+                        f"cannot connect to {address}: no answer within {timeout:g} s",
                         address=str(address),
                     )
         except ConnectError as exc:
             tracer.info("connect failed for event #%d (conn #%d): %s", event_id, conn_id, exc)
             raise
         if tracer.log.isEnabledFor(logging.INFO):
-            tracer.info("connect succeeded for event #%d (conn #%d) [%s]", event_id, conn_id, _fmt(conn.info.remote))
+            tracer.info(
+                "connect succeeded for event #%d (conn #%d) [%s]", event_id, conn_id, _fmt(conn.info.remote)
+            )
         await self._owner.adopt(conn)
         return conn
 
@@ -259,7 +300,12 @@ class Pool:
 
     # -- listening ----------------------------------------------------------
     async def listen(
-        self, url: str | Address, *, plugins: Iterable[object] = (), backlog: int | None = None, **opts: object
+        self,
+        url: str | Address,
+        *,
+        plugins: Iterable[object] = (),
+        backlog: int | None = None,
+        **opts: object,
     ) -> PoolListener:
         """Bind and listen on ``url``; accept connections yourself with ``accept()``.
 
@@ -314,7 +360,9 @@ class Pool:
                     if limit is not None:
                         limit.release()
                     raise
-                nursery.start_soon(_run_handler, conn, handler, scope, limit, name=f"conduit handler #{conn.id}")
+                nursery.start_soon(
+                    _run_handler, conn, handler, scope, limit, name=f"conduit handler #{conn.id}"
+                )
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- closing ------------------------------------------------------------
@@ -332,8 +380,9 @@ class Pool:
         return list(self._conns.values())
 
 
-async def _run_handler(conn: Connection, handler: Handler, scope: HookScope,
-                       limit: trio.Semaphore | None = None) -> None:
+async def _run_handler(
+    conn: Connection, handler: Handler, scope: HookScope, limit: trio.Semaphore | None = None
+) -> None:
     try:
         await handler(conn)
     except Exception as exc:

@@ -44,8 +44,6 @@ from ._errors import (
 from ._trace import DEBUG_ALL
 
 if TYPE_CHECKING:
-    from collections.abc import Buffer
-
     from ._trace import Tracer
     from ._transport import Context, SocketRole
 
@@ -62,14 +60,28 @@ __all__ = [
 
 _log = logging.getLogger("trio_conduit")
 
+#: What trio's ``send_all``/``send`` accept.
+Buffer = bytes | bytearray | memoryview
+
 #: Bigger than trio's 64 KiB: fewer system calls per byte on bulk transfers.
 DEFAULT_RECEIVE_SIZE: Final = 256 * 1024
 DEFAULT_DATAGRAM_SIZE: Final = 65536
 HAPPY_EYEBALLS_DELAY: Final = 0.250
 # accept() errors that concern only the connection being accepted.
-_ACCEPT_SKIP: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
-                                 errno.ENOPROTOOPT, errno.EHOSTDOWN, errno.ENONET,
-                                 errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH})
+_ACCEPT_SKIP: Final = frozenset(
+    {
+        errno.ECONNABORTED,
+        errno.EPROTO,
+        errno.EPERM,
+        errno.ENETDOWN,
+        errno.ENOPROTOOPT,
+        errno.EHOSTDOWN,
+        errno.ENONET,
+        errno.EHOSTUNREACH,
+        errno.EOPNOTSUPP,
+        errno.ENETUNREACH,
+    }
+)
 # accept() errors from running out of something: wait and retry.
 _ACCEPT_STARVED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
@@ -125,7 +137,9 @@ def _local_family(local: object) -> int | None:
     text = local[0] if isinstance(local, tuple) and local else local
     if isinstance(text, str):
         text = text.strip("[")
-        text = text.split("]")[0] if "]" in text else (text.rsplit(":", 1)[0] if text.count(":") == 1 else text)
+        text = (
+            text.split("]")[0] if "]" in text else (text.rsplit(":", 1)[0] if text.count(":") == 1 else text)
+        )
         try:
             return socket.AF_INET if ipaddress.ip_address(text).version == 4 else socket.AF_INET6
         except ValueError:
@@ -162,7 +176,8 @@ async def make_socket(
             except OSError as exc:
                 if exc.errno in (errno.EPERM, errno.EACCES):
                     raise PermissionDenied(
-                        exc.errno, f"binding to device {opts.device!r} needs CAP_NET_RAW (run as root)",
+                        exc.errno,
+                        f"binding to device {opts.device!r} needs CAP_NET_RAW (run as root)",
                         address=where,
                     ) from exc
                 raise ConnectError(
@@ -180,7 +195,9 @@ async def make_socket(
             try:
                 await sock.bind(local_sockaddr(opts.local, family))
             except OSError as exc:
-                raise connect_error_from_oserror(exc, action=f"bind to local address {opts.local!r} for", address=where) from exc
+                raise connect_error_from_oserror(
+                    exc, action=f"bind to local address {opts.local!r} for", address=where
+                ) from exc
         if ctx.scope.has_impls("conduit_socket_created"):
             await ctx.scope.acall(
                 "conduit_socket_created", sock=sock, transport=ctx.transport, address=ctx.address, role=role
@@ -188,26 +205,30 @@ async def make_socket(
     except BaseException:
         sock.close()
         raise
-    ctx.tracer.debug("%s socket made (fd %d, %s) for %s", ctx.transport.name, sock.fileno(), role.value, where)
+    ctx.tracer.debug(
+        "%s socket made (fd %d, %s) for %s", ctx.transport.name, sock.fileno(), role.value, where
+    )
     return sock
 
 
-async def _resolve(ctx: Context, host: str, port: int, type: int, *, passive: bool = False) -> list[tuple[int, SockAddr]]:
+async def _resolve(
+    ctx: Context, host: str, port: int, socktype: int, *, passive: bool = False
+) -> list[tuple[int, SockAddr]]:
     try:
         infos = await trio.socket.getaddrinfo(
-            host or None, port, type=type, flags=socket.AI_PASSIVE if passive else 0
+            host or None, port, type=socktype, flags=socket.AI_PASSIVE if passive else 0
         )
     except socket.gaierror as exc:
         raise NameResolutionError(
-            exc.errno, f"cannot resolve {host!r} for {ctx.address}: {exc.strerror}", address=str(ctx.address)
+            exc.errno or 0,
+            f"cannot resolve {host!r} for {ctx.address}: {exc.strerror}",
+            address=str(ctx.address),
         ) from exc
     seen: set[tuple[int, SockAddr]] = set()
     out: list[tuple[int, SockAddr]] = []
     for family, _type, _proto, _name, sockaddr in infos:
-        if family not in (socket.AF_INET, socket.AF_INET6):
-            continue
         key = (int(family), sockaddr)
-        if key not in seen:
+        if key[0] in (socket.AF_INET, socket.AF_INET6) and key not in seen:
             seen.add(key)
             out.append(key)
     return out
@@ -226,10 +247,12 @@ def _interleave(targets: list[tuple[int, SockAddr]]) -> list[tuple[int, SockAddr
     return out
 
 
-async def _connect_one(ctx: Context, family: int, type: int, proto: int, sockaddr: SockAddr) -> trio.socket.SocketType:
+async def _connect_one(
+    ctx: Context, family: int, socktype: int, proto: int, sockaddr: SockAddr
+) -> trio.socket.SocketType:
     from ._transport import SocketRole
 
-    sock = await make_socket(ctx, family, type, proto, role=SocketRole.CONNECT)
+    sock = await make_socket(ctx, family, socktype, proto, role=SocketRole.CONNECT)
     try:
         await sock.connect(sockaddr)
     except OSError as exc:
@@ -241,7 +264,7 @@ async def _connect_one(ctx: Context, family: int, type: int, proto: int, sockadd
     return sock
 
 
-async def connect_inet(ctx: Context, type: int, proto: int = 0) -> trio.socket.SocketType:
+async def connect_inet(ctx: Context, socktype: int, proto: int = 0) -> trio.socket.SocketType:
     """Resolve ``ctx.address`` and connect, racing addresses 250 ms apart (happy eyeballs).
 
     The first socket to connect wins; the others are cancelled and closed.
@@ -249,18 +272,20 @@ async def connect_inet(ctx: Context, type: int, proto: int = 0) -> trio.socket.S
     :class:`ConnectError` listing each, raised from an ``ExceptionGroup`` of them.
     """
     host, port = ctx.address.host, ctx.address.port
-    assert host is not None and port is not None
-    targets = await _resolve(ctx, host, port, type)
+    assert host is not None
+    assert port is not None
+    targets = await _resolve(ctx, host, port, socktype)
     pinned = _local_family(ctx.socket_options.local) if ctx.socket_options.local is not None else None
     if pinned is not None:
         targets = [t for t in targets if t[0] == pinned]
     if not targets:
         raise NameResolutionError(
-            socket.EAI_ADDRFAMILY, f"{host!r} has no address usable here for {ctx.address}",
+            socket.EAI_ADDRFAMILY,
+            f"{host!r} has no address usable here for {ctx.address}",
             address=str(ctx.address),
         )
     if len(targets) == 1:
-        return await _connect_one(ctx, targets[0][0], type, proto, targets[0][1])
+        return await _connect_one(ctx, targets[0][0], socktype, proto, targets[0][1])
 
     targets = _interleave(targets)
     winner: trio.socket.SocketType | None = None
@@ -269,7 +294,7 @@ async def connect_inet(ctx: Context, type: int, proto: int = 0) -> trio.socket.S
     async def attempt(family: int, sockaddr: SockAddr, failed: trio.Event, nursery: trio.Nursery) -> None:
         nonlocal winner
         try:
-            sock = await _connect_one(ctx, family, type, proto, sockaddr)
+            sock = await _connect_one(ctx, family, socktype, proto, sockaddr)
         except ConnectError as exc:
             errors.append(exc)
             failed.set()
@@ -301,12 +326,13 @@ async def connect_inet(ctx: Context, type: int, proto: int = 0) -> trio.socket.S
         )
     detail = "; ".join(str(e) for e in errors)
     raise ConnectError(
-        first.errno or 0, f"cannot connect to {ctx.address}: every address failed: {detail}",
+        first.errno or 0,
+        f"cannot connect to {ctx.address}: every address failed: {detail}",
         address=str(ctx.address),
     ) from ExceptionGroup("all connect attempts failed", errors)
 
 
-async def listen_inet(ctx: Context, type: int, proto: int = 0) -> trio.socket.SocketType:
+async def listen_inet(ctx: Context, socktype: int, proto: int = 0) -> trio.socket.SocketType:
     """Make, bind (and for streams, ``listen()`` on) a socket for ``ctx.address``.
 
     An empty host listens on every interface: IPv6 ``::`` accepting IPv4 too
@@ -317,7 +343,7 @@ async def listen_inet(ctx: Context, type: int, proto: int = 0) -> trio.socket.So
     host, port = ctx.address.host or "", ctx.address.port or 0
     where = str(ctx.address)
     if host:
-        targets = await _resolve(ctx, host, port, type, passive=True)
+        targets = await _resolve(ctx, host, port, socktype, passive=True)
         if not targets:
             raise NameResolutionError(socket.EAI_NONAME, f"{host!r} has no usable address", address=where)
         family, sockaddr = targets[0]
@@ -325,13 +351,13 @@ async def listen_inet(ctx: Context, type: int, proto: int = 0) -> trio.socket.So
         family, sockaddr = socket.AF_INET6, ("::", port)
     else:
         family, sockaddr = socket.AF_INET, ("0.0.0.0", port)
-    sock = await make_socket(ctx, family, type, proto, role=SocketRole.LISTEN)
+    sock = await make_socket(ctx, family, socktype, proto, role=SocketRole.LISTEN)
     try:
         if family == socket.AF_INET6 and not host:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         try:
             await sock.bind(sockaddr)
-            if type == socket.SOCK_STREAM or type == socket.SOCK_SEQPACKET:
+            if socktype in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET):
                 sock.listen(_backlog(ctx))
         except OSError as exc:
             raise connect_error_from_oserror(exc, action="listen on", address=where) from exc
@@ -395,11 +421,18 @@ def _datagram_errors(peer: object) -> Iterator[None]:
             raise MessageTooLarge(f"datagram too large for {peer}: {exc.strerror}") from exc
         if err == errno.EACCES:
             raise PermissionDenied(
-                err, f"sending to {peer} was refused (EACCES): a broadcast address needs broadcast=True",
+                err,
+                f"sending to {peer} was refused (EACCES): a broadcast address needs broadcast=True",
                 address=str(peer),
             ) from exc
-        if err in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN,
-                   errno.ENETDOWN, errno.ETIMEDOUT):
+        if err in (
+            errno.ECONNREFUSED,
+            errno.EHOSTUNREACH,
+            errno.ENETUNREACH,
+            errno.EHOSTDOWN,
+            errno.ENETDOWN,
+            errno.ETIMEDOUT,
+        ):
             raise connect_error_from_oserror(exc, action="reach", address=str(peer)) from exc
         raise trio.BrokenResourceError(f"datagram socket broken: {exc}") from exc
 
@@ -496,8 +529,13 @@ class SocketStream(StreamConnection):
         finally:
             self._send_busy = False
         if self._tracer.log.isEnabledFor(DEBUG_ALL):
-            self._tracer.log.log(DEBUG_ALL, "write %d bytes to conn #%d event #%d",
-                                 total, self.id, self._tracer.next_event_id())
+            self._tracer.log.log(
+                DEBUG_ALL,
+                "write %d bytes to conn #%d event #%d",
+                total,
+                self.id,
+                self._tracer.next_event_id(),
+            )
 
     async def wait_send_all_might_not_block(self) -> None:
         if self._send_busy:
@@ -527,9 +565,14 @@ class SocketStream(StreamConnection):
         finally:
             self._recv_busy = False
         if self._tracer.log.isEnabledFor(DEBUG_ALL):
-            self._tracer.log.log(DEBUG_ALL, "read %d bytes from conn #%d event #%d%s",
-                                 len(data), self.id, self._tracer.next_event_id(),
-                                 "" if data else " (end of stream)")
+            self._tracer.log.log(
+                DEBUG_ALL,
+                "read %d bytes from conn #%d event #%d%s",
+                len(data),
+                self.id,
+                self._tracer.next_event_id(),
+                "" if data else " (end of stream)",
+            )
         return data
 
     async def aclose(self) -> None:
@@ -615,8 +658,13 @@ class SocketListener(trio.abc.Listener[Connection]):
                 raise
             try:
                 if ctx.scope.has_impls("conduit_socket_created"):
-                    await ctx.scope.acall("conduit_socket_created", sock=sock, transport=ctx.transport,
-                                          address=ctx.address, role=SocketRole.ACCEPTED)
+                    await ctx.scope.acall(
+                        "conduit_socket_created",
+                        sock=sock,
+                        transport=ctx.transport,
+                        address=ctx.address,
+                        role=SocketRole.ACCEPTED,
+                    )
                 return self._wrap(sock, remote, ctx.new_conn_id())
             except BaseException:
                 sock.close()
@@ -678,8 +726,12 @@ class SocketChannel(DatagramConnection):
     @property
     def info(self) -> CommunicationInfo:
         return CommunicationInfo(
-            transport=self._transport, family=self._sock.family, socktype=self._sock.type,
-            protocol=self._sock.proto, local=_sockname(self._sock), remote=self._remote,
+            transport=self._transport,
+            family=self._sock.family,
+            socktype=self._sock.type,
+            protocol=self._sock.proto,
+            local=_sockname(self._sock),
+            remote=self._remote,
         )
 
     @property
@@ -693,9 +745,16 @@ class SocketChannel(DatagramConnection):
 
     def _trace(self, what: str, n: int, peer: object) -> None:
         if self._tracer.log.isEnabledFor(DEBUG_ALL):
-            self._tracer.log.log(DEBUG_ALL, "%s datagram of %d bytes %s %s on conn #%d event #%d",
-                                 what, n, "to" if what == "sent" else "from", peer, self.id,
-                                 self._tracer.next_event_id())
+            self._tracer.log.log(
+                DEBUG_ALL,
+                "%s datagram of %d bytes %s %s on conn #%d event #%d",
+                what,
+                n,
+                "to" if what == "sent" else "from",
+                peer,
+                self.id,
+                self._tracer.next_event_id(),
+            )
 
     async def set_peer(self, peer: SockAddr) -> None:
         """Connect to another peer (a sockaddr); datagrams from the old one are no longer accepted."""
@@ -769,8 +828,12 @@ class PeerChannel(DatagramConnection):
     def info(self) -> CommunicationInfo:
         sock = self._listener.socket
         return CommunicationInfo(
-            transport=self._listener.transport, family=sock.family, socktype=sock.type,
-            protocol=sock.proto, local=_sockname(sock), remote=self._peer,
+            transport=self._listener.transport,
+            family=sock.family,
+            socktype=sock.type,
+            protocol=sock.proto,
+            local=_sockname(sock),
+            remote=self._peer,
         )
 
     @property

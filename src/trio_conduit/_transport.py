@@ -98,6 +98,13 @@ class Context:
     nursery: trio.Nursery | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
+    def int_option(self, name: str) -> int:
+        """A resolved option that must be an integer (``TypeError`` otherwise)."""
+        value = self.options[name]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{self.address}: option {name!r} must be an int, not {value!r}")
+        return value
+
     def new_conn_id(self) -> int:
         """An id for a connection a listener accepted."""
         return self.tracer.next_conn_id()

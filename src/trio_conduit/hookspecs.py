@@ -31,8 +31,8 @@ import pluggy
 if TYPE_CHECKING:
     import trio
 
-    from ._connection import Connection
     from ._address import Address
+    from ._connection import Connection
     from ._transport import SocketRole, Transport
 
 hookspec = pluggy.HookspecMarker("trio_conduit")
@@ -59,7 +59,7 @@ def conduit_transports() -> Sequence[Transport]:  # type: ignore[empty-body]
 
 
 @hookspec
-async def conduit_socket_created(  # type: ignore[empty-body]
+async def conduit_socket_created(
     sock: trio.socket.SocketType, transport: Transport, address: Address, role: SocketRole
 ) -> None:
     """A kernel socket was just made by the shared socket path.
