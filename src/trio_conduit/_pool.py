@@ -11,7 +11,7 @@ import errno
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Final, NoReturn, final
+from typing import Any, Final, final
 
 import trio
 
@@ -139,7 +139,8 @@ class Pool:
         self._owner = _Owner(self, scope)
         self._conns: dict[int, Connection] = {}
         self._listeners: set[PoolListener] = set()
-        self._parsed: dict[tuple[str, bool, int], tuple[Transport, Address]] = {}
+        self._serving: set[trio.CancelScope] = set()
+        self._parsed: dict[tuple[str, bool, HookScope], tuple[Transport, Address]] = {}
         self._closed = False
 
     # -- addresses ----------------------------------------------------------
@@ -154,7 +155,7 @@ class Pool:
         """Parse ``url`` with its scheme's transport: (transport, address) or AddressError."""
         scope = scope or self.scope
         text = str(url) if isinstance(url, Address) else url
-        key = (text, listening, id(scope))
+        key = (text, listening, scope)  # the scope itself, not id(): ids are reused once a scope dies
         hit = self._parsed.get(key) if isinstance(text, str) else None
         if hit is not None:
             return hit
@@ -335,39 +336,51 @@ class Pool:
         backlog: int | None = None,
         task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
         **opts: object,
-    ) -> NoReturn:
+    ) -> None:
         """Listen on ``url`` and run ``handler(conn)`` for each connection, each its own task.
 
         Use as ``await nursery.start(pool.serve, url, handler)`` to get the
         bound :class:`~trio_conduit.Address`. At ``max_connections`` live
         handlers, accepting pauses (the kernel's backlog holds new ones). A
         handler's exception is logged and passed to ``conduit_handler_error``;
-        the listener goes on. Runs until cancelled; handlers are cancelled with it.
+        the listener goes on. Runs until cancelled or until the pool closes (then it
+        returns); its handlers are cancelled with it.
         """
         if max_connections is not None and max_connections < 1:
             raise ValueError("max_connections must be >= 1")
         listener = await self.listen(url, plugins=plugins, backlog=backlog, **opts)
         scope = listener._owner.scope
         limit = trio.Semaphore(max_connections) if max_connections else None
-        async with listener, trio.open_nursery() as nursery:
-            task_status.started(listener.address)
-            while True:
-                if limit is not None:
-                    await limit.acquire()
-                try:
-                    conn = await listener.accept()
-                except BaseException:
-                    if limit is not None:
-                        limit.release()
-                    raise
-                nursery.start_soon(
-                    _run_handler, conn, handler, scope, limit, name=f"conduit handler #{conn.id}"
-                )
-        raise AssertionError("unreachable")  # pragma: no cover
+        # Closing the pool cancels this, even when we run in a nursery outside the pool.
+        cancel = trio.CancelScope()
+        self._serving.add(cancel)
+        try:
+            with cancel:
+                async with listener, trio.open_nursery() as nursery:
+                    task_status.started(listener.address)
+                    while True:
+                        if limit is not None:
+                            await limit.acquire()
+                        try:
+                            conn = await listener.accept()
+                        except BaseException:
+                            if limit is not None:
+                                limit.release()
+                            raise
+                        nursery.start_soon(
+                            _run_handler, conn, handler, scope, limit, name=f"conduit handler #{conn.id}"
+                        )
+        except trio.ClosedResourceError:
+            if not self._closed:
+                raise
+        finally:
+            self._serving.discard(cancel)
 
     # -- closing ------------------------------------------------------------
     async def _close_all(self) -> None:
         self._closed = True
+        for cancel in self._serving:
+            cancel.cancel()
         with trio.CancelScope(shield=True):
             for listener in list(self._listeners):
                 await trio.aclose_forcefully(listener)

@@ -1,0 +1,167 @@
+"""``conduit bench``: pool against raw trio, measured in the same run, as ratios.
+
+Each figure pits two CPU-pinned processes (server on one core, client on the
+other) against each other over loopback TCP; implementations alternate run by
+run so machine noise hits both alike; the report gives medians and the ratio
+pool / raw trio. ``--cli`` adds ``conduit connect | conduit listen`` piping a
+file of zeros against ``ncat`` doing the same, when ncat is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+_WORKER = [sys.executable, "-m", "trio_conduit.cli._benchworker"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repeat", type=int, default=5, help="runs per implementation (default 5)")
+    parser.add_argument("--bulk-mib", type=int, default=1024, help="MiB per bulk run (default 1024)")
+    parser.add_argument("--connections", type=int, default=2000, help="connections per rate run (default 2000)")
+    parser.add_argument("--cli-mib", type=int, default=1024, help="MiB for the --cli pipe test (default 1024)")
+    parser.add_argument(
+        "--only", choices=["bulk", "rate", "cli"], action="append", help="run only these (repeatable)"
+    )
+    parser.add_argument("--cli", action="store_true", help="also pipe data through conduit vs ncat")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def _cpus() -> tuple[int, int]:
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[0], cpus[1]) if len(cpus) >= 2 else (-1, -1)
+
+
+def _one(impl: str, mode: str, amount: int) -> dict[str, float]:
+    server_cpu, client_cpu = _cpus()
+    server = subprocess.Popen(
+        [*_WORKER, "server", impl, mode, str(server_cpu)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        out = subprocess.run(
+            [*_WORKER, "client", impl, mode, str(client_cpu), str(port), str(amount)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        result: dict[str, float] = json.loads(out.stdout)
+        return result
+    finally:
+        if server.stdin is not None:
+            server.stdin.close()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _pair(mode: str, amount: int, repeat: int, key: str) -> dict[str, Any]:
+    runs: dict[str, list[float]] = {"raw": [], "pool": []}
+    for i in range(repeat):
+        order = ("raw", "pool") if i % 2 == 0 else ("pool", "raw")
+        for impl in order:
+            runs[impl].append(_one(impl, mode, amount)[key])
+    raw, pool = statistics.median(runs["raw"]), statistics.median(runs["pool"])
+    return {"raw_trio": raw, "pool": pool, "ratio": pool / raw, "runs": runs, "unit": key}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _pipe_once(listen: list[str], connect: list[str], path: str) -> float:
+    """Wall time from starting the listener to both ends exiting, data from ``path``."""
+    start = time.perf_counter()
+    with open(os.devnull, "wb") as sink, open(path, "rb") as source:
+        listener = subprocess.Popen(listen, stdout=sink, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 10
+            while True:  # wait until the listener accepts connections
+                try:
+                    port = int(listen[-1].rsplit(":", 1)[-1]) if "://" in listen[-1] else int(listen[-1])
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+            # the probe connection above was the listener's one connection for ncat/conduit
+            # without keep-open; so listeners are started with keep-open and killed at the end.
+            subprocess.run(connect, stdin=source, check=True, stdout=subprocess.DEVNULL)
+        finally:
+            listener.terminate()
+            listener.wait()
+    return time.perf_counter() - start
+
+
+def _cli(mib: int, repeat: int) -> dict[str, Any]:
+    ncat = shutil.which("ncat")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "zeros")
+        with open(path, "wb") as f:
+            f.truncate(mib * 1024 * 1024)  # sparse: reads cost no disk
+        runs: dict[str, list[float]] = {"conduit": [], "ncat": []}
+        conduit = [sys.executable, "-m", "trio_conduit"]
+        for _ in range(repeat):
+            port = _free_port()
+            runs["conduit"].append(
+                _pipe_once(
+                    [*conduit, "listen", "--keep-open", f"tcp://127.0.0.1:{port}"],
+                    [*conduit, "connect", f"tcp://127.0.0.1:{port}"],
+                    path,
+                )
+            )
+            if ncat:
+                port = _free_port()
+                runs["ncat"].append(
+                    _pipe_once(
+                        [ncat, "-l", "--keep-open", "127.0.0.1", str(port)],
+                        [ncat, "--send-only", "127.0.0.1", str(port)],
+                        path,
+                    )
+                )
+    size = mib * 1024 * 1024
+    out: dict[str, Any] = {"bytes": size, "runs_seconds": runs}
+    out["conduit_mb_per_s"] = size / statistics.median(runs["conduit"]) / 1e6
+    if runs["ncat"]:
+        out["ncat_mb_per_s"] = size / statistics.median(runs["ncat"]) / 1e6
+        out["ratio"] = out["conduit_mb_per_s"] / out["ncat_mb_per_s"]
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    only = set(args.only or ["bulk", "rate"] + (["cli"] if args.cli else []))
+    results: dict[str, Any] = {}
+    if "bulk" in only:
+        results["tcp_bulk_mb_per_s"] = _pair("bulk", args.bulk_mib * 1024 * 1024, args.repeat, "mb_per_s")
+    if "rate" in only:
+        results["tcp_connections_per_s"] = _pair("rate", args.connections, args.repeat, "per_s")
+    if "cli" in only:
+        results["cli_pipe"] = _cli(args.cli_mib, max(1, args.repeat // 2 or 1))
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for name, r in results.items():
+        if name == "cli_pipe":
+            line = f"{name:24} conduit {r['conduit_mb_per_s']:9.1f} MB/s"
+            if "ncat_mb_per_s" in r:
+                line += f"   ncat {r['ncat_mb_per_s']:9.1f} MB/s   ratio {r['ratio']:.2f}"
+            print(line)
+        else:
+            print(f"{name:24} pool {r['pool']:10.1f}   raw trio {r['raw_trio']:10.1f}   ratio {r['ratio']:.3f}")
+    return 0
