@@ -9,6 +9,7 @@ import trio
 
 from trio_conduit import (
     Address,
+    Availability,
     Capabilities,
     Connection,
     Context,
@@ -18,7 +19,13 @@ from trio_conduit import (
     URLParts,
     hookimpl,
 )
-from trio_conduit.transport import HalfCloseableSocketStream, SockAddr, SocketListener, parse_host_port
+from trio_conduit.transport import (
+    HalfCloseableSocketStream,
+    SockAddr,
+    SocketListener,
+    parse_host_port,
+    probe_socket,
+)
 
 
 def _tune(sock: trio.socket.SocketType, options: Mapping[str, object]) -> None:
@@ -70,6 +77,9 @@ class TCPTransport(Transport):
             )
 
         return SocketListener(sock, ctx, wrap, bound)
+
+    def availability(self) -> Availability:
+        return probe_socket(socket.AF_INET, socket.SOCK_STREAM)
 
     def loopback_url(self, tmpdir: str) -> str:
         return "tcp://127.0.0.1:0"

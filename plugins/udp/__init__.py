@@ -9,6 +9,7 @@ import trio
 
 from trio_conduit import (
     Address,
+    Availability,
     Capabilities,
     Connection,
     Context,
@@ -19,7 +20,7 @@ from trio_conduit import (
     URLParts,
     hookimpl,
 )
-from trio_conduit.transport import DatagramListener, SocketChannel, parse_host_port
+from trio_conduit.transport import DatagramListener, SocketChannel, parse_host_port, probe_socket
 
 
 class UDPTransport(Transport):
@@ -52,8 +53,7 @@ class UDPTransport(Transport):
             except PermissionDenied as exc:
                 raise PermissionDenied(
                     exc.errno or 0,
-                    f"cannot connect to {ctx.address}: {exc.strerror} "
-                    "(a broadcast address needs broadcast=True)",
+                    f"{exc.strerror} (a broadcast address needs broadcast=True)",
                     address=str(ctx.address),
                 ) from exc
             return SocketChannel(
@@ -93,6 +93,9 @@ class UDPTransport(Transport):
             queue=ctx.int_option("queue"),
             max_size=ctx.int_option("max_size"),
         )
+
+    def availability(self) -> Availability:
+        return probe_socket(socket.AF_INET, socket.SOCK_DGRAM)
 
     def loopback_url(self, tmpdir: str) -> str:
         return "udp://127.0.0.1:0"

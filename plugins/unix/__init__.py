@@ -22,6 +22,7 @@ import trio
 from trio_conduit import (
     Address,
     AddressInUse,
+    Availability,
     Capabilities,
     Connection,
     ConnectionRefused,
@@ -42,6 +43,7 @@ from trio_conduit.transport import (
     connect_error_from_oserror,
     parse_unix_path,
     peer_credentials,
+    probe_socket,
 )
 
 
@@ -169,6 +171,9 @@ class UnixStreamTransport(Transport):
 
         return SocketListener(sock, ctx, wrap, bound, on_close=cleanup)
 
+    def availability(self) -> Availability:
+        return probe_socket(socket.AF_UNIX, socket.SOCK_STREAM)
+
     def loopback_url(self, tmpdir: str) -> str:
         return f"unix://{tmpdir}/check-stream.sock"
 
@@ -233,6 +238,9 @@ class UnixDatagramTransport(Transport):
             queue=ctx.int_option("queue"),
             max_size=ctx.int_option("max_size"),
         )
+
+    def availability(self) -> Availability:
+        return probe_socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 
     def loopback_url(self, tmpdir: str) -> str:
         return f"unix+dgram://{tmpdir}/check-dgram.sock"

@@ -24,7 +24,15 @@ if TYPE_CHECKING:
     from ._plugins import HookScope
     from ._trace import Tracer
 
-__all__ = ["Availability", "Capabilities", "Context", "SocketOptions", "SocketRole", "Transport"]
+__all__ = [
+    "Availability",
+    "Capabilities",
+    "Context",
+    "SocketOptions",
+    "SocketRole",
+    "Transport",
+    "probe_socket",
+]
 
 
 class SocketRole(enum.Enum):
@@ -58,6 +66,26 @@ class Availability:
     available: bool
     reason: str = ""
     errno: int | None = None
+
+
+def probe_socket(family: int, type: int, proto: int = 0) -> Availability:
+    """Availability of a kernel socket kind: try to create one and say why not.
+
+    Errors are reported with the errno name and a sentence
+    (``EPROTONOSUPPORT``: "the kernel does not support this protocol ...").
+    """
+    import errno as _errno
+    import socket as _socket
+
+    from ._errors import unavailable_reason
+
+    try:
+        _socket.socket(family, type, proto).close()
+    except OSError as exc:
+        err = exc.errno or 0
+        name = _errno.errorcode.get(err, str(err))
+        return Availability(False, f"{name}: {unavailable_reason(err)}", err)
+    return Availability(True)
 
 
 @dataclass(frozen=True, slots=True)

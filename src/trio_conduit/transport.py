@@ -22,3 +22,4 @@ from ._sockets import SocketListener as SocketListener
 from ._sockets import SocketStream as SocketStream
 from ._sockets import local_sockaddr as local_sockaddr
 from ._sockets import peer_credentials as peer_credentials
+from ._transport import probe_socket as probe_socket
