@@ -280,14 +280,16 @@ async def connect_inet(ctx: Context, socktype: int, proto: int = 0) -> trio.sock
     if pinned is not None:
         targets = [t for t in targets if t[0] == pinned]
         if not targets:
-            family = "IPv4" if pinned == socket.AF_INET else "IPv6"
+            version = "IPv4" if pinned == socket.AF_INET else "IPv6"
             raise AddressError(
-                f"{ctx.address}: local address {local!r} is {family}, "
-                f"but {host!r} has no {family} address (not the same address family)"
+                f"{ctx.address}: local address {local!r} is {version}, "
+                f"but {host!r} has no {version} address (not the same address family)"
             )
     if not targets:
         raise NameResolutionError(
-            socket.EAI_NONAME, f"{host!r} has no IPv4 or IPv6 address for {ctx.address}", address=str(ctx.address)
+            socket.EAI_NONAME,
+            f"{host!r} has no IPv4 or IPv6 address for {ctx.address}",
+            address=str(ctx.address),
         )
     if len(targets) == 1:
         return await _connect_one(ctx, targets[0][0], socktype, proto, targets[0][1])
