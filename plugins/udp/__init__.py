@@ -65,10 +65,15 @@ class UDPTransport(Transport):
                 remote=sock.getpeername(),
                 max_size=max_size,
             )
-        host, port = ctx.address.host, ctx.address.port
-        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        family, _, _, _, peer = infos[0]
+        family, peer = (await ctx.resolve_inet(socket.SOCK_DGRAM))[0]
         sock = await ctx.make_socket(family, socket.SOCK_DGRAM)
+        if ctx.socket_options.local is None:
+            # Bind an ephemeral port now: info.local is then real, and peers can send first.
+            try:
+                await sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+            except BaseException:
+                sock.close()
+                raise
         return SocketChannel(
             sock,
             ctx.conn_id,

@@ -83,6 +83,9 @@ class Address:
             rest = urllib.parse.quote(self.path, safe="/@:~+-._")
         else:
             rest = self.hostport
+            if self.host and "%" in self.host:  # an IPv6 zone id, written %25<zone> (RFC 6874)
+                ip, zone = self.host.split("%", 1)
+                rest = rest.replace(self.host, f"{ip}%25{urllib.parse.quote(zone, safe='')}", 1)
         q = ("?" + urllib.parse.urlencode(self.query)) if self.query else ""
         return f"{self.scheme}://{rest}{q}"
 
@@ -224,8 +227,10 @@ def parse_unix_path(parts: URLParts) -> Address:
         raise parts.error("missing socket path")
     if "\x00" in path:
         raise parts.error("NUL byte in the socket path")
-    if len(path.encode()) > UNIX_PATH_MAX:
-        raise parts.error(f"socket path longer than {UNIX_PATH_MAX} bytes (the kernel's limit)")
+    # sun_path is 108 bytes: a path needs its terminating NUL, an abstract name ("@" → NUL) does not.
+    limit = UNIX_PATH_MAX + 1 if path.startswith("@") else UNIX_PATH_MAX
+    if len(path.encode()) > limit:
+        raise parts.error(f"socket path longer than {limit} bytes (the kernel's limit)")
     return Address(parts.scheme, path=path, query=parts.query)
 
 

@@ -151,5 +151,5 @@ def connect_error_from_oserror(exc: OSError, *, action: str, address: str | None
     if cls is TransportUnavailable:
         detail = unavailable_reason(err)
     else:
-        detail = exc.strerror or os.strerror(err)
+        detail = os.strerror(err) if err else (exc.strerror or str(exc))
     return cls(err, f"cannot {action}{where}: {detail}", address=address)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Iterable, Mapping
+from importlib import metadata
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import pluggy
@@ -52,6 +53,10 @@ def _check_no_wrappers(pm: pluggy.PluginManager) -> None:
                 )
 
 
+def _object_name(plugin: object) -> str:
+    return f"{type(plugin).__module__}.{type(plugin).__qualname__}@{id(plugin):#x}"
+
+
 class HookScope:
     """A set of plugins seen together: the global ones plus a pool's or listener's own.
 
@@ -77,8 +82,9 @@ class HookScope:
             pm.register(plugin, name=name)
         for plugin in extras:
             try:
-                pm.register(plugin)
-            except ValueError as exc:
+                # pluggy would name an object without __name__ by its id(): useless in messages.
+                pm.register(plugin, name=getattr(plugin, "__name__", None) or _object_name(plugin))
+            except (ValueError, pluggy.PluginValidationError) as exc:
                 raise PluginError(f"cannot register plugin {plugin!r}: {exc}") from exc
         try:
             pm.check_pending()
@@ -157,19 +163,26 @@ async def _dispatch(
 
 
 _GLOBAL: HookScope | None = None
+_LOAD_ERRORS: dict[str, str] = {}
 _DEFAULT_PLUGINS: list[tuple[object, str | None]] = []
 
 
 def _build_global() -> HookScope:
     pm = _new_manager()
     for plugin, name in _DEFAULT_PLUGINS:
-        pm.register(plugin, name=name)
-    try:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-    except Exception as exc:
-        raise PluginError(
-            f"cannot load a plugin from entry point group {ENTRY_POINT_GROUP!r}: {exc!r}"
-        ) from exc
+        try:
+            pm.register(plugin, name=name)
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            raise PluginError(f"cannot register plugin {plugin!r}: {exc}") from exc
+    _LOAD_ERRORS.clear()
+    # One entry point at a time: a plugin that fails to import is reported (logged, and
+    # listed by load_errors() / `conduit check`), and does not take the others down.
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
+        except Exception as exc:
+            _LOAD_ERRORS[ep.name] = f"{ep.value}: {type(exc).__name__}: {exc}"
+            _log.error("cannot load plugin %r (%s): %r; skipped", ep.name, ep.value, exc)
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
@@ -191,7 +204,12 @@ def register_plugin(plugin: object, name: str | None = None) -> None:
     global _GLOBAL
     _DEFAULT_PLUGINS.append((plugin, name))
     _GLOBAL = None
-    global_scope()
+    try:
+        global_scope()
+    except BaseException:
+        _DEFAULT_PLUGINS.pop()  # an invalid plugin must not break every later pool
+        _GLOBAL = None
+        raise
 
 
 def unregister_plugin(plugin: object) -> None:
@@ -199,6 +217,12 @@ def unregister_plugin(plugin: object) -> None:
     global _GLOBAL
     _DEFAULT_PLUGINS[:] = [(p, n) for p, n in _DEFAULT_PLUGINS if p is not plugin]
     _GLOBAL = None
+
+
+def load_errors() -> dict[str, str]:
+    """Entry-point plugins that failed to load: name → what went wrong."""
+    global_scope()
+    return dict(_LOAD_ERRORS)
 
 
 def plugin_distributions() -> list[tuple[str, str, str]]:

@@ -46,6 +46,12 @@ _CORE_OPTIONS: Final = {
 _PARSE_CACHE_MAX: Final = 512
 
 
+def _known_options(transport: Transport) -> dict[str, Option]:
+    known = dict(_CORE_OPTIONS)
+    known.update((o.name, o) for o in transport.options)
+    return known
+
+
 class _Owner:
     """Tracks connections for one hook scope (the pool's, or a listener's)."""
 
@@ -75,7 +81,7 @@ class _Owner:
 
 
 @final
-class PoolListener(trio.abc.Listener[Connection]):
+class PoolListener(trio.abc.Listener[Any]):
     """A transport's listener as the pool hands it out (``pool.listen``).
 
     ``accept()`` returns connections already registered with the pool
@@ -94,7 +100,8 @@ class PoolListener(trio.abc.Listener[Connection]):
         """The transport's own listener object."""
         return self._inner
 
-    async def accept(self) -> Connection:
+    async def accept(self) -> Any:
+        """The next connection (a stream or datagram channel, by transport), registered with the pool."""
         tracer = self._owner.pool.tracer
         while True:
             conn = await self._inner.accept()
@@ -139,7 +146,7 @@ class Pool:
         self._owner = _Owner(self, scope)
         self._conns: dict[int, Connection] = {}
         self._listeners: set[PoolListener] = set()
-        self._serving: set[trio.CancelScope] = set()
+        self._serving: dict[trio.CancelScope, trio.Event] = {}
         self._parsed: dict[tuple[str, bool, HookScope], tuple[Transport, Address]] = {}
         self._closed = False
 
@@ -164,7 +171,9 @@ class Pool:
         if transport is None:
             known = ", ".join(sorted(scope.transports)) or "none"
             raise AddressError(f"{parts.text!r}: unknown scheme {parts.scheme!r} (registered: {known})")
-        result = (transport, transport.parse_address(parts, listening=listening))
+        address = transport.parse_address(parts, listening=listening)
+        resolve_options(str(address), _known_options(transport), address.query, {})  # bad options fail here
+        result = (transport, address)
         if len(self._parsed) >= _PARSE_CACHE_MAX:
             self._parsed.clear()
         self._parsed[key] = result
@@ -180,9 +189,7 @@ class Pool:
         conn_id: int = 0,
         event_id: int = 0,
     ) -> Context:
-        known = dict(_CORE_OPTIONS)
-        known.update((o.name, o) for o in transport.options)
-        opts = resolve_options(str(address), known, address.query, given)
+        opts = resolve_options(str(address), _known_options(transport), address.query, given)
         ip_options = opts.pop("ip_options")
         local, device, backlog = opts.pop("local"), opts.pop("device"), opts.pop("backlog")
         if ip_options is not None and not isinstance(ip_options, bytes):
@@ -288,6 +295,7 @@ class Pool:
         ``kwargs`` are :meth:`connect`'s.
         """
         self._check_open()
+        self.parse(url)  # a malformed URL or unknown scheme raises here, at once
         self._nursery.start_soon(self._spawned, url, handler, kwargs, name=f"conduit spawn {url}")
 
     async def _spawned(self, url: str | Address, handler: Handler, kwargs: dict[str, Any]) -> None:
@@ -353,7 +361,7 @@ class Pool:
         limit = trio.Semaphore(max_connections) if max_connections else None
         # Closing the pool cancels this, even when we run in a nursery outside the pool.
         cancel = trio.CancelScope()
-        self._serving.add(cancel)
+        done = self._serving[cancel] = trio.Event()
         try:
             with cancel:
                 async with listener, trio.open_nursery() as nursery:
@@ -374,13 +382,20 @@ class Pool:
             if not self._closed:
                 raise
         finally:
-            self._serving.discard(cancel)
+            del self._serving[cancel]
+            done.set()
 
     # -- closing ------------------------------------------------------------
     async def _close_all(self) -> None:
         self._closed = True
-        for cancel in self._serving:
+        serving = list(self._serving.items())
+        for cancel, _ in serving:
             cancel.cancel()
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_GRACE):
+            # serve() calls running in nurseries outside the pool: let their handlers unwind
+            # (cancelled, closing their own connections) before we force-close what is left.
+            for _, done in serving:
+                await done.wait()
         with trio.CancelScope(shield=True):
             for listener in list(self._listeners):
                 await trio.aclose_forcefully(listener)
@@ -421,10 +436,25 @@ async def open_pool(*, plugins: Iterable[object] = ()) -> AsyncIterator[Pool]:
     listener it handed out.
     """
     scope = global_scope().child(plugins)
-    async with trio.open_nursery() as nursery:
-        pool = Pool(nursery, scope)
-        try:
-            yield pool
-        finally:
-            nursery.cancel_scope.cancel()
+    scope.transports  # noqa: B018 - build the registry now: a duplicate scheme fails here
+    pool: Pool | None = None
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            pool = Pool(nursery, scope)
+            try:
+                yield pool
+            except BaseException as exc:
+                # Re-raised below, outside the nursery: the caller's `except ConnectionRefused`
+                # must see the error itself, not an ExceptionGroup around it.
+                body_error = exc
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        # Only once the pool's own tasks have unwound (closing their own connections):
+        # closing a connection under a running handler would make it fail with
+        # ClosedResourceError (logged as a handler error) instead of being cancelled.
+        if pool is not None:
             await pool._close_all()
+    if body_error is not None:
+        raise body_error

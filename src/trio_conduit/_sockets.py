@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DatagramListener",
     "HalfCloseableSocketStream",
+    "MessageSocketChannel",
     "SocketChannel",
     "SocketListener",
     "SocketStream",
@@ -57,6 +58,10 @@ __all__ = [
     "listen_inet",
     "make_socket",
 ]
+
+#: A transport's own socket options, applied by the shared path to each socket it makes
+#: (after the core options, before the ``conduit_socket_created`` hooks, before connect/bind).
+SocketPreparer = Callable[[trio.socket.SocketType], None]
 
 _log = logging.getLogger("trio_conduit")
 
@@ -148,14 +153,22 @@ def _local_family(local: object) -> int | None:
 
 
 async def make_socket(
-    ctx: Context, family: int, type: int, proto: int = 0, *, role: SocketRole
+    ctx: Context,
+    family: int,
+    type: int,
+    proto: int = 0,
+    *,
+    role: SocketRole,
+    prepare: SocketPreparer | None = None,
 ) -> trio.socket.SocketType:
     """Create a non-blocking socket and apply the core options, then the plugins' hooks.
 
     ``SO_REUSEADDR`` for listeners (not unix), ``SO_BINDTODEVICE`` for
     ``device``, ``IP_OPTIONS`` for ``ip_options`` (IPv4), ``SO_BROADCAST``
     only when ``broadcast`` is set, and a bind to ``local`` before a connect.
-    Any failure closes the socket and raises a typed error.
+    Then the transport's ``prepare(sock)`` (its own options, e.g. SCTP's
+    stream counts, which must be set before connect/listen). Any failure
+    closes the socket and raises a typed error.
     """
     from ._transport import SocketRole
 
@@ -198,6 +211,13 @@ async def make_socket(
                 raise connect_error_from_oserror(
                     exc, action=f"bind to local address {opts.local!r} for", address=where
                 ) from exc
+        if prepare is not None:
+            try:
+                prepare(sock)
+            except OSError as exc:
+                raise connect_error_from_oserror(
+                    exc, action=f"set {ctx.transport.name} socket options for", address=where
+                ) from exc
         if ctx.scope.has_impls("conduit_socket_created"):
             await ctx.scope.acall(
                 "conduit_socket_created", sock=sock, transport=ctx.transport, address=ctx.address, role=role
@@ -234,6 +254,19 @@ async def _resolve(
     return out
 
 
+async def resolve_inet(ctx: Context, socktype: int) -> list[tuple[int, SockAddr]]:
+    """``ctx.address``'s host and port as (family, sockaddr) pairs; :class:`NameResolutionError` if none."""
+    host, port = ctx.address.host or "", ctx.address.port or 0
+    targets = await _resolve(ctx, host, port, socktype)
+    if not targets:
+        raise NameResolutionError(
+            socket.EAI_NONAME,
+            f"{host!r} has no IPv4 or IPv6 address for {ctx.address}",
+            address=str(ctx.address),
+        )
+    return targets
+
+
 def _interleave(targets: list[tuple[int, SockAddr]]) -> list[tuple[int, SockAddr]]:
     """First address family first, then alternate families (RFC 8305 §4)."""
     if not targets:
@@ -248,11 +281,16 @@ def _interleave(targets: list[tuple[int, SockAddr]]) -> list[tuple[int, SockAddr
 
 
 async def _connect_one(
-    ctx: Context, family: int, socktype: int, proto: int, sockaddr: SockAddr
+    ctx: Context,
+    family: int,
+    socktype: int,
+    proto: int,
+    sockaddr: SockAddr,
+    prepare: SocketPreparer | None = None,
 ) -> trio.socket.SocketType:
     from ._transport import SocketRole
 
-    sock = await make_socket(ctx, family, socktype, proto, role=SocketRole.CONNECT)
+    sock = await make_socket(ctx, family, socktype, proto, role=SocketRole.CONNECT, prepare=prepare)
     try:
         await sock.connect(sockaddr)
     except OSError as exc:
@@ -264,7 +302,9 @@ async def _connect_one(
     return sock
 
 
-async def connect_inet(ctx: Context, socktype: int, proto: int = 0) -> trio.socket.SocketType:
+async def connect_inet(
+    ctx: Context, socktype: int, proto: int = 0, *, prepare: SocketPreparer | None = None
+) -> trio.socket.SocketType:
     """Resolve ``ctx.address`` and connect, racing addresses 250 ms apart (happy eyeballs).
 
     The first socket to connect wins; the others are cancelled and closed.
@@ -292,19 +332,24 @@ async def connect_inet(ctx: Context, socktype: int, proto: int = 0) -> trio.sock
             address=str(ctx.address),
         )
     if len(targets) == 1:
-        return await _connect_one(ctx, targets[0][0], socktype, proto, targets[0][1])
+        return await _connect_one(ctx, targets[0][0], socktype, proto, targets[0][1], prepare)
 
     targets = _interleave(targets)
     winner: trio.socket.SocketType | None = None
     errors: list[ConnectError] = []
+    other_errors: list[Exception] = []
 
     async def attempt(family: int, sockaddr: SockAddr, failed: trio.Event, nursery: trio.Nursery) -> None:
         nonlocal winner
         try:
-            sock = await _connect_one(ctx, family, socktype, proto, sockaddr)
+            sock = await _connect_one(ctx, family, socktype, proto, sockaddr, prepare)
         except ConnectError as exc:
             errors.append(exc)
             failed.set()
+            return
+        except Exception as exc:  # not a connect failure (a plugin's hook raised): stop the race
+            other_errors.append(exc)
+            nursery.cancel_scope.cancel()
             return
         if winner is None:
             winner = sock
@@ -323,6 +368,10 @@ async def connect_inet(ctx: Context, socktype: int, proto: int = 0) -> trio.sock
         if winner is not None:
             winner.close()
         raise
+    if other_errors:
+        if winner is not None:
+            winner.close()
+        raise other_errors[0]
     if winner is not None:
         return winner
     kinds = {type(e) for e in errors}
@@ -339,7 +388,9 @@ async def connect_inet(ctx: Context, socktype: int, proto: int = 0) -> trio.sock
     ) from ExceptionGroup("all connect attempts failed", errors)
 
 
-async def listen_inet(ctx: Context, socktype: int, proto: int = 0) -> trio.socket.SocketType:
+async def listen_inet(
+    ctx: Context, socktype: int, proto: int = 0, *, prepare: SocketPreparer | None = None
+) -> trio.socket.SocketType:
     """Make, bind (and for streams, ``listen()`` on) a socket for ``ctx.address``.
 
     An empty host listens on every interface: IPv6 ``::`` accepting IPv4 too
@@ -358,7 +409,7 @@ async def listen_inet(ctx: Context, socktype: int, proto: int = 0) -> trio.socke
         family, sockaddr = socket.AF_INET6, ("::", port)
     else:
         family, sockaddr = socket.AF_INET, ("0.0.0.0", port)
-    sock = await make_socket(ctx, family, socktype, proto, role=SocketRole.LISTEN)
+    sock = await make_socket(ctx, family, socktype, proto, role=SocketRole.LISTEN, prepare=prepare)
     try:
         if family == socket.AF_INET6 and not host:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -471,7 +522,8 @@ class SocketStream(StreamConnection):
 
     ``socket`` is the trio socket, for options this library does not wrap.
     ``receive_some()`` without a size reads up to ``receive_size`` bytes
-    (256 KiB by default).
+    (256 KiB by default). ``send_size`` caps what one ``send()`` call carries
+    (SCTP sends each call as one message, which must fit the send buffer).
     """
 
     def __init__(
@@ -485,6 +537,7 @@ class SocketStream(StreamConnection):
         remote: SockAddr | None = None,
         peer_credentials: PeerCredentials | None = None,
         receive_size: int = DEFAULT_RECEIVE_SIZE,
+        send_size: int | None = None,
     ) -> None:
         super().__init__(conn_id, address)
         self._sock = sock
@@ -493,6 +546,7 @@ class SocketStream(StreamConnection):
         self._is_closed = False
         self._tracer = tracer
         self._receive_size = receive_size
+        self._send_size = send_size
         if remote is None:
             try:
                 remote = sock.getpeername()
@@ -523,15 +577,18 @@ class SocketStream(StreamConnection):
         try:
             if self._is_closed:
                 raise trio.ClosedResourceError("this connection was closed")
+            if self._sock.did_shutdown_SHUT_WR:
+                raise trio.ClosedResourceError("cannot send data after send_eof()")
             sock = self._sock
             with _stream_errors(), memoryview(data) as view:
                 total = len(view)
                 if not total:
                     await trio.lowlevel.checkpoint()
                 else:
-                    sent = await sock.send(view)
+                    step = self._send_size or total
+                    sent = await sock.send(view) if step >= total else 0
                     while sent < total:
-                        with view[sent:] as rest:
+                        with view[sent : sent + step] as rest:
                             sent += await sock.send(rest)
         finally:
             self._send_busy = False
@@ -673,6 +730,12 @@ class SocketListener(trio.abc.Listener[Connection]):
                         role=SocketRole.ACCEPTED,
                     )
                 return self._wrap(sock, remote, ctx.new_conn_id())
+            except Exception:
+                # A plugin hook or the wrapper failed for this one connection: drop it
+                # (as a rejecting conduit_connection_made does); the listener goes on.
+                sock.close()
+                _log.exception("dropped a connection accepted on %s: setting it up raised", self.address)
+                continue
             except BaseException:
                 sock.close()
                 raise
@@ -815,6 +878,121 @@ class SocketChannel(DatagramConnection):
             self._sock.close()
             if self._on_close is not None:
                 self._on_close()
+            await self._closed()
+        await trio.lowlevel.checkpoint()
+
+
+#: Ancillary data as ``socket.sendmsg``/``recvmsg`` give it: (level, type, data).
+AncData = list[tuple[int, int, bytes]]
+
+
+class MessageSocketChannel(DatagramConnection):
+    """Whole messages over a connected ``SOCK_SEQPACKET`` socket (vsock, SCTP, unix).
+
+    ``send`` sends one message, all of it (too big for the transport:
+    :class:`MessageTooLarge`, the channel stays usable). ``receive`` returns
+    one whole message; a message longer than ``max_size`` was cut by the
+    kernel (``MSG_TRUNC``) and raises :class:`MessageTooLarge`. Once the peer
+    has closed, ``receive`` raises ``trio.EndOfChannel``. A broken
+    connection is ``trio.BrokenResourceError``. Subclasses that need
+    ancillary data (SCTP's stream ids) use :meth:`_sendmsg` and :meth:`_recvmsg`.
+    """
+
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        conn_id: int,
+        *,
+        transport: str,
+        tracer: Tracer,
+        address: Address | None = None,
+        remote: SockAddr | None = None,
+        max_size: int = DEFAULT_DATAGRAM_SIZE,
+    ) -> None:
+        super().__init__(conn_id, address)
+        self._sock = sock
+        self._tracer = tracer
+        self._max_size = max_size
+        self._is_closed = False
+        if remote is None:
+            try:
+                remote = sock.getpeername()
+            except OSError:
+                remote = None
+        self._info = CommunicationInfo(
+            transport=transport,
+            family=sock.family,
+            socktype=sock.type,
+            protocol=sock.proto,
+            local=_sockname(sock),
+            remote=remote,
+        )
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        return self._sock
+
+    @property
+    def info(self) -> CommunicationInfo:
+        return self._info
+
+    @property
+    def max_size(self) -> int:
+        """The largest message :meth:`receive` returns whole."""
+        return self._max_size
+
+    def _trace(self, what: str, n: int) -> None:
+        if self._tracer.log.isEnabledFor(DEBUG_ALL):
+            self._tracer.log.log(
+                DEBUG_ALL,
+                "%s message of %d bytes on conn #%d event #%d",
+                what,
+                n,
+                self.id,
+                self._tracer.next_event_id(),
+            )
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        if self._is_closed:
+            raise trio.ClosedResourceError("this channel was closed")
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                raise MessageTooLarge(f"message too large for {self.info.remote!r}: {exc.strerror}") from exc
+            if exc.errno == errno.EBADF or self._is_closed:
+                raise trio.ClosedResourceError("this channel was closed") from None
+            raise trio.BrokenResourceError(f"connection broken: {exc}") from exc
+
+    async def _sendmsg(self, value: Buffer, ancdata: AncData | None = None) -> None:
+        """Send ``value`` as one message, with ``ancdata`` (a list of (level, type, bytes))."""
+        with self._errors():
+            n = await self._sock.sendmsg([value], ancdata or [])
+        self._trace("sent", n)
+
+    async def _recvmsg(self, bufsize: int, ancbufsize: int = 0) -> tuple[bytes, AncData, int]:
+        """One ``recvmsg``: (data, ancillary data, msg_flags). Errors translated, nothing interpreted."""
+        with self._errors():
+            data, ancdata, flags, _addr = await self._sock.recvmsg(bufsize, ancbufsize)
+        self._trace("received", len(data))
+        return data, ancdata, flags
+
+    async def send(self, value: Buffer) -> None:
+        await self._sendmsg(value)
+
+    async def receive(self) -> bytes:
+        data, _, flags = await self._recvmsg(self._max_size)
+        if flags & socket.MSG_TRUNC:
+            raise MessageTooLarge(f"a message longer than max_size={self._max_size} was cut short")
+        if not data:
+            raise trio.EndOfChannel
+        return data
+
+    async def aclose(self) -> None:
+        if not self._is_closed:
+            self._is_closed = True
+            self._sock.close()
             await self._closed()
         await trio.lowlevel.checkpoint()
 

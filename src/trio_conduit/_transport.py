@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from ._address import Address, Option, URLParts
-from ._connection import Connection, Kind
+from ._connection import Connection, Kind, SockAddr
 
 if TYPE_CHECKING:
     from ._plugins import HookScope
+    from ._sockets import SocketPreparer
     from ._trace import Tracer
 
 __all__ = [
@@ -138,24 +139,49 @@ class Context:
         return self.tracer.next_conn_id()
 
     async def make_socket(
-        self, family: int, type: int, proto: int = 0, *, role: SocketRole | None = None
+        self,
+        family: int,
+        type: int,
+        proto: int = 0,
+        *,
+        role: SocketRole | None = None,
+        prepare: SocketPreparer | None = None,
     ) -> trio.socket.SocketType:
-        """The one socket-making path; see :func:`trio_conduit._sockets.make_socket`."""
+        """The one socket-making path; see :func:`trio_conduit._sockets.make_socket`.
+
+        ``prepare(sock)``: the transport's own socket options, applied after the
+        core's and before the ``conduit_socket_created`` hooks (and so before
+        connect/bind). ``OSError`` from it becomes a typed error.
+        """
         from ._sockets import make_socket
 
-        return await make_socket(self, family, type, proto, role=role or self.role)
+        return await make_socket(self, family, type, proto, role=role or self.role, prepare=prepare)
 
-    async def connect_inet(self, type: int, proto: int = 0) -> trio.socket.SocketType:
-        """Resolve ``address.host`` and connect with happy eyeballs; a connected socket."""
+    async def connect_inet(
+        self, type: int, proto: int = 0, *, prepare: SocketPreparer | None = None
+    ) -> trio.socket.SocketType:
+        """Resolve ``address.host`` and connect with happy eyeballs; a connected socket.
+
+        ``prepare`` is applied to every socket made for an attempt (see :meth:`make_socket`).
+        """
         from ._sockets import connect_inet
 
-        return await connect_inet(self, type, proto)
+        return await connect_inet(self, type, proto, prepare=prepare)
 
-    async def listen_inet(self, type: int, proto: int = 0) -> trio.socket.SocketType:
-        """Resolve ``address.host`` (empty: all interfaces) and bind; ``listen()`` for streams."""
+    async def resolve_inet(self, type: int) -> list[tuple[int, SockAddr]]:
+        """Resolve ``address`` to (family, sockaddr) pairs, in resolver order; typed errors."""
+        from ._sockets import resolve_inet
+
+        return await resolve_inet(self, type)
+
+    async def listen_inet(
+        self, type: int, proto: int = 0, *, prepare: SocketPreparer | None = None
+    ) -> trio.socket.SocketType:
+        """Resolve ``address.host`` (empty: all interfaces) and bind; ``listen()`` for streams
+        and ``SOCK_SEQPACKET``. ``prepare`` is applied before the bind (see :meth:`make_socket`)."""
         from ._sockets import listen_inet
 
-        return await listen_inet(self, type, proto)
+        return await listen_inet(self, type, proto, prepare=prepare)
 
 
 class Transport(abc.ABC):

@@ -9,9 +9,10 @@ Two calling conventions:
   once, when a pool or listener builds its registry. They return objects.
 * **Lifecycle hooks** (everything else) are *awaited* by trio-conduit's own
   dispatcher: an implementation may be ``async def`` and may take its time.
-  Implementations run in pluggy's order (``tryfirst``/``trylast``, later
-  registered first); for a ``firstresult`` hook the first implementation whose
-  *awaited* value is not ``None`` wins and the rest are not called.
+  Implementations run in pluggy's call order (``tryfirst`` ones first,
+  ``trylast`` ones last, otherwise the later registered first); for a
+  ``firstresult`` hook the first implementation whose *awaited* value is not
+  ``None`` wins and the rest are not called.
   Wrappers (``wrapper=True``/``hookwrapper=True``) are not supported on
   lifecycle hooks and are refused when the plugin is registered.
 
@@ -67,7 +68,9 @@ async def conduit_socket_created(
     Called after the core has applied its own options (``SO_REUSEADDR``,
     ``SO_BINDTODEVICE``, ``IP_OPTIONS``, ``SO_BROADCAST``, the local bind) and
     before ``connect``/``listen``. Set socket options here. Raising aborts the
-    attempt: the socket is closed and the error propagates to the caller.
+    attempt: the socket is closed and the error propagates to the caller (for
+    an accepted socket: it is logged and the connection is dropped; the
+    listener goes on).
     ``role`` says whether the socket will connect, listen, or is an accepted one.
     """
 

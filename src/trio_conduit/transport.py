@@ -16,9 +16,11 @@ from ._sockets import DEFAULT_DATAGRAM_SIZE as DEFAULT_DATAGRAM_SIZE
 from ._sockets import DEFAULT_RECEIVE_SIZE as DEFAULT_RECEIVE_SIZE
 from ._sockets import DatagramListener as DatagramListener
 from ._sockets import HalfCloseableSocketStream as HalfCloseableSocketStream
+from ._sockets import MessageSocketChannel as MessageSocketChannel
 from ._sockets import PeerChannel as PeerChannel
 from ._sockets import SocketChannel as SocketChannel
 from ._sockets import SocketListener as SocketListener
+from ._sockets import SocketPreparer as SocketPreparer
 from ._sockets import SocketStream as SocketStream
 from ._sockets import local_sockaddr as local_sockaddr
 from ._sockets import peer_credentials as peer_credentials
