@@ -347,7 +347,7 @@ async def test_cancel_happy_eyeballs_mid_race(v6: str, autojump_clock: trio.test
             assert set(won) == {("127.0.0.1", port)}
             if v6 == "silent":
                 # The IPv6 attempt hung, so IPv4 only started after the happy-eyeballs delay.
-                assert min(took) >= 0.25
+                assert min(took) >= 0.25 - 1e-9  # virtual time; allow float rounding only
     finally:
         for s in socks:
             s.close()

@@ -13,13 +13,16 @@ early, signals. Every process is killed and reaped in ``finally``.
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import hashlib
 import importlib.util
 import json
 import logging
 import os
+import pty
 import re
 import secrets
+import select
 import signal
 import socket
 import subprocess
@@ -33,11 +36,25 @@ from typing import IO, Any
 import pytest
 import trio
 
+from trio_conduit import (
+    Address,
+    Availability,
+    Connection,
+    Context,
+    Kind,
+    Transport,
+    TransportUnavailable,
+    URLParts,
+    hookimpl,
+    register_plugin,
+    unregister_plugin,
+)
 from trio_conduit._trace import DEBUG_ALL, Tracer
 from trio_conduit.cli import main
+from trio_conduit.cli._check import run_check
 from trio_conduit.cli._main import with_options
 from trio_conduit.cli._stdio import kernel_socket
-from trio_conduit.transport import HalfCloseableSocketStream, SocketStream
+from trio_conduit.transport import HalfCloseableSocketStream, SocketStream, parse_host_port
 
 from .conftest import free_tcp_port, free_udp_port
 
@@ -240,6 +257,91 @@ def test_plugins_lists_transports_options_and_hooks() -> None:
     assert re.search(r"^  conduit_transports\s+sync\s+.*\btcp\b", out, re.M)
 
 
+class _BrokenListen(Transport):
+    """Available, but listening fails: its round trip must fail with one line."""
+
+    schemes = ("broken-listen+test",)
+    name = "BROKEN"
+    kind = Kind.STREAM
+
+    def parse_address(self, parts: URLParts, *, listening: bool) -> Address:
+        return parse_host_port(parts, listening=listening)
+
+    async def connect(self, ctx: Context) -> Connection:
+        raise AssertionError("never reached: listen fails first")
+
+    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+        await trio.lowlevel.checkpoint()
+        raise TransportUnavailable(errno.EPROTONOSUPPORT, "no such protocol in this test", address=None)
+
+    def loopback_url(self, tmpdir: str) -> str:
+        return "broken-listen+test://127.0.0.1:0"
+
+
+class _Missing(_BrokenListen):
+    schemes = ("missing+test",)
+
+    def availability(self) -> Availability:
+        return Availability(False, "this kernel lacks it", errno.ENOPROTOOPT)
+
+
+class _ProbeRaises(_BrokenListen):
+    schemes = ("probe-raises+test",)
+
+    def availability(self) -> Availability:
+        raise RuntimeError("probe bug")
+
+
+class _FakePlugin:
+    @hookimpl
+    def conduit_transports(self) -> list[Transport]:
+        return [_BrokenListen(), _Missing(), _ProbeRaises()]
+
+
+@pytest.fixture
+def fake_transports() -> Iterator[None]:
+    plugin = _FakePlugin()
+    register_plugin(plugin, name="fake-for-check")
+    try:
+        yield
+    finally:
+        unregister_plugin(plugin)
+
+
+async def test_check_reports_failures_as_lines_and_status_1(
+    fake_transports: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run_check(as_json=False) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert re.search(r"^  broken-listen\+test\s+FAIL  .*no such protocol in this test", out, re.M), out
+    assert re.search(
+        r"^  missing\+test\s+stream\s+plugin \S+\s+unavailable  this kernel lacks it \[ENOPROTOOPT\]$",
+        out,
+        re.M,
+    ), out
+    assert re.search(
+        r"^  probe-raises\+test .*unavailable  the availability probe raised RuntimeError: probe bug",
+        out,
+        re.M,
+    ), out
+    assert re.search(r"^  tcp\s+ok\s", out, re.M)  # the others still run
+    assert re.search(r"(\d+) of (?!\1)\d+ round trips passed", out)
+
+    assert await run_check(as_json=True) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False
+    assert doc["round_trips"]["failed"] == 1
+    by_scheme = {s: t for t in doc["transports"] for s in t["schemes"]}
+    failed = by_scheme["broken-listen+test"]["round_trip"]
+    assert failed["ok"] is False
+    assert "no such protocol in this test" in failed["error"]
+    assert "\n" not in failed["error"]
+    assert by_scheme["missing+test"]["errno_name"] == "ENOPROTOOPT"
+    assert by_scheme["missing+test"]["round_trip"] is None
+    assert by_scheme["tcp"]["round_trip"]["ok"] is True
+
+
 # ---------------------------------------------------------------------------
 # connect <-> listen: streams
 # ---------------------------------------------------------------------------
@@ -401,7 +503,7 @@ def test_datagram_lines_adds_missing_newline(tmp_path: Path) -> None:
 @pytest.mark.parametrize("transport", [*STREAMS, "udp"])
 def test_keep_open_echo_serves_clients_concurrently(tmp_path: Path, sock_dir: Path, transport: str) -> None:
     datagram = transport == "udp"
-    payloads = [random_lines(40) if datagram else os.urandom(512 << 10) for _ in range(6)]
+    payloads = [random_lines(25) if datagram else os.urandom(512 << 10) for _ in range(6)]
     with conduit(tmp_path, "listen", "--keep-open", "--echo", listen_url(transport, sock_dir)) as server:
         bound = server.bound_url()
         clients = [
@@ -633,6 +735,39 @@ def test_closed_stdin_reads_as_empty(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         assert listener.communicate() == b""
         assert listener.wait() == 0
+
+
+def test_terminal_stdio_stays_blocking(tmp_path: Path) -> None:
+    """On a terminal: a typed line goes out, the reply shows, ^D is the end of input.
+
+    The terminal's open file description is shared with the shell: it must not be
+    left (or even made) non-blocking.
+    """
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(DEADLINE)
+        url = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        controller, terminal = pty.openpty()
+        try:
+            with conduit(tmp_path, "connect", url, stdin=terminal, stdout=terminal) as client:
+                conn, _ = server.accept()
+                with conn:
+                    conn.settimeout(DEADLINE)
+                    os.write(controller, b"typed line\n")
+                    assert conn.recv(100) == b"typed line\n"
+                    conn.sendall(b"reply\n")
+                    shown = b""
+                    while b"reply" not in shown:
+                        ready, _, _ = select.select([controller], [], [], DEADLINE)
+                        assert ready, shown
+                        shown += os.read(controller, 1000)
+                    assert os.get_blocking(terminal)
+                    os.write(controller, b"\x04")  # ^D
+                    assert conn.recv(100) == b""  # our end of input became the peer's EOF
+                assert client.wait() == 0, client.stderr
+            assert os.get_blocking(terminal)
+        finally:
+            os.close(controller)
+            os.close(terminal)
 
 
 # ---------------------------------------------------------------------------

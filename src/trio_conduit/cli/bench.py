@@ -27,8 +27,12 @@ _WORKER = [sys.executable, "-m", "trio_conduit.cli._benchworker"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=5, help="runs per implementation (default 5)")
     parser.add_argument("--bulk-mib", type=int, default=1024, help="MiB per bulk run (default 1024)")
-    parser.add_argument("--connections", type=int, default=2000, help="connections per rate run (default 2000)")
-    parser.add_argument("--cli-mib", type=int, default=1024, help="MiB for the --cli pipe test (default 1024)")
+    parser.add_argument(
+        "--connections", type=int, default=2000, help="connections per rate run (default 2000)"
+    )
+    parser.add_argument(
+        "--cli-mib", type=int, default=1024, help="MiB for the --cli pipe test (default 1024)"
+    )
     parser.add_argument(
         "--only", choices=["bulk", "rate", "cli"], action="append", help="run only these (repeatable)"
     )
@@ -44,7 +48,10 @@ def _cpus() -> tuple[int, int]:
 def _one(impl: str, mode: str, amount: int) -> dict[str, float]:
     server_cpu, client_cpu = _cpus()
     server = subprocess.Popen(
-        [*_WORKER, "server", impl, mode, str(server_cpu)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [*_WORKER, "server", impl, mode, str(server_cpu)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert server.stdout is not None
@@ -163,5 +170,7 @@ def run(args: argparse.Namespace) -> int:
                 line += f"   ncat {r['ncat_mb_per_s']:9.1f} MB/s   ratio {r['ratio']:.2f}"
             print(line)
         else:
-            print(f"{name:24} pool {r['pool']:10.1f}   raw trio {r['raw_trio']:10.1f}   ratio {r['ratio']:.3f}")
+            print(
+                f"{name:24} pool {r['pool']:10.1f}   raw trio {r['raw_trio']:10.1f}   ratio {r['ratio']:.3f}"
+            )
     return 0

@@ -1,0 +1,317 @@
+"""The ``conduit`` command line: argument parsing, running a command, reporting its failure.
+
+Exit status: 0 success; 1 a failure at run time (refused, timed out,
+unreachable, a broken connection, a failed ``check``), reported as one line
+``conduit: <message>`` on stderr; 2 a usage error — bad arguments, and a URL
+or option the transport rejects (:class:`~trio_conduit.AddressError`); 128 + N
+when signal N (SIGINT, SIGTERM, SIGHUP) ended the command, which then closes
+its connections and listeners (removing unix socket files) before it exits,
+quietly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import signal
+import sys
+import traceback
+import urllib.parse
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, Protocol, cast
+
+import trio
+
+from .._errors import AddressError, ConduitError
+from .._trace import configure_cli_logging, verbosity_level
+from .._trace import logger as trace_logger
+from .._version import __version__
+from ._check import error_line, leaves, run_check, run_plugins
+from ._relay import parse_linger, run_connect, run_listen
+from ._stdio import OutputClosed, reserve_standard_fds
+
+__all__ = ["build_parser", "main"]
+
+EXIT_FAILURE: Final = 1
+EXIT_USAGE: Final = 2
+_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _BenchModule(Protocol):
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+# ---------------------------------------------------------------------------
+# arguments
+# ---------------------------------------------------------------------------
+
+
+def _option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def with_options(url: str, options: Sequence[tuple[str, str]]) -> str:
+    """``url`` with ``-o key=value`` options in its query string (replacing the same keys).
+
+    The transport parses query values with its options' own parsers, so
+    ``-o nodelay=0`` means what ``?nodelay=0`` means.
+    """
+    if not options:
+        return url
+    base, _, query = url.partition("?")
+    given = dict(options)
+    pairs = [(k, v) for k, v in urllib.parse.parse_qsl(query, keep_blank_values=True) if k not in given]
+    pairs.extend(given.items())
+    return f"{base}?{urllib.parse.urlencode(pairs)}"
+
+
+def _add_common_relay(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("url", metavar="URL", help="tcp://host:port, udp://host:port, unix:///path, ...")
+    sub.add_argument(
+        "-o",
+        "--option",
+        dest="options",
+        metavar="KEY=VALUE",
+        type=_option,
+        action="append",
+        default=[],
+        help="a transport option, as if in the URL's query string (repeatable)",
+    )
+    sub.add_argument(
+        "--lines",
+        action="store_true",
+        help="datagrams: one datagram per stdin line; received datagrams end with a newline",
+    )
+    sub.add_argument(
+        "--linger",
+        metavar="S",
+        type=parse_linger,
+        default=1.0,
+        help="datagrams: after stdin's end, keep printing replies until none came for S "
+        "seconds (default 1; inf: until interrupted)",
+    )
+    sub.add_argument(
+        "--no-splice",
+        action="store_true",
+        help="streams: plain reads and writes only (no splice(2)/sendfile(2) fast path)",
+    )
+
+
+def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
+    """The argument parser; ``bench_wanted`` imports the bench module to add its arguments."""
+    parser = argparse.ArgumentParser(
+        prog="conduit",
+        description="Open, accept and test network connections over trio-conduit's transports.",
+        epilog="Exit status: 0 ok, 1 failure (one line on stderr), 2 usage error or bad URL, "
+        "128+N ended by signal N.",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="trace to stderr: -v connects/accepts/closes, -vv sockets and hooks, -vvv every read and write",
+    )
+    parser.add_argument("--version", action="version", version=f"conduit (trio-conduit) {__version__}")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    check = subs.add_parser(
+        "check",
+        help="plugins, transports, availability and a loopback round trip each",
+        description="List plugins and transports, say which transports this kernel "
+        "has, and run a loopback round trip over each available one.",
+    )
+    check.add_argument("--json", action="store_true", help="print one JSON document")
+
+    connect = subs.add_parser(
+        "connect",
+        help="connect to URL; stdin to it, it to stdout (like ncat)",
+        description="Connect to URL and relay standard input to it and it to "
+        "standard output. On stdin's end the sending side is closed "
+        "(half-close) and the peer's data is read until it closes.",
+    )
+    _add_common_relay(connect)
+    connect.add_argument("--timeout", metavar="S", type=_seconds, help="give up connecting after S seconds")
+    connect.add_argument("--local", metavar="ADDR", help="bind to this local address (host:port, or a path)")
+
+    listen = subs.add_parser(
+        "listen",
+        help="accept on URL; one connection to stdio, or many (like ncat -l)",
+        description="Listen on URL. Without --keep-open: relay the first "
+        "connection (datagrams: the first peer) to stdin/stdout, then "
+        "exit. With --keep-open: serve connections until interrupted, "
+        "their data to stdout, stdin to all of them.",
+    )
+    _add_common_relay(listen)
+    listen.add_argument(
+        "-k", "--keep-open", action="store_true", help="serve many connections, each its own task"
+    )
+    listen.add_argument("--echo", action="store_true", help="echo each connection's data back (no stdio)")
+    listen.add_argument(
+        "--max-conns",
+        metavar="N",
+        type=_count,
+        help="with --keep-open: serve at most N connections at once (others wait)",
+    )
+
+    plugins = subs.add_parser("plugins", help="plugins, transports and their options, hook implementations")
+    plugins.add_argument("--json", action="store_true", help="print one JSON document")
+
+    bench = subs.add_parser("bench", help="benchmarks (trio_conduit.cli.bench)")
+    bench.set_defaults(bench_error=None)
+    if bench_wanted:
+        try:
+            module = cast(_BenchModule, importlib.import_module("trio_conduit.cli.bench"))
+        except ModuleNotFoundError as exc:
+            if exc.name not in ("trio_conduit.cli.bench",):
+                raise
+            bench.set_defaults(
+                bench_error="the benchmark module trio_conduit.cli.bench is not part of this installation"
+            )
+        else:
+            module.add_arguments(bench)
+            bench.set_defaults(bench_module=module)
+    return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand word: the first argument that is not an option (global options take no value)."""
+    for arg in argv:
+        if arg == "--":
+            return None
+        if not arg.startswith("-"):
+            return arg
+    return None
+
+
+# ---------------------------------------------------------------------------
+# running
+# ---------------------------------------------------------------------------
+
+
+def _say(line: str) -> None:
+    try:
+        print(f"conduit: {line}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _run_trio(command: Callable[[], Awaitable[int]]) -> int:
+    """Run ``command`` under trio; SIGINT/SIGTERM/SIGHUP cancel it cleanly (exit 128 + signal)."""
+    result = EXIT_FAILURE
+    caught: int | None = None
+
+    async def runner() -> None:
+        nonlocal result, caught
+        with trio.open_signal_receiver(*_SIGNALS) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    nonlocal caught
+                    async for signum in signals:
+                        caught = signum
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(watch)
+                result = await command()
+                nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(runner)
+    except BaseException:
+        if caught is None:
+            raise
+        # Whatever went wrong while winding down, the signal is the reason we stopped.
+    return 128 + caught if caught is not None else result
+
+
+def _report(exc: BaseException, verbose: int) -> int:
+    """Print the one-line error for ``exc`` (a group: its first leaf); the exit status."""
+    found = [e for e in leaves(exc) if not isinstance(e, trio.Cancelled)]
+    first = found[0] if found else exc
+    if isinstance(first, KeyboardInterrupt):
+        return 128 + signal.SIGINT
+    if isinstance(first, OutputClosed):
+        return 0  # stdout went away (``| head``): stop quietly, as a SIGPIPE'd filter would, but with 0
+    if isinstance(first, AddressError):
+        _say(str(first))
+        return EXIT_USAGE
+    if isinstance(first, (ConduitError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
+        _say(error_line(first))
+        if verbose >= 2:
+            traceback.print_exception(first)
+        return EXIT_FAILURE
+    _say(f"internal error: {error_line(first)}" + ("" if verbose >= 2 else " (-vv shows the traceback)"))
+    if verbose >= 2:
+        traceback.print_exception(exc)
+    return EXIT_FAILURE
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "check":
+        return _run_trio(lambda: run_check(args.json))
+    if args.command == "plugins":
+        return run_plugins(args.json)
+    if args.command in ("connect", "listen"):
+        url = with_options(args.url, args.options)
+        run = run_connect if args.command == "connect" else run_listen
+        return _run_trio(lambda: run(args, url))
+    if args.command == "bench":
+        if args.bench_error:
+            _say(f"bench: {args.bench_error}")
+            return EXIT_FAILURE
+        module = cast(_BenchModule, args.bench_module)
+        return module.run(args)
+    raise AssertionError(args.command)  # pragma: no cover
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``conduit`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    reserve_standard_fds()
+    parser = build_parser(bench_wanted=_command_of(argv) == "bench")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        _say("a command is needed: check, connect, listen, plugins or bench (-h for help)")
+        return EXIT_USAGE
+    if args.command == "listen" and args.max_conns is not None and not args.keep_open:
+        _say("listen: --max-conns needs --keep-open")
+        return EXIT_USAGE
+    if trace_logger.handlers:  # main() called again in this process: do not stack handlers
+        trace_logger.setLevel(verbosity_level(args.verbose))
+    else:
+        configure_cli_logging(args.verbose)
+    try:
+        return _dispatch(args)
+    except (Exception, KeyboardInterrupt) as exc:
+        return _report(exc, args.verbose)

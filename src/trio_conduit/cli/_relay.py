@@ -1,0 +1,328 @@
+"""``conduit connect`` and ``conduit listen``: a connection on standard input and output.
+
+Streams
+    Both directions run at once. The relay ends when **both** have ended:
+    stdin reached its end (then the connection's sending side is closed with
+    ``send_eof`` where the stream is half-closeable) *and* the peer ended its
+    side. So a peer that half-closes still gets everything stdin has to say,
+    and a listener that sees the client's EOF can still answer. On a stream
+    that cannot half-close, stdin's end cannot be signalled without closing:
+    the relay keeps reading until the peer closes. It also ends when the
+    connection breaks (exit status 1) or when stdout is closed (quietly,
+    exit status 0).
+
+Datagrams
+    One datagram per stdin read (at most 65507 bytes), or per line with
+    ``--lines`` (the newline is part of the datagram). Received datagrams go to
+    stdout as they are; with ``--lines`` a newline is added to those that lack
+    one. There is no end of stream in datagrams: after stdin's end the relay
+    keeps printing replies until none has come for ``--linger`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import trio
+
+from .._address import Address
+from .._connection import Connection, DatagramConnection, Kind, StreamConnection
+from .._errors import ConduitError
+from .._pool import Pool, open_pool
+from ._stdio import (
+    CHUNK,
+    DATAGRAM_CHUNK,
+    FdKind,
+    Output,
+    OutputClosed,
+    StdFd,
+    copy_socket_to_output,
+    kernel_socket,
+    open_input,
+    probe,
+    sendfile_to_socket,
+    splice_from_socket,
+    splice_from_socket_via_pipe,
+    splice_to_socket,
+)
+
+__all__ = ["announce", "run_connect", "run_listen"]
+
+_log = logging.getLogger("trio_conduit.cli")
+
+
+def _say(line: str) -> None:
+    try:
+        print(f"conduit: {line}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # stderr is closed: nobody to tell
+
+
+def announce(requested: Address, bound: Address, verbose: int) -> None:
+    """``conduit: listening on URL`` on stderr: always at ``-v``, for port 0, and for socket paths."""
+    if verbose > 0 or requested.port == 0 or requested.path is not None:
+        _say(f"listening on {bound}")
+
+
+# ---------------------------------------------------------------------------
+# streams
+# ---------------------------------------------------------------------------
+
+
+async def _stdin_to_stream(conn: StreamConnection, stdin: StdFd, *, zero_copy: bool) -> None:
+    sock = kernel_socket(conn, zero_copy=zero_copy)
+    moved: int | None = None
+    if sock is not None and stdin.kind is FdKind.PIPE:
+        moved = await splice_to_socket(stdin.fd, sock)
+    elif sock is not None and stdin.kind is FdKind.FILE:
+        moved = await sendfile_to_socket(stdin.fd, sock)
+    if moved is None:
+        inp = open_input(stdin)
+        try:
+            while data := await inp.receive_some(CHUNK):
+                await conn.send_all(data)
+        finally:
+            await inp.aclose()
+    if isinstance(conn, trio.abc.HalfCloseableStream):
+        await conn.send_eof()
+
+
+async def _stream_to_output(conn: StreamConnection, output: Output, *, zero_copy: bool) -> None:
+    sock = kernel_socket(conn, zero_copy=zero_copy)
+    if sock is not None:
+        kind = output.std.kind
+        if kind is FdKind.PIPE and await splice_from_socket(sock, output.std.fd) is not None:
+            return
+        if kind in (FdKind.FILE, FdKind.NULL) and await splice_from_socket_via_pipe(sock, output) is not None:
+            return
+        await copy_socket_to_output(sock, output)
+        return
+    while data := await conn.receive_some(CHUNK):
+        await output.write(data)
+
+
+async def relay_stream(conn: StreamConnection, stdin: StdFd, output: Output, *, zero_copy: bool) -> None:
+    """Run stdin → ``conn`` and ``conn`` → stdout until both have ended (see the module doc)."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(_stdin_to_stream, conn, stdin, zero_copy=zero_copy))
+        await _stream_to_output(conn, output, zero_copy=zero_copy)
+
+
+# ---------------------------------------------------------------------------
+# datagrams
+# ---------------------------------------------------------------------------
+
+
+async def _read_input(
+    stdin: StdFd, send: Callable[[bytes], Awaitable[None]], *, lines: bool, chunk: int
+) -> None:
+    """Call ``send`` with each piece of stdin: what one read gives (up to ``chunk``), or each line."""
+    inp = open_input(stdin)
+    try:
+        if not lines:
+            while data := await inp.receive_some(chunk):
+                await send(bytes(data))
+            return
+        pending = b""
+        while data := await inp.receive_some(CHUNK):
+            pending += data
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                await send(line + b"\n")
+        if pending:
+            await send(pending)
+    finally:
+        await inp.aclose()
+
+
+def _as_line(data: bytes, lines: bool) -> bytes:
+    return data + b"\n" if lines and not data.endswith(b"\n") else data
+
+
+async def relay_datagrams(
+    chan: DatagramConnection, stdin: StdFd, output: Output, *, lines: bool, linger: float
+) -> None:
+    """stdin → datagrams to the peer, the peer's datagrams → stdout; ends ``linger`` s after stdin's end."""
+    receiving = trio.CancelScope()
+    stdin_done = False
+
+    async def sender() -> None:
+        nonlocal stdin_done
+        await _read_input(stdin, chan.send, lines=lines, chunk=DATAGRAM_CHUNK)
+        stdin_done = True
+        receiving.deadline = trio.current_time() + linger
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender)
+        with receiving:
+            while True:
+                data = await chan.receive()
+                await output.write(_as_line(data, lines))
+                if stdin_done:
+                    receiving.deadline = trio.current_time() + linger
+
+
+# ---------------------------------------------------------------------------
+# the commands
+# ---------------------------------------------------------------------------
+
+
+async def _relay(conn: Connection, args: argparse.Namespace, output: Output) -> None:
+    stdin = probe(0)
+    if isinstance(conn, DatagramConnection):
+        await relay_datagrams(conn, stdin, output, lines=args.lines, linger=args.linger)
+    elif isinstance(conn, StreamConnection):
+        await relay_stream(conn, stdin, output, zero_copy=not args.no_splice)
+    else:  # pragma: no cover - a plugin handing out something else
+        raise TypeError(f"{conn!r} is neither a stream nor a datagram connection")
+
+
+async def run_connect(args: argparse.Namespace, url: str) -> int:
+    """``conduit connect``: connect to ``url`` and relay it to stdin/stdout.
+
+    Errors propagate (the caller turns them into one line and an exit
+    status); :class:`OutputClosed` among them means stdout went away.
+    """
+    async with open_pool() as pool, Output(probe(1)) as output:
+        conn: Connection = await pool.connect(url, timeout=args.timeout, local=args.local)
+        try:
+            await _relay(conn, args, output)
+        finally:
+            await conn.aclose()
+    return 0
+
+
+async def _echo(conn: Connection) -> None:
+    if isinstance(conn, DatagramConnection):
+        while True:
+            await conn.send(await conn.receive())
+    elif isinstance(conn, StreamConnection):
+        while data := await conn.receive_some(CHUNK):
+            await conn.send_all(data)
+        if isinstance(conn, trio.abc.HalfCloseableStream):
+            await conn.send_eof()
+
+
+async def _listen_once(pool: Pool, url: str, args: argparse.Namespace, output: Output) -> int:
+    requested = pool.parse(url, listening=True)[1]
+    listener = await pool.listen(url)
+    try:
+        announce(requested, listener.address, args.verbose)
+        conn = await listener.accept()
+    except BaseException:
+        await trio.aclose_forcefully(listener)
+        raise
+    if not isinstance(conn, DatagramConnection):
+        # One stream connection: stop listening, later clients are refused (as ``ncat -l``).
+        # A datagram listener must stay open: it reads the socket for the peer's channel.
+        await listener.aclose()
+    try:
+        if args.echo:
+            await _echo(conn)
+        else:
+            await _relay(conn, args, output)
+    finally:
+        await conn.aclose()
+        await listener.aclose()
+    return 0
+
+
+async def _broadcast_stdin(live: set[Connection], *, lines: bool, chunk: int) -> None:
+    """Send what stdin says to every connection open at the time (``ncat -l -k``); stop at its end."""
+
+    async def send(data: bytes) -> None:
+        for conn in list(live):
+            try:
+                if isinstance(conn, DatagramConnection):
+                    await conn.send(data)
+                elif isinstance(conn, StreamConnection):
+                    await conn.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ConduitError) as exc:
+                _log.info("conn #%d: not sent (%s)", conn.id, exc)
+
+    await _read_input(probe(0), send, lines=lines, chunk=chunk)
+
+
+async def _listen_keep_open(pool: Pool, url: str, args: argparse.Namespace, output: Output) -> int:
+    transport, requested = pool.parse(url, listening=True)
+    datagram = transport.kind is Kind.DATAGRAM
+    live: set[Connection] = set()
+
+    async with trio.open_nursery() as nursery:
+
+        async def handler(conn: Connection) -> None:
+            try:
+                if args.echo:
+                    await _echo(conn)
+                    return
+                live.add(conn)
+                if isinstance(conn, DatagramConnection):
+                    while True:
+                        await output.write(_as_line(await conn.receive(), args.lines))
+                elif isinstance(conn, StreamConnection):
+                    while data := await conn.receive_some(CHUNK):
+                        await output.write(data)
+            except OutputClosed:
+                nursery.cancel_scope.cancel()
+            except (trio.BrokenResourceError, OSError, ConduitError) as exc:
+                # One client's trouble is not the listener's: note it at -v, serve the next.
+                _log.info("connection #%d from %s: %s", conn.id, _peer(conn), exc)
+            finally:
+                live.discard(conn)
+
+        bound: Address = await nursery.start(_serve, pool, url, handler, args.max_conns)
+        announce(requested, bound, args.verbose)
+        if not args.echo:
+            nursery.start_soon(
+                partial(
+                    _broadcast_stdin,
+                    live,
+                    lines=args.lines and datagram,
+                    chunk=DATAGRAM_CHUNK if datagram else CHUNK,
+                )
+            )
+    # Only a closed stdout (or a signal, handled by the caller) ends --keep-open.
+    return 0
+
+
+async def _serve(
+    pool: Pool,
+    url: str,
+    handler: Callable[[Connection], Awaitable[None]],
+    max_conns: int | None,
+    *,
+    task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await pool.serve(url, handler, max_connections=max_conns, task_status=task_status)
+
+
+def _peer(conn: Connection) -> str:
+    remote = conn.info.remote
+    if isinstance(remote, tuple) and len(remote) >= 2:
+        host = str(remote[0])
+        return f"[{host}]:{remote[1]}" if ":" in host else f"{host}:{remote[1]}"
+    return str(remote) if remote else "(unnamed)"
+
+
+async def run_listen(args: argparse.Namespace, url: str) -> int:
+    """``conduit listen``: accept one connection (or many with ``--keep-open``) and relay it."""
+    async with open_pool() as pool, Output(probe(1)) as output:
+        if args.keep_open:
+            return await _listen_keep_open(pool, url, args, output)
+        return await _listen_once(pool, url, args, output)
+
+
+def parse_linger(text: str) -> float:
+    """``--linger`` seconds: a number >= 0, or ``inf``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (or inf): {text!r}")
+    return value
