@@ -507,6 +507,29 @@ def _sockname(sock: trio.socket.SocketType) -> SockAddr | None:
         return None
 
 
+def socket_info(
+    sock: trio.socket.SocketType,
+    transport: str,
+    remote: SockAddr | None = None,
+    peer_credentials: PeerCredentials | None = None,
+) -> CommunicationInfo:
+    """The facts of a connected kernel socket; ``remote`` defaults to ``getpeername()``."""
+    if remote is None:
+        try:
+            remote = sock.getpeername()
+        except OSError:
+            remote = None
+    return CommunicationInfo(
+        transport=transport,
+        family=sock.family,
+        socktype=sock.type,
+        protocol=sock.proto,
+        local=_sockname(sock),
+        remote=remote,
+        peer_credentials=peer_credentials,
+    )
+
+
 def peer_credentials(sock: trio.socket.SocketType) -> PeerCredentials | None:
     """``SO_PEERCRED`` of a unix socket (pid, uid, gid), if the kernel gives it."""
     try:
@@ -547,20 +570,7 @@ class SocketStream(StreamConnection):
         self._tracer = tracer
         self._receive_size = receive_size
         self._send_size = send_size
-        if remote is None:
-            try:
-                remote = sock.getpeername()
-            except OSError:
-                remote = None
-        self._info = CommunicationInfo(
-            transport=transport,
-            family=sock.family,
-            socktype=sock.type,
-            protocol=sock.proto,
-            local=_sockname(sock),
-            remote=remote,
-            peer_credentials=peer_credentials,
-        )
+        self._info = socket_info(sock, transport, remote, peer_credentials)
 
     @property
     def socket(self) -> trio.socket.SocketType:
@@ -914,19 +924,7 @@ class MessageSocketChannel(DatagramConnection):
         self._tracer = tracer
         self._max_size = max_size
         self._is_closed = False
-        if remote is None:
-            try:
-                remote = sock.getpeername()
-            except OSError:
-                remote = None
-        self._info = CommunicationInfo(
-            transport=transport,
-            family=sock.family,
-            socktype=sock.type,
-            protocol=sock.proto,
-            local=_sockname(sock),
-            remote=remote,
-        )
+        self._info = socket_info(sock, transport, remote)
 
     @property
     def socket(self) -> trio.socket.SocketType:
