@@ -11,7 +11,8 @@ Needs nothing but ``python3 -m pip install nox`` (Python 3.11). Sessions:
 * ``bench``     -- ``conduit bench`` (arguments after ``--`` go to it)
 
 ``tests`` and ``interop`` install the system tools the interop tests drive
-(ncat, socat, iptables, iproute2, nmap) with apt when they are missing and the
+(ncat, socat, iptables, iproute2, nmap; the proxies dante-server, tinyproxy,
+squid and microsocks) with apt when they are missing and the
 session runs as root; otherwise they warn and go on (those tests then skip).
 """
 
@@ -42,6 +43,12 @@ APT_PACKAGES = {
     "iptables": "iptables",
     "iproute2": "ip",
     "nmap": "nmap",
+    "dante-server": "danted",
+    "tinyproxy": "tinyproxy",
+    "squid": "squid",
+    "microsocks": "microsocks",
+    "g++": "g++",  # builds the UDT interop peer against libudt
+    "libudt-dev": "libudt-dev",  # no program: found by dpkg-query
 }
 
 _apt_updated = False
@@ -97,7 +104,23 @@ def install_system_tools(session: nox.Session) -> None:
     if not _apt_updated:
         session.run("apt-get", "update", "-q", external=True, env=env)
         _apt_updated = True
-    session.run("apt-get", "install", "-y", "-q", "--no-install-recommends", *missing, external=True, env=env)
+    # Never let the packages start their services (squid and danted would listen on every
+    # interface with their default configuration): the tests start their own, on loopback.
+    guard = "/usr/sbin/policy-rc.d"
+    made_guard = not os.path.exists(guard)
+    if made_guard:
+        with open(guard, "w") as f:
+            f.write(
+                "#!/bin/sh\n# trio-conduit's noxfile: do not start services during this install\nexit 101\n"
+            )
+        os.chmod(guard, 0o755)
+    try:
+        session.run(
+            "apt-get", "install", "-y", "-q", "--no-install-recommends", *missing, external=True, env=env
+        )
+    finally:
+        if made_guard:
+            os.unlink(guard)
 
 
 @nox.session(python=PYTHON)
@@ -152,5 +175,28 @@ def docs(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """``conduit bench``: the pool against raw trio (arguments after ``--`` go to it)."""
-    install_project(session)
+    install_project(session, also=("python-socks[trio]>=2.4",))  # the SOCKS5 connect comparison
     session.run("conduit", "bench", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def kernel(session: nox.Session) -> None:
+    """The kernel lane: ``tests/kernel`` (SCTP, vsock) in a Debian kernel under QEMU.
+
+    ``tools/kernel/run.py`` fetches and caches the kernel and boots it with the
+    host's / read-only; the guest runs this session's interpreter on
+    ``tests/kernel`` (arguments after ``--`` go to pytest). Python is 10-20x
+    slower in the guest, so the bytecode is made here first: compileall, and a
+    collection pass that writes pytest's assertion-rewritten modules.
+    """
+    if shutil.which("socat") is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        apt = ("apt-get", "install", "-y", "-q", "--no-install-recommends")
+        session.run(*apt, "socat", external=True, env={"DEBIAN_FRONTEND": "noninteractive"})
+    # The test extra without hypothesis: pytest-trio imports it when present (~15 s in the guest).
+    install_project(session, also=("pytest>=8", "pytest-trio>=0.8", "pytest-timeout>=2.3"))
+    session.run("python", "-m", "pip", "uninstall", "-y", "-q", "hypothesis", silent=True)
+    session.run("python", "-m", "compileall", "-q", "tests", silent=True)
+    pytest_args = ["tests/kernel", "-p", "no:cacheprovider"]
+    session.run("python", "-m", "pytest", "--collect-only", "-q", *pytest_args, silent=True)
+    python = os.path.join(session.bin, "python")
+    session.run("python", "tools/kernel/run.py", "--", python, "-m", "pytest", *pytest_args, *session.posargs)

@@ -23,6 +23,27 @@ DOCS = ROOT / "docs"
 
 #: What each example prints on stdout, exactly.
 EXPECTED: dict[str, str] = {
+    "tls_quickstart.py": """\
+TLSv1.3 h2 localhost False
+peer: CN=localhost
+chain: ['CN=localhost', 'CN=example CA']
+b'h2 handler: hello'
+resumed: True
+b'http/1.1 handler: again'
+b'220 go ahead\\r\\n'
+same id: True tcp TLSv1.3
+b'NOW PRIVATE'
+""",
+    "tls_sni_directory.py": """\
+a.example: CN=a.example, echo b'hi'
+b.example: CN=b.example, echo b'hi'
+c.example: TLSError: TLSV1_UNRECOGNIZED_NAME
+loaded: ['a.example', 'b.example']
+""",
+    "tls_tunnel.py": """\
+origin.example: certificate CN=origin.example, reply b'from the origin'
+front.example: certificate CN=front.example, reply b'from the front'
+""",
     "quickstart.py": """\
 b'hello, conduit'
 tcp 1
@@ -71,6 +92,25 @@ INFO      connect succeeded for event #1 (conn #1) [127.0.0.1:PORT]
 DEBUG_ALL write 4 bytes to conn #1 event #2
 DEBUG_ALL read 4 bytes from conn #1 event #3
 INFO      closed conn #1 event #4
+""",
+    "proxies.py": """\
+b'hello from the target\\n'
+localhost 2 hops
+password shown: False
+socks5h://alice:***
+ProxyAuthenticationError at hop 2 - SOCKS5 user name or password refused (RFC 1929 status 0x01)
+ProxyTargetRefused at hop 2 - HTTP/1.1 502 Connection Refused \
+(Proxy-Status: conduit; error=connection_refused)
+ProxyTimeout at hop 3 - waiting for its reply to CONNECT
+""",
+    "proxy_udp.py": """\
+b'THROUGH'
+b'THE RELAY'
+udp True
+relay is the server: False
+""",
+    "proxy_plugin.py": """\
+b'you are 192.0.2.10; you said hi'
 """,
     "errors.py": """\
 AddressError: 'tcp://127.0.0.1': missing port (expected host:port)

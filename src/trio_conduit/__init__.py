@@ -28,6 +28,13 @@ from ._errors import NameResolutionError as NameResolutionError
 from ._errors import NetworkUnreachable as NetworkUnreachable
 from ._errors import PermissionDenied as PermissionDenied
 from ._errors import PluginError as PluginError
+from ._errors import ProxyAuthenticationError as ProxyAuthenticationError
+from ._errors import ProxyError as ProxyError
+from ._errors import ProxyProtocolError as ProxyProtocolError
+from ._errors import ProxyRejected as ProxyRejected
+from ._errors import ProxyTargetRefused as ProxyTargetRefused
+from ._errors import ProxyTargetUnreachable as ProxyTargetUnreachable
+from ._errors import ProxyTimeout as ProxyTimeout
 from ._errors import TransportUnavailable as TransportUnavailable
 from ._plugins import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
 from ._plugins import hookimpl as hookimpl

@@ -60,7 +60,9 @@ class CommunicationInfo:
     kernel socket's, when there is one. ``local``/``remote`` are socket
     addresses; for a datagram channel ``remote`` is its *current* peer (``None``
     when unconnected). ``tls`` is filled by the TLS layer, ``peer_credentials``
-    by unix sockets.
+    by unix sockets. ``via`` lists the proxies a connection goes through, first
+    hop first, as URLs with passwords shown as ``***``; ``remote`` is then the
+    target, ``(host, port)`` as it was asked for.
     """
 
     transport: str
@@ -71,6 +73,7 @@ class CommunicationInfo:
     remote: SockAddr | None
     peer_credentials: PeerCredentials | None = None
     tls: object | None = None
+    via: tuple[str, ...] = ()
 
 
 class _Owner(Protocol):
@@ -91,6 +94,8 @@ class Connection(trio.abc.AsyncResource):
     address: Address | None
     _owner: _Owner | None
     _lost: bool
+    #: The connection that took this one over (``start_tls``), if any.
+    _upgraded: Connection | None = None
 
     def __init__(self, conn_id: int, address: Address | None = None) -> None:
         self.id = conn_id
@@ -119,6 +124,25 @@ class Connection(trio.abc.AsyncResource):
 
 class StreamConnection(Connection, trio.abc.Stream):
     """A byte stream connection (``trio.abc.Stream``)."""
+
+    async def start_tls(
+        self, tls: object = None, *, server_side: bool = False, **options: object
+    ) -> StreamConnection:
+        """Upgrade this connection to TLS (STARTTLS) and return the TLS connection.
+
+        ``tls`` is ``None``/``True`` (defaults), a :class:`~trio_conduit.tls.TLSConfig`,
+        an ``ssl.SSLContext`` or a dict of TLS options; keywords amend it
+        (``server_hostname=``, ``cafile=``, ``certfile=``, ...). A client
+        (``server_side=False``) sends SNI for, and verifies, ``server_hostname``
+        (default: the host it connected to); a server runs the TLS hooks of the
+        listener that accepted it. The result has this connection's id and
+        takes its place in the pool; use it, not this one, from now on (closing
+        it closes this one). On failure this connection is closed and a
+        :class:`~trio_conduit.tls.TLSError` says why.
+        """
+        from .tls._api import start_tls
+
+        return await start_tls(self, tls, server_side=server_side, **options)
 
 
 class HalfCloseableStreamConnection(StreamConnection, trio.abc.HalfCloseableStream):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "AddressError",
@@ -26,6 +26,13 @@ __all__ = [
     "NetworkUnreachable",
     "PermissionDenied",
     "PluginError",
+    "ProxyAuthenticationError",
+    "ProxyError",
+    "ProxyProtocolError",
+    "ProxyRejected",
+    "ProxyTargetRefused",
+    "ProxyTargetUnreachable",
+    "ProxyTimeout",
     "TransportUnavailable",
     "connect_error_from_oserror",
 ]
@@ -153,3 +160,94 @@ def connect_error_from_oserror(exc: OSError, *, action: str, address: str | None
     else:
         detail = os.strerror(err) if err else (exc.strerror or str(exc))
     return cls(err, f"cannot {action}{where}: {detail}", address=address)
+
+
+# ---------------------------------------------------------------------------
+# proxies
+# ---------------------------------------------------------------------------
+
+
+class ProxyError(ConnectError):
+    """A connect through a proxy chain failed at one of its hops.
+
+    ``exc.hop`` is the proxy's position in the chain (1 is the first; ``None``
+    when a protocol engine raised it outside a chain), ``exc.proxy`` its URL
+    with the password replaced by ``***``, and ``exc.reply`` what the proxy
+    answered, in words (the SOCKS reply code and its meaning, the HTTP status
+    line) or what went wrong. ``str(exc)`` says all three. Raised as this base
+    class when the first proxy itself cannot be reached (the cause is the
+    connect error) or drops the connection mid-handshake.
+    """
+
+    reply: str
+    hop: int | None
+    proxy: str | None
+
+    def __init__(
+        self,
+        errno: int,
+        reply: str,
+        *,
+        hop: int | None = None,
+        proxy: str | None = None,
+        address: str | None = None,
+    ) -> None:
+        self.reply = reply
+        self.hop = hop
+        self.proxy = proxy
+        super().__init__(errno, self._message(), address=address)
+
+    def _message(self) -> str:
+        if self.hop is None:
+            return self.reply
+        return f"proxy hop {self.hop} ({self.proxy}): {self.reply}"
+
+    def locate(self, hop: int, proxy: str, address: str | None = None) -> None:
+        """Name the hop this error happened at (the chain driver calls this)."""
+        self.hop, self.proxy = hop, proxy
+        if address is not None:
+            self.address = address
+        self.strerror = self._message()
+        self.args = (self.errno, self.strerror)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        state = {"hop": self.hop, "proxy": self.proxy, "address": self.address}
+        return (type(self), (self.errno, self.reply), state)
+
+    def __setstate__(self, state: dict[str, Any] | None) -> None:
+        state = state or {}
+        self.__dict__.update(state)
+        self.strerror = self._message()
+        self.args = (self.errno, self.strerror)
+
+
+class ProxyProtocolError(ProxyError):
+    """The peer does not speak the proxy protocol: a malformed or unexpected reply
+    (often: the wrong port, or a proxy of another type). ``errno`` is ``EPROTO``."""
+
+
+class ProxyAuthenticationError(ProxyError):
+    """The proxy wants credentials, or refused the ones given (SOCKS5 username/password
+    status, no acceptable authentication method, HTTP 407, SOCKS4 identd replies)."""
+
+
+class ProxyRejected(ProxyError):
+    """The proxy refused the request itself: its rules forbid it, it does not support
+    the command or address type, or it failed in a way that names no cause
+    (SOCKS4 reply 91, HTTP 403 and other error statuses)."""
+
+
+class ProxyTargetRefused(ProxyError, ConnectionRefused):
+    """The proxy reached the target's host and was refused (SOCKS5 reply 5, an HTTP
+    proxy's report of ``ECONNREFUSED``). Also a :class:`ConnectionRefused`."""
+
+
+class ProxyTargetUnreachable(ProxyError, HostUnreachable):
+    """The proxy cannot reach the target's host or network (SOCKS5 replies 3 and 4,
+    HTTP 502/503). ``errno`` is ``EHOSTUNREACH`` or ``ENETUNREACH``."""
+
+
+class ProxyTimeout(ProxyError, ConnectTimeout):
+    """No answer in time: the caller's ``timeout`` ran out while this hop was being
+    set up (the message says what it was waiting for), or the proxy reports that the
+    target did not answer (SOCKS5 reply 6, HTTP 504)."""

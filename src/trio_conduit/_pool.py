@@ -21,6 +21,8 @@ from ._errors import AddressError, ConduitError, ConnectError, ConnectTimeout
 from ._plugins import HookScope, global_scope
 from ._trace import Tracer
 from ._transport import Context, SocketOptions, SocketRole, Transport
+from .proxy._chain import ProxyChain
+from .proxy._url import ProxyURL
 
 __all__ = ["Handler", "Pool", "PoolListener", "open_pool"]
 
@@ -68,6 +70,16 @@ class _Owner:
             except BaseException:
                 await trio.aclose_forcefully(conn)
                 raise
+
+    @property
+    def tracer(self) -> Tracer:
+        return self.pool.tracer
+
+    def replace(self, old: Connection, new: Connection) -> None:
+        """``new`` takes ``old``'s place under the same id (``start_tls`` upgraded ``old``)."""
+        old._owner = None
+        new._owner = self
+        self.pool._conns[new.id] = new
 
     async def connection_closed(self, conn: Connection, exc: BaseException | None) -> None:
         pool = self.pool
@@ -232,6 +244,7 @@ class Pool:
         device: str | None = None,
         ip_options: bytes | None = None,
         broadcast: bool = False,
+        proxies: Iterable[str | ProxyURL] | None = None,
         **opts: object,
     ) -> Any:
         """Connect to ``url`` and return the connection (a stream or a datagram channel).
@@ -241,10 +254,19 @@ class Pool:
         ``ip_options`` and ``broadcast`` go to the shared socket path;
         other keywords are the transport's options. The connection belongs to
         the pool: it is closed when the pool closes, if not before.
+        ``proxies``: reach ``url`` through this chain of proxy URLs, first hop
+        first (see :doc:`proxies`); ``timeout`` then covers the whole chain.
         """
         self._check_open()
         transport, address = self.parse(url)
+        chain = ProxyChain.build(proxies, transport, address, self.scope) if proxies else None
+        open_connection: Callable[[Context], Awaitable[Connection]] = (
+            transport.connect if chain is None else chain.connect
+        )
         given: dict[str, object] = dict(opts)
+        tls = _take_tls(transport, given)
+        if tls is not None:
+            open_connection = _with_tls(open_connection, tls)
         if local is not None:
             given["local"] = local
         if device is not None:
@@ -266,11 +288,13 @@ class Pool:
             )
         try:
             if timeout is None:
-                conn = await transport.connect(ctx)
+                conn = await open_connection(ctx)
             else:
                 with trio.move_on_after(timeout) as cs:
-                    conn = await transport.connect(ctx)
+                    conn = await open_connection(ctx)
                 if cs.cancelled_caught:
+                    if chain is not None:
+                        raise chain.timeout_error(timeout)
                     raise ConnectTimeout(
                         errno.ETIMEDOUT,
                         f"cannot connect to {address}: no answer within {timeout:g} s",
@@ -295,7 +319,9 @@ class Pool:
         ``kwargs`` are :meth:`connect`'s.
         """
         self._check_open()
-        self.parse(url)  # a malformed URL or unknown scheme raises here, at once
+        transport, address = self.parse(url)  # a malformed URL or unknown scheme raises here, at once
+        if kwargs.get("proxies"):
+            ProxyChain.build(kwargs["proxies"], transport, address, self.scope)  # and a bad proxy URL
         self._nursery.start_soon(self._spawned, url, handler, kwargs, name=f"conduit spawn {url}")
 
     async def _spawned(self, url: str | Address, handler: Handler, kwargs: dict[str, Any]) -> None:
@@ -325,10 +351,15 @@ class Pool:
         scope = self.scope.child(plugins)
         transport, address = self.parse(url, listening=True, scope=scope)
         given: dict[str, object] = dict(opts)
+        tls = _take_tls(transport, given)
         if backlog is not None:
             given["backlog"] = backlog
         ctx = self._context(transport, address, scope, SocketRole.LISTEN, given)
         inner = await transport.listen(ctx)
+        if tls is not None:
+            from .tls._api import tls_listener
+
+            inner = tls_listener(inner, tls, ctx)
         listener = PoolListener(inner, _Owner(self, scope), transport)
         self._listeners.add(listener)
         self.tracer.info("%s listening on %s", transport.name, listener.address)
@@ -337,8 +368,9 @@ class Pool:
     async def serve(
         self,
         url: str | Address,
-        handler: Handler,
+        handler: Handler | None = None,
         *,
+        handlers: Mapping[str, Handler] | None = None,
         max_connections: int | None = None,
         plugins: Iterable[object] = (),
         backlog: int | None = None,
@@ -353,7 +385,17 @@ class Pool:
         handler's exception is logged and passed to ``conduit_handler_error``;
         the listener goes on. Runs until cancelled or until the pool closes (then it
         returns); its handlers are cancelled with it.
+
+        ``handlers`` maps ALPN protocols to handlers (TLS: ``tls://`` or
+        ``tls=``): each connection runs the one its negotiated protocol selects,
+        else ``handler`` (see :doc:`tls`).
         """
+        if handlers is not None:
+            from .tls._api import alpn_handler
+
+            handler = alpn_handler(url, handler, handlers, opts)
+        elif handler is None:
+            raise TypeError("serve() needs a handler, or handlers= mapping ALPN protocols to handlers")
         if max_connections is not None and max_connections < 1:
             raise ValueError("max_connections must be >= 1")
         listener = await self.listen(url, plugins=plugins, backlog=backlog, **opts)
@@ -417,6 +459,8 @@ async def _run_handler(
         _log.error("handler for conn #%d raised %s: %s", conn.id, type(exc).__name__, exc, exc_info=exc)
         await scope.notify("conduit_handler_error", conn=conn, exc=exc)
     finally:
+        while conn._upgraded is not None:  # start_tls() in the handler: close the TLS layer
+            conn = conn._upgraded
         try:
             with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_GRACE) as cs:
                 await conn.aclose()
@@ -425,6 +469,28 @@ async def _run_handler(
         finally:
             if limit is not None:
                 limit.release()
+
+
+def _take_tls(transport: Transport, given: dict[str, object]) -> Any:
+    """Remove ``tls=`` from the options (a TLSConfig), unless the transport takes it itself."""
+    if "tls" not in given:
+        return None
+    from .tls._api import take_tls_option
+
+    return take_tls_option(transport, given)
+
+
+def _with_tls(
+    connect: Callable[[Context], Awaitable[Connection]], tls: Any
+) -> Callable[[Context], Awaitable[Connection]]:
+    """``connect``, then a TLS client handshake on what it produced (within the connect timeout)."""
+
+    async def connect_tls(ctx: Context) -> Connection:
+        from .tls._api import tls_client
+
+        return await tls_client(await connect(ctx), tls, ctx)
+
+    return connect_tls
 
 
 @asynccontextmanager

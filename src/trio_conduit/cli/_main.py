@@ -158,6 +158,14 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
     _add_common_relay(connect)
     connect.add_argument("--timeout", metavar="S", type=_seconds, help="give up connecting after S seconds")
     connect.add_argument("--local", metavar="ADDR", help="bind to this local address (host:port, or a path)")
+    connect.add_argument(
+        "--proxy",
+        metavar="URL",
+        action="append",
+        default=[],
+        help="reach URL through this proxy; repeat for a chain, first hop first "
+        "(http://, https://, socks4://, socks4a://, socks5://, socks5h://, [user:pass@]host:port)",
+    )
 
     listen = subs.add_parser(
         "listen",
@@ -172,6 +180,11 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
         "-k", "--keep-open", action="store_true", help="serve many connections, each its own task"
     )
     listen.add_argument("--echo", action="store_true", help="echo each connection's data back (no stdio)")
+    listen.add_argument(
+        "--socks5",
+        action="store_true",
+        help="be a proxy server on URL: SOCKS5 (CONNECT, UDP ASSOCIATE), SOCKS4/4a and HTTP CONNECT",
+    )
     listen.add_argument(
         "--max-conns",
         metavar="N",
@@ -304,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         _say("a command is needed: check, connect, listen, plugins or bench (-h for help)")
         return EXIT_USAGE
-    if args.command == "listen" and args.max_conns is not None and not args.keep_open:
+    if args.command == "listen" and args.max_conns is not None and not (args.keep_open or args.socks5):
         _say("listen: --max-conns needs --keep-open")
         return EXIT_USAGE
     if trace_logger.handlers:  # main() called again in this process: do not stack handlers

@@ -189,7 +189,9 @@ async def run_connect(args: argparse.Namespace, url: str) -> int:
     status); :class:`OutputClosed` among them means stdout went away.
     """
     async with open_pool() as pool, Output(probe(1)) as output:
-        conn: Connection = await pool.connect(url, timeout=args.timeout, local=args.local)
+        conn: Connection = await pool.connect(
+            url, timeout=args.timeout, local=args.local, proxies=args.proxy or None
+        )
         try:
             await _relay(conn, args, output)
         finally:
@@ -301,6 +303,17 @@ async def _serve(
     await pool.serve(url, handler, max_connections=max_conns, task_status=task_status)
 
 
+async def _listen_socks5(pool: Pool, url: str, args: argparse.Namespace) -> int:
+    """``--socks5``: a proxy server (SOCKS5, SOCKS4/4a, HTTP CONNECT) on ``url`` until interrupted."""
+    from ..proxy import ProxyServer
+
+    requested = pool.parse(url, listening=True)[1]
+    async with trio.open_nursery() as nursery:
+        bound: Address = await nursery.start(_serve, pool, url, ProxyServer(pool), args.max_conns)
+        announce(requested, bound, args.verbose)
+    return 0
+
+
 def _peer(conn: Connection) -> str:
     remote = conn.info.remote
     if isinstance(remote, tuple) and len(remote) >= 2:
@@ -312,6 +325,8 @@ def _peer(conn: Connection) -> str:
 async def run_listen(args: argparse.Namespace, url: str) -> int:
     """``conduit listen``: accept one connection (or many with ``--keep-open``) and relay it."""
     async with open_pool() as pool, Output(probe(1)) as output:
+        if args.socks5:
+            return await _listen_socks5(pool, url, args)
         if args.keep_open:
             return await _listen_keep_open(pool, url, args, output)
         return await _listen_once(pool, url, args, output)

@@ -5,7 +5,8 @@ other) against each other over loopback TCP; implementations alternate run by
 run so machine noise hits both alike; the report gives medians and the ratio
 pool / raw trio. ``--cli`` adds ``head -c | conduit connect`` into ``conduit listen >
 /dev/null`` against ``ncat`` doing the same (when ncat is installed): the
-sender's wall time, its start-up included.
+sender's wall time, its start-up included. ``socks5`` times connects through one
+SOCKS5 hop (microsocks, if installed) against python-socks doing the same.
 """
 
 from __future__ import annotations
@@ -34,7 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cli-mib", type=int, default=1024, help="MiB for the --cli pipe test (default 1024)"
     )
     parser.add_argument(
-        "--only", choices=["bulk", "rate", "cli"], action="append", help="run only these (repeatable)"
+        "--proxy-connections",
+        type=int,
+        default=300,
+        help="connects per implementation and run for socks5 (default 300)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["bulk", "rate", "cli", "socks5"],
+        action="append",
+        help="run only these (repeatable)",
     )
     parser.add_argument("--cli", action="store_true", help="also pipe data through conduit vs ncat")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -159,7 +169,7 @@ def _cli(mib: int, repeat: int) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    only = set(args.only or ["bulk", "rate"] + (["cli"] if args.cli else []))
+    only = set(args.only or ["bulk", "rate", "socks5"] + (["cli"] if args.cli else []))
     results: dict[str, Any] = {}
     if "bulk" in only:
         results["tcp_bulk_mb_per_s"] = _pair("bulk", args.bulk_mib * 1024 * 1024, args.repeat, "mb_per_s")
@@ -167,11 +177,21 @@ def run(args: argparse.Namespace) -> int:
         results["tcp_connections_per_s"] = _pair("rate", args.connections, args.repeat, "per_s")
     if "cli" in only:
         results["cli_pipe"] = _cli(args.cli_mib, args.repeat)
+    if "socks5" in only:  # connect latency through one SOCKS5 hop vs python-socks (proxy/_bench.py)
+        from ..proxy._bench import run_socks5_bench
+
+        results["socks5_connect_us"] = run_socks5_bench(args.proxy_connections, args.repeat)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     for name, r in results.items():
-        if name == "cli_pipe":
+        if name == "socks5_connect_us":
+            line = f"{name:24} conduit {r['conduit']:6.0f} us   direct {r['direct']:4.0f} us ({r['proxy']})"
+            if "ratio" in r:
+                line += f"   python-socks {r['python-socks']:6.0f} us   ratio {r['ratio']:.2f}"
+                line += f" (fastest tenth: {r['ratio_p10']:.2f})"
+            print(line)
+        elif name == "cli_pipe":
             line = f"{name:24} conduit {r['conduit_mb_per_s']:9.1f} MB/s"
             if "ncat_mb_per_s" in r:
                 line += f"   ncat {r['ncat_mb_per_s']:9.1f} MB/s   ratio {r['ratio']:.2f}"
