@@ -33,7 +33,7 @@ nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 # python3), else look for python3.11 on PATH.
 PYTHON = None if sys.version_info[:2] == (3, 11) else "3.11"
 
-LINT_PATHS = ["src", "plugins", "tests", "docs", "noxfile.py"]
+LINT_PATHS = ["src", "plugins", "tests", "docs", "tools", "noxfile.py"]
 ROT13_PLUGIN = "./docs/examples/conduit-rot13"
 
 #: Debian packages the interop and network-namespace tests use: package -> a program it provides.
@@ -158,9 +158,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict (configured in pyproject.toml) on the core and the first-party plugins."""
+    """mypy --strict (configured in pyproject.toml) on the core, the first-party plugins and tools."""
     install_project(session, also=("mypy>=1.11",))
-    session.run("mypy", "src/trio_conduit", "plugins", *session.posargs)
+    session.run("mypy", "src/trio_conduit", "plugins", "tools/kernel/run.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)

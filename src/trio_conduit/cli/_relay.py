@@ -160,11 +160,12 @@ async def relay_datagrams(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sender)
         with receiving:
-            while True:
-                data = await chan.receive()
+            # Iterating ends at EndOfChannel: a message-mode peer (seqpacket) closed.
+            async for data in chan:
                 await output.write(_as_line(data, lines))
                 if stdin_done:
                     receiving.deadline = trio.current_time() + linger
+        nursery.cancel_scope.cancel()  # the peer is gone, or stdin ended and replies stopped
 
 
 # ---------------------------------------------------------------------------
@@ -201,8 +202,8 @@ async def run_connect(args: argparse.Namespace, url: str) -> int:
 
 async def _echo(conn: Connection) -> None:
     if isinstance(conn, DatagramConnection):
-        while True:
-            await conn.send(await conn.receive())
+        async for message in conn:  # ends when a message-mode peer closes
+            await conn.send(message)
     elif isinstance(conn, StreamConnection):
         while data := await conn.receive_some(CHUNK):
             await conn.send_all(data)
@@ -264,8 +265,8 @@ async def _listen_keep_open(pool: Pool, url: str, args: argparse.Namespace, outp
                     return
                 live.add(conn)
                 if isinstance(conn, DatagramConnection):
-                    while True:
-                        await output.write(_as_line(await conn.receive(), args.lines))
+                    async for message in conn:  # ends when a message-mode peer closes
+                        await output.write(_as_line(message, args.lines))
                 elif isinstance(conn, StreamConnection):
                     while data := await conn.receive_some(CHUNK):
                         await output.write(data)
