@@ -49,6 +49,8 @@ APT_PACKAGES = {
     "microsocks": "microsocks",
     "g++": "g++",  # builds the UDT interop peer against libudt
     "libudt-dev": "libudt-dev",  # no program: found by dpkg-query
+    "openssl": "openssl",  # s_server / s_client: TLS interop
+    "gnutls-bin": "gnutls-cli",  # gnutls-serv / gnutls-cli: TLS interop
 }
 
 _apt_updated = False

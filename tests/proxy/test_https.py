@@ -69,7 +69,7 @@ async def test_https_proxy_of_our_own(ca: tuple[EphemeralCA, Path]) -> None:
                 await round_trip(conn)
                 assert f"https://bob:***@localhost:{tls_proxy.port}?cafile=" in "".join(conn.info.via)
                 assert SECRET not in str(conn.info)
-                assert not isinstance(conn, conduit.HalfCloseableStreamConnection)  # TLS cannot half-close
+                assert isinstance(conn, conduit.HalfCloseableStreamConnection)  # TLS: close_notify
 
         # A proxy certificate we do not trust: an error at that hop, caused by the TLS layer's.
         untrusted = f"https://bob:{SECRET}@localhost:{tls_proxy.port}"

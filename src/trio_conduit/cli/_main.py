@@ -26,6 +26,7 @@ from .._errors import AddressError, ConduitError
 from .._trace import configure_cli_logging, verbosity_level
 from .._trace import logger as trace_logger
 from .._version import __version__
+from ..tls._cli import add_tls_arguments, tls_url
 from ._check import error_line, leaves, run_check, run_plugins
 from ._relay import parse_linger, run_connect, run_listen
 from ._stdio import OutputClosed, reserve_standard_fds
@@ -156,6 +157,7 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
         "(half-close) and the peer's data is read until it closes.",
     )
     _add_common_relay(connect)
+    add_tls_arguments(connect, listening=False)
     connect.add_argument("--timeout", metavar="S", type=_seconds, help="give up connecting after S seconds")
     connect.add_argument("--local", metavar="ADDR", help="bind to this local address (host:port, or a path)")
     connect.add_argument(
@@ -176,6 +178,7 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
         "their data to stdout, stdin to all of them.",
     )
     _add_common_relay(listen)
+    add_tls_arguments(listen, listening=True)
     listen.add_argument(
         "-k", "--keep-open", action="store_true", help="serve many connections, each its own task"
     )
@@ -292,7 +295,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "plugins":
         return run_plugins(args.json)
     if args.command in ("connect", "listen"):
-        url = with_options(args.url, args.options)
+        url = tls_url(args, with_options(args.url, args.options), listening=args.command == "listen")
         run = run_connect if args.command == "connect" else run_listen
         return _run_trio(lambda: run(args, url))
     if args.command == "bench":

@@ -42,9 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["bulk", "rate", "cli", "socks5"],
+        choices=["bulk", "rate", "cli", "socks5", "tls"],
         action="append",
         help="run only these (repeatable)",
+    )
+    parser.add_argument(
+        "--tls-connections", type=int, default=500, help="full TLS handshakes per rate run (default 500)"
     )
     parser.add_argument("--cli", action="store_true", help="also pipe data through conduit vs ncat")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -169,7 +172,7 @@ def _cli(mib: int, repeat: int) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    only = set(args.only or ["bulk", "rate", "socks5"] + (["cli"] if args.cli else []))
+    only = set(args.only or ["bulk", "rate", "socks5", "tls"] + (["cli"] if args.cli else []))
     results: dict[str, Any] = {}
     if "bulk" in only:
         results["tcp_bulk_mb_per_s"] = _pair("bulk", args.bulk_mib * 1024 * 1024, args.repeat, "mb_per_s")
@@ -181,6 +184,11 @@ def run(args: argparse.Namespace) -> int:
         from ..proxy._bench import run_socks5_bench
 
         results["socks5_connect_us"] = run_socks5_bench(args.proxy_connections, args.repeat)
+    if "tls" in only:  # TLS bulk and handshakes vs raw trio.SSLStream, and with --cli vs ncat --ssl
+        from ..tls._bench import run_tls_bench
+
+        cli_mib = args.cli_mib if args.cli or "cli" in (args.only or []) else None
+        results.update(run_tls_bench(args.bulk_mib, args.tls_connections, args.repeat, cli_mib=cli_mib))
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -191,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
                 line += f"   python-socks {r['python-socks']:6.0f} us   ratio {r['ratio']:.2f}"
                 line += f" (fastest tenth: {r['ratio_p10']:.2f})"
             print(line)
-        elif name == "cli_pipe":
+        elif name in ("cli_pipe", "tls_cli_pipe"):
             line = f"{name:24} conduit {r['conduit_mb_per_s']:9.1f} MB/s"
             if "ncat_mb_per_s" in r:
                 line += f"   ncat {r['ncat_mb_per_s']:9.1f} MB/s   ratio {r['ratio']:.2f}"

@@ -1,0 +1,233 @@
+"""``tls://host:port`` (TLS over tcp) and ``tls+sctp://host:port`` (TLS over sctp).
+
+A TLS transport is another stream transport, found in the registry when a
+connection is made (the core imports no transport), with TLS on top. The
+URL's query and the keywords take the TLS options
+(:class:`trio_conduit.tls.TLSConfig`'s fields, e.g. ``?cafile=ca.pem&alpn=h2``)
+and the inner transport's own (``nodelay``, ...); ``tls=`` takes a whole
+``TLSConfig`` (or an ``ssl.SSLContext``) that the other options then amend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from trio_conduit import (
+    Address,
+    Availability,
+    Capabilities,
+    Connection,
+    Context,
+    Kind,
+    Option,
+    Transport,
+    TransportUnavailable,
+    URLParts,
+    hookimpl,
+)
+from trio_conduit.transport import parse_host_port
+
+if TYPE_CHECKING:
+    from trio_conduit.tls import TLSConfig
+
+# The TLS options a URL or keywords may set, with a line each (the docs list them).
+_TLS_OPTIONS: Final = {
+    "verify": "verify the peer's certificate (default on; 0 only when you mean it)",
+    "cafile": "CA certificates to trust, a PEM file (default: the system's)",
+    "capath": "a directory of CA certificates",
+    "cadata": "CA certificates as PEM text",
+    "certfile": "our certificate chain, PEM (a server's, or a client's for mutual TLS)",
+    "keyfile": "its private key, PEM (default: in certfile)",
+    "password": "the private key's password",
+    "certificate": "our certificate and key in memory (a trio_conduit.tls.Certificate; keyword only)",
+    "server_hostname": "the name to send (SNI) and verify (default: the URL's host)",
+    "min_version": "lowest TLS version (1.2 by default)",
+    "max_version": "highest TLS version",
+    "ciphers": "OpenSSL cipher list (TLS 1.2 and below)",
+    "alpn": "ALPN protocols, comma-separated (h2,http/1.1)",
+    "pin_sha256": "accepted peer certificate SHA-256 fingerprints, comma-separated",
+    "session": "a TLS session to resume (an ssl.SSLSession; keyword only)",
+    "session_cache": "resume sessions from the client session cache (default on)",
+    "keylog_file": "append TLS secrets here, SSLKEYLOGFILE format (default: $SSLKEYLOGFILE)",
+    "trace": "peers (addresses, networks, server names) whose plaintext is logged at DEBUG_ALL",
+    "record_size": "TLS record sizing: dynamic, off (default) or a size in bytes",
+    "handshake_timeout": "seconds for the whole TLS setup, hooks included (default 30)",
+    "client_auth": "server: ask for client certificates: none (default), optional, required",
+    "allow_renegotiation": "server: allow client-initiated renegotiation on TLS 1.2 (default off)",
+    "ragged_eof": "treat a close without close_notify as an end of stream (default off)",
+    "max_hello_size": "server: largest ClientHello accepted, bytes (default 32768)",
+    "max_handshakes": "server: handshakes run at once per listener (default 256)",
+    "context": "an ssl.SSLContext to use as it is (keyword only)",
+}
+
+
+# How the docs' option tables name each option's type (by the parser's name, as the core's).
+_KIND_NAMES: Final = {
+    "verify": "parse_bool",
+    "session_cache": "parse_bool",
+    "allow_renegotiation": "parse_bool",
+    "ragged_eof": "parse_bool",
+    "handshake_timeout": "_parse_seconds",
+    "max_hello_size": "_parse_count",
+    "max_handshakes": "_parse_count",
+}
+
+
+def _parser(name: str) -> Callable[[str], object]:
+    def parse(text: str) -> object:
+        from trio_conduit.tls._config import normalize_option
+
+        if name in ("certificate", "session", "context", "tls"):
+            raise ValueError(f"{name} can only be given as a keyword argument")
+        return normalize_option(name, text)
+
+    parse.__name__ = _KIND_NAMES.get(
+        name, "str" if name not in ("certificate", "session", "context", "tls") else "object"
+    )
+    return parse
+
+
+def _tls_option_objects() -> tuple[Option, ...]:
+    opts = [Option(name, _parser(name), None, doc) for name, doc in _TLS_OPTIONS.items()]
+    opts.append(
+        Option("tls", _parser("context"), None, "a whole TLSConfig (or ssl.SSLContext); keyword only")
+    )
+    return tuple(opts)
+
+
+_OPTIONS: Final = _tls_option_objects()
+_NAMES: Final = frozenset(_TLS_OPTIONS)
+
+
+def _global_transport(scheme: str) -> Transport | None:
+    from trio_conduit._plugins import global_scope
+
+    return global_scope().transport_for(scheme)
+
+
+class TLSTransport(Transport):
+    """TLS over the stream transport registered for ``inner`` (looked up when used)."""
+
+    kind = Kind.STREAM
+    capabilities = Capabilities(device=True, ip_options=True)
+
+    def __init__(self, scheme: str, inner: str, name: str, description: str) -> None:
+        self.schemes = (scheme,)
+        self.inner_scheme = inner
+        self._configs: dict[Any, tuple[Any, TLSConfig]] = {}
+        self._options: tuple[Option, ...] | None = None
+        self.name = name
+        self.description = description
+
+    # -- options and addresses ------------------------------------------------
+    @property
+    def options(self) -> tuple[Option, ...]:  # type: ignore[override]  # the inner transport's, at use
+        if self._options is None:
+            inner = _global_transport(self.inner_scheme)
+            if inner is None:
+                return _OPTIONS  # not cached: the inner transport may be registered later
+            self._options = _OPTIONS + tuple(
+                o for o in inner.options if o.name not in _NAMES and o.name != "tls"
+            )
+        return self._options
+
+    def parse_address(self, parts: URLParts, *, listening: bool) -> Address:
+        return parse_host_port(parts, listening=listening)
+
+    def availability(self) -> Availability:
+        inner = _global_transport(self.inner_scheme)
+        if inner is None:
+            return Availability(
+                False, f"needs the {self.inner_scheme}:// transport, which no plugin registers"
+            )
+        return inner.availability()
+
+    def loopback_url(self, tmpdir: str) -> str | None:
+        if self.inner_scheme != "tcp":
+            return None
+        from trio_conduit.tls import self_signed_certificate
+
+        cert, key = self_signed_certificate("127.0.0.1").write(tmpdir, "conduit-check")
+        # The same file is the server's certificate and the client's trust anchor.
+        return f"{self.schemes[0]}://127.0.0.1:0?certfile={cert}&keyfile={key}&cafile={cert}"
+
+    # -- connecting -------------------------------------------------------------
+    def _inner(self, ctx: Context) -> tuple[Transport, Context]:
+        inner = ctx.scope.transport_for(self.inner_scheme)
+        if inner is None or inner.kind is not Kind.STREAM:
+            raise TransportUnavailable(
+                0,
+                f"{self.schemes[0]}:// needs a {self.inner_scheme}:// stream transport, "
+                "which no plugin registers",
+                address=str(ctx.address),
+            )
+        names = {o.name for o in inner.options}
+        options = {k: v for k, v in ctx.options.items() if k in names}
+        query = tuple((k, v) for k, v in ctx.address.query if k in names)
+        address = dataclasses.replace(ctx.address, scheme=self.inner_scheme, query=query)
+        inner_ctx = Context(
+            inner,
+            address,
+            options,
+            ctx.socket_options,
+            ctx.scope,
+            ctx.tracer,
+            ctx.role,
+            ctx.conn_id,
+            ctx.event_id,
+            nursery=ctx.nursery,
+            extra=ctx.extra,
+        )
+        return inner, inner_ctx
+
+    def config(self, ctx: Context) -> TLSConfig:
+        """The TLS options for this connect/listen: ``tls=`` amended by the other TLS options."""
+        from trio_conduit.tls import TLSConfig
+
+        base: Any = ctx.options.get("tls")
+        changes = {k: v for k, v in ctx.options.items() if k in _NAMES and v is not None}
+        try:
+            key: Any = (id(base) if base is not None else None, tuple(sorted(changes.items())))
+            hash(key)
+        except TypeError:  # an unhashable value (a list of ALPN protocols): no caching
+            key = None
+        hit = self._configs.get(key) if key is not None else None
+        if hit is not None and hit[0] is base:
+            return hit[1]
+        config = TLSConfig() if base is None or base is True else TLSConfig.coerce(base)
+        config = config.replace(**changes) if changes else config
+        if key is not None:
+            if len(self._configs) > 256:
+                self._configs.clear()
+            self._configs[key] = (base, config)
+        return config
+
+    async def connect(self, ctx: Context) -> Connection:
+        from trio_conduit.tls._api import tls_client
+
+        config = self.config(ctx)
+        inner, inner_ctx = self._inner(ctx)
+        conn = await inner.connect(inner_ctx)
+        return await tls_client(conn, config, ctx, transport_name=self.schemes[0])
+
+    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+        from trio_conduit.tls._api import tls_listener
+
+        config = self.config(ctx)
+        inner, inner_ctx = self._inner(ctx)
+        listener = await inner.listen(inner_ctx)
+        bound: Address = listener.address  # type: ignore[attr-defined]
+        address = dataclasses.replace(bound, scheme=self.schemes[0], query=ctx.address.query)
+        return tls_listener(listener, config, ctx, transport_name=self.schemes[0], address=address)
+
+
+@hookimpl
+def conduit_transports() -> Sequence[Transport]:
+    return [
+        TLSTransport("tls", "tcp", "TLS", "TLS over tcp:// (trio.SSLStream; hooks may await)"),
+        TLSTransport("tls+sctp", "sctp", "TLS/SCTP", "TLS over sctp://"),
+    ]

@@ -1,0 +1,374 @@
+"""Congestion control: UDT's ``CCC`` interface in Python, the native DAIMD algorithm, and two more.
+
+An algorithm is a :class:`CongestionControl` subclass. The engine makes one
+per connection, sets the *inputs* (``mss``, ``max_cwnd``, ``snd_curr_seq``,
+``rcv_rate``, ``rtt``, ``bandwidth``, ``now``) before each callback, and
+after each callback reads the *outputs*: ``pkt_send_period`` (microseconds
+between two data packets) and ``cwnd`` (packets in flight). Units follow
+UDT's ``CCC`` (microseconds, packets, packets per second) so algorithms port
+one to one. Sequence numbers given to the callbacks are the engine's
+extended numbers: plain integers that never wrap.
+
+Algorithms are registered by name through the generic
+``conduit_congestion_controls`` hook; ``udt://...?congestion=NAME`` picks one
+(``NAME:key=value,...`` passes keyword arguments to its factory, as strings).
+
+Shipped here: ``udt`` (:class:`NativeCC`, the reference's DAIMD rate
+control, the default), ``fixed`` (:class:`FixedRateCC`, a constant rate) and
+``bbr`` (:class:`BBRLikeCC`: pacing at the measured bottleneck rate, blind to
+random loss).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from ._packet import UserDefined
+
+__all__ = [
+    "BBRLikeCC",
+    "CongestionControl",
+    "CongestionControlFactory",
+    "FixedRateCC",
+    "NativeCC",
+    "builtin_congestion_controls",
+    "parse_rate",
+]
+
+#: UDT's SYN interval: 10 ms, in microseconds.
+SYN_INTERVAL: Final = 10_000
+
+
+class CongestionControl:
+    """Base class of congestion-control algorithms (UDT's ``CCC``).
+
+    Override the ``on_*`` callbacks you need; set :attr:`pkt_send_period`
+    and :attr:`cwnd` (and optionally :attr:`ack_period`,
+    :attr:`ack_interval`, :attr:`rto`). The engine calls :meth:`init` once the
+    connection is set up and :meth:`close` when it ends.
+    """
+
+    #: Output: microseconds between two data packets (the sending rate).
+    pkt_send_period: float = 1.0
+    #: Output: the congestion window, in packets.
+    cwnd: float = 16.0
+    #: Output: send an ACK at least every this many microseconds (``None``: every 10 ms SYN).
+    ack_period: int | None = None
+    #: Output: also send an ACK every this many packets received (``None``: no count-based ACK).
+    ack_interval: int | None = None
+    #: Output: a user-defined retransmission timeout in microseconds (``None``: UDT's EXP timer).
+    rto: int | None = None
+
+    # Inputs, set by the engine before every callback.
+    #: Maximum packet size (bytes, IP and UDP headers included).
+    mss: int = 1500
+    #: The flow window the peer advertised: the largest useful ``cwnd``.
+    max_cwnd: float = 25600.0
+    #: The last data sequence number sent (extended).
+    snd_curr_seq: int = 0
+    #: The peer's packet arrival rate (packets per second), from its ACKs.
+    rcv_rate: int = 16
+    #: Smoothed round-trip time, microseconds.
+    rtt: int = 100_000
+    #: Estimated link capacity (packets per second), from the peer's packet pairs.
+    bandwidth: int = 1
+    #: The engine's clock, microseconds.
+    now: int = 0
+    #: UDT's SYN interval (microseconds).
+    syn_interval: int = SYN_INTERVAL
+
+    _send_custom: Callable[[int, bytes], None] | None = None
+
+    def init(self) -> None:
+        """The connection is set up; inputs hold their initial values."""
+
+    def close(self) -> None:
+        """The connection is closing."""
+
+    def on_ack(self, ack: int) -> None:
+        """An ACK arrived: everything before ``ack`` was received."""
+
+    def on_loss(self, losses: Sequence[tuple[int, int]]) -> None:
+        """A NAK arrived reporting these inclusive runs as lost."""
+
+    def on_timeout(self) -> None:
+        """The EXP timer fired with data outstanding (everything unacknowledged is resent)."""
+
+    def on_pkt_sent(self, seq: int, count: int) -> None:
+        """``count`` data packets starting at ``seq`` were just sent (new or retransmitted)."""
+
+    def on_pkt_received(self, seq: int, count: int) -> None:
+        """``count`` data packets ending at ``seq`` were just received."""
+
+    def process_custom_msg(self, packet: UserDefined) -> None:
+        """A user-defined control packet (type 0x7FFF) arrived from the peer."""
+
+    def send_custom_msg(self, subtype: int, data: bytes = b"") -> None:
+        """Send a user-defined control packet to the peer's algorithm."""
+        if self._send_custom is not None:
+            self._send_custom(subtype, data)
+
+
+#: What the ``conduit_congestion_controls`` hook maps names to for udt://.
+CongestionControlFactory = Callable[..., CongestionControl]
+
+
+class NativeCC(CongestionControl):
+    """UDT's native DAIMD rate control (the reference's ``CUDTCC``).
+
+    Slow start doubles the window per ACK until it passes the flow window;
+    then the rate increases every SYN by an amount set by the spare link
+    capacity, and decreases by 1/8 on the first loss of a congestion period
+    (randomised further decreases, at most five per period).
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._rng = random.Random(seed)
+        self._rc_interval = SYN_INTERVAL
+        self._last_rc_time = 0
+        self._slow_start = True
+        self._last_ack = 0
+        self._loss = False
+        self._last_dec_seq = 0
+        self._last_dec_period = 1.0
+        self._nak_count = 0
+        self._dec_random = 1
+        self._avg_nak_num = 0
+        self._dec_count = 0
+
+    def init(self) -> None:
+        self._rc_interval = self.syn_interval
+        self._last_rc_time = self.now
+        self.ack_period = self._rc_interval
+        self._slow_start = True
+        self._last_ack = self.snd_curr_seq
+        self._loss = False
+        self._last_dec_seq = self._last_ack - 1
+        self._last_dec_period = 1.0
+        self._avg_nak_num = 0
+        self._nak_count = 0
+        self._dec_random = 1
+        self.cwnd = 16.0
+        self.pkt_send_period = 1.0
+
+    def _leave_slow_start(self) -> None:
+        self._slow_start = False
+        if self.rcv_rate > 0:
+            self.pkt_send_period = 1_000_000.0 / self.rcv_rate
+        else:
+            self.pkt_send_period = (self.rtt + self._rc_interval) / self.cwnd
+
+    def on_ack(self, ack: int) -> None:
+        if self.now - self._last_rc_time < self._rc_interval:
+            return
+        self._last_rc_time = self.now
+        if self._slow_start:
+            self.cwnd += ack - self._last_ack
+            self._last_ack = ack
+            if self.cwnd > self.max_cwnd:
+                self._leave_slow_start()
+            else:
+                return
+        else:
+            self.cwnd = self.rcv_rate / 1_000_000.0 * (self.rtt + self._rc_interval) + 16
+        if self._slow_start:
+            return
+        if self._loss:
+            self._loss = False
+            return
+        min_inc = 0.01
+        spare = self.bandwidth - 1_000_000.0 / self.pkt_send_period
+        if self.pkt_send_period > self._last_dec_period and self.bandwidth / 9 < spare:
+            spare = self.bandwidth / 9
+        if spare <= 0:
+            inc = min_inc
+        else:
+            # 10 ** ceil(log10(spare * MSS * 8)) * 1.5e-6 / MSS, at least min_inc
+            inc = max(10.0 ** math.ceil(math.log10(spare * self.mss * 8.0)) * 0.0000015 / self.mss, min_inc)
+        self.pkt_send_period = (self.pkt_send_period * self._rc_interval) / (
+            self.pkt_send_period * inc + self._rc_interval
+        )
+
+    def on_loss(self, losses: Sequence[tuple[int, int]]) -> None:
+        if self._slow_start:
+            self._slow_start = False
+            if self.rcv_rate > 0:
+                self.pkt_send_period = 1_000_000.0 / self.rcv_rate
+                return
+            self.pkt_send_period = self.cwnd / (self.rtt + self._rc_interval)
+        self._loss = True
+        if losses and losses[0][0] > self._last_dec_seq:
+            self._last_dec_period = self.pkt_send_period
+            self.pkt_send_period = math.ceil(self.pkt_send_period * 1.125)
+            self._avg_nak_num = math.ceil(self._avg_nak_num * 0.875 + self._nak_count * 0.125)
+            self._nak_count = 1
+            self._dec_count = 1
+            self._last_dec_seq = self.snd_curr_seq
+            self._rng.seed(self._last_dec_seq)
+            self._dec_random = max(1, math.ceil(self._avg_nak_num * self._rng.random()))
+        else:
+            self._dec_count += 1
+            if self._dec_count <= 5:
+                self._nak_count += 1
+                if self._nak_count % self._dec_random == 0:
+                    # at most halve the rate within one congestion period (0.875 ** 5 = 0.51)
+                    self.pkt_send_period = math.ceil(self.pkt_send_period * 1.125)
+                    self._last_dec_seq = self.snd_curr_seq
+
+    def on_timeout(self) -> None:
+        if self._slow_start:
+            self._leave_slow_start()
+
+
+def parse_rate(text: str | float) -> float:
+    """A rate in bytes per second: a number with an optional ``k``/``M``/``G`` suffix."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = text.strip()
+    scale = 1.0
+    if s and s[-1] in "kKmMgG":
+        scale = {"k": 1e3, "m": 1e6, "g": 1e9}[s[-1].lower()]
+        s = s[:-1]
+    value = float(s) * scale
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"a rate must be a positive number of bytes per second, not {text!r}")
+    return value
+
+
+class FixedRateCC(CongestionControl):
+    """A constant sending rate, ``rate`` bytes per second (``congestion=fixed:rate=50M``).
+
+    Loss does not slow it down; the window is the peer's flow window. For
+    links you own and have measured.
+    """
+
+    def __init__(self, rate: str | float = "10M") -> None:
+        self._rate = parse_rate(rate)
+
+    def init(self) -> None:
+        self.cwnd = self.max_cwnd
+        self.pkt_send_period = 1_000_000.0 * self.mss / self._rate
+
+    def on_ack(self, ack: int) -> None:
+        self.cwnd = self.max_cwnd
+
+
+class BBRLikeCC(CongestionControl):
+    """Rate-based control after BBR: pace at the measured bottleneck bandwidth, ignore random loss.
+
+    The bottleneck bandwidth is the windowed maximum of delivery-rate samples
+    (packets acknowledged per interval between full ACKs) over about ten
+    round trips; the propagation delay is the windowed minimum RTT. Startup
+    paces at 2.89 times the estimate until it stops growing for three rounds,
+    drains, then cycles the pacing gain through 1.25, 0.75 and six rounds of 1.
+    The window is twice the bandwidth-delay product. Loss reports do not
+    change the rate (retransmission still happens) unless a run is at least
+    ``burst`` packets long, which reads as a queue overflow and cuts the
+    estimate to the delivered rate.
+    """
+
+    _GAINS: Final = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    _STARTUP_GAIN: Final = 2.89
+
+    def __init__(self, burst: str | int = 32, initial_rate: str | float = "1M") -> None:
+        self._burst = int(burst)
+        self._initial_rate = parse_rate(initial_rate)
+        self._samples: deque[tuple[int, float]] = deque()
+        self._btl_bw = 0.0  # packets per second
+        self._min_rtt = 0
+        self._min_rtt_time = 0
+        self._last_ack = 0
+        self._last_ack_time = 0
+        self._state = "startup"
+        self._full_bw = 0.0
+        self._full_bw_rounds = 0
+        self._round_start = 0
+        self._cycle = 0
+        self._cycle_time = 0
+
+    def init(self) -> None:
+        self._last_ack = self.snd_curr_seq + 1
+        self._last_ack_time = self.now
+        self._round_start = self.now
+        self._cycle_time = self.now
+        self._btl_bw = self._initial_rate / self.mss
+        self.ack_period = self.syn_interval
+        self._apply(self._STARTUP_GAIN)
+
+    def _apply(self, gain: float) -> None:
+        bw = max(self._btl_bw, 1.0)
+        self.pkt_send_period = 1_000_000.0 / (bw * gain)
+        rtt = self._min_rtt or self.rtt
+        bdp = bw * rtt / 1_000_000.0
+        self.cwnd = max(16.0, min(self.max_cwnd, 2.0 * bdp * max(gain, 1.0) + 16))
+
+    def _window_bw(self) -> float:
+        horizon = self.now - 10 * max(self._min_rtt or self.rtt, self.syn_interval)
+        samples = self._samples
+        while samples and samples[0][0] < horizon:
+            samples.popleft()
+        return max((rate for _, rate in samples), default=self._btl_bw)
+
+    def on_ack(self, ack: int) -> None:
+        now = self.now
+        if self.rtt > 0 and (
+            not self._min_rtt or self.rtt < self._min_rtt or now - self._min_rtt_time > 10_000_000
+        ):
+            self._min_rtt = self.rtt
+            self._min_rtt_time = now
+        elapsed = now - self._last_ack_time
+        delivered = ack - self._last_ack
+        if delivered > 0 and elapsed >= self.syn_interval // 2:
+            self._samples.append((now, delivered * 1_000_000.0 / elapsed))
+            self._last_ack = ack
+            self._last_ack_time = now
+        elif delivered > 0 and elapsed <= 0:
+            return
+        self._btl_bw = self._window_bw()
+        round_len = max(self._min_rtt or self.rtt, self.syn_interval)
+        if self._state == "startup":
+            if now - self._round_start >= round_len:
+                self._round_start = now
+                if self._btl_bw >= self._full_bw * 1.25:
+                    self._full_bw = self._btl_bw
+                    self._full_bw_rounds = 0
+                else:
+                    self._full_bw_rounds += 1
+                    if self._full_bw_rounds >= 3:
+                        self._state = "drain"
+            self._apply(self._STARTUP_GAIN)
+        elif self._state == "drain":
+            if now - self._round_start >= round_len:
+                self._state = "probe"
+                self._cycle = 0
+                self._cycle_time = now
+            self._apply(1.0 / self._STARTUP_GAIN)
+        else:
+            if now - self._cycle_time >= round_len:
+                self._cycle = (self._cycle + 1) % len(self._GAINS)
+                self._cycle_time = now
+            self._apply(self._GAINS[self._cycle])
+
+    def on_loss(self, losses: Sequence[tuple[int, int]]) -> None:
+        if any(last - first + 1 >= self._burst for first, last in losses) and self.rcv_rate > 0:
+            # A long run of losses: a queue overflowed. Fall back to what got through.
+            self._btl_bw = min(self._btl_bw, float(self.rcv_rate))
+            self._samples.clear()
+            self._samples.append((self.now, self._btl_bw))
+            if self._state == "startup":
+                self._state = "drain"
+                self._round_start = self.now
+            self._apply(1.0)
+
+    def on_timeout(self) -> None:
+        self._apply(1.0)
+
+
+def builtin_congestion_controls() -> dict[str, CongestionControlFactory]:
+    """The algorithms this plugin registers: ``udt`` (native), ``fixed``, ``bbr``."""
+    return {"udt": NativeCC, "fixed": FixedRateCC, "bbr": BBRLikeCC}

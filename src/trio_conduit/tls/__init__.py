@@ -1,0 +1,46 @@
+"""TLS over any stream connection, with hooks that may await (after ATS's ``SSLNetVConnection``).
+
+Use ``tls://host:port``, ``tls=`` on any stream ``connect``/``serve``/``listen``,
+or ``conn.start_tls()``. Options are :class:`TLSConfig`; the facts after a
+handshake are :class:`TLSInfo` (``conn.info.tls``); hooks receive a
+:class:`TLSHandshake`. See the TLS pages of the documentation.
+"""
+
+from ._api import start_tls as start_tls
+from ._certs import Certificate as Certificate
+from ._certs import EphemeralCA as EphemeralCA
+from ._certs import fingerprint as fingerprint
+from ._certs import self_signed_certificate as self_signed_certificate
+from ._config import DEFAULT_HANDSHAKE_TIMEOUT as DEFAULT_HANDSHAKE_TIMEOUT
+from ._config import DYNAMIC as DYNAMIC
+from ._config import TLSConfig as TLSConfig
+from ._config import build_context as build_context
+from ._config import clear_context_cache as clear_context_cache
+from ._errors import ClientHelloError as ClientHelloError
+from ._errors import TLSError as TLSError
+from ._errors import TLSHandshakeTimeout as TLSHandshakeTimeout
+from ._errors import TLSRejected as TLSRejected
+from ._errors import TLSVerifyError as TLSVerifyError
+from ._handshake import Stash as Stash
+from ._handshake import StashKey as StashKey
+from ._handshake import TLSHandshake as TLSHandshake
+from ._hello import DEFAULT_MAX_HELLO_SIZE as DEFAULT_MAX_HELLO_SIZE
+from ._hello import ClientHello as ClientHello
+from ._hello import ClientHelloReader as ClientHelloReader
+from ._hello import Extension as Extension
+from ._hello import ExtensionType as ExtensionType
+from ._hello import is_grease as is_grease
+from ._hello import parse_client_hello_untrusted as parse_client_hello_untrusted
+from ._listener import TLSListener as TLSListener
+from ._records import BURST_THRESHOLD as BURST_THRESHOLD
+from ._records import IDLE_RESET as IDLE_RESET
+from ._records import SMALL_RECORD as SMALL_RECORD
+from ._records import RecordHeader as RecordHeader
+from ._records import RecordSizer as RecordSizer
+from ._records import iter_records as iter_records
+from ._sessions import SessionCache as SessionCache
+from ._sessions import SessionKey as SessionKey
+from ._sessions import session_cache as session_cache
+from ._stream import TLSConnection as TLSConnection
+from ._stream import TLSInfo as TLSInfo
+from ._tunnel import splice as splice

@@ -1,0 +1,338 @@
+"""TLS benchmarks for ``conduit bench --only tls``: the pool against raw ``trio.SSLStream``, same run.
+
+* ``tls_bulk_mb_per_s``: one connection carries N MiB one way (TLS 1.3,
+  AES-256-GCM both), then an acknowledgement: ``tls://`` through the pool
+  (``pool.serve`` / ``pool.connect``) against ``trio.serve_ssl_over_tcp`` /
+  ``trio.open_ssl_over_tcp_stream``.
+* ``tls_handshakes_per_s``: full handshakes (no session resumption on either
+  side), each connect + verify + 1 byte + close, one at a time.
+* ``tls_cli_pipe`` (with ``--cli``): ``conduit connect tls://`` piping N MiB
+  into ``conduit listen tls://`` against ``ncat --ssl`` doing the same.
+
+Server and client run in two processes pinned to two CPUs; implementations
+alternate run by run. Certificates come from an :class:`EphemeralCA` made for
+the run. ``python -m trio_conduit.tls._bench server|client ...`` is one side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import trio
+
+__all__ = ["run_tls_bench"]
+
+_WORKER = [sys.executable, "-m", "trio_conduit.tls._bench"]
+_CHUNK = 1024 * 1024
+
+
+# ---------------------------------------------------------------------------
+# the two sides (in their own processes)
+# ---------------------------------------------------------------------------
+
+
+async def _read_exactly(stream: Any, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        more = await stream.receive_some(n - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+async def _handle(stream: Any) -> None:
+    """Bulk: an 8-byte length, that many bytes, then ack with the count. Rate: read to the end."""
+    header = await _read_exactly(stream, 8)
+    if len(header) == 8:
+        want = int.from_bytes(header, "big")
+        got = 0
+        receive = stream.receive_some
+        while got < want:
+            data = await receive()
+            if not data:
+                break
+            got += len(data)
+        await stream.send_all(got.to_bytes(8, "big"))
+    while await stream.receive_some():
+        pass
+    await stream.aclose()
+
+
+async def _server(impl: str, certfile: str, keyfile: str) -> None:
+    async def handler(stream: Any) -> None:
+        try:
+            await _handle(stream)
+        except trio.BrokenResourceError:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        if impl == "raw":
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(certfile, keyfile)
+            listeners = await nursery.start(trio.serve_ssl_over_tcp, handler, 0, ctx)
+            port = listeners[0].transport_listener.socket.getsockname()[1]
+            await _announce_and_wait(port)
+        else:
+            import trio_conduit
+
+            async with trio_conduit.open_pool() as pool:
+                url = f"tls://127.0.0.1:0?certfile={certfile}&keyfile={keyfile}"
+                address = await nursery.start(pool.serve, url, handler)
+                await _announce_and_wait(address.port)
+        nursery.cancel_scope.cancel()
+
+
+async def _announce_and_wait(port: int) -> None:
+    print(port, flush=True)
+    await trio.to_thread.run_sync(sys.stdin.read)
+
+
+async def _client(impl: str, mode: str, port: int, amount: int, cafile: str) -> dict[str, float]:
+    import trio_conduit
+
+    async with trio_conduit.open_pool() as pool:
+        if impl == "raw":
+            ctx = ssl.create_default_context(cafile=cafile)
+
+            async def connect() -> Any:
+                return await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=ctx)
+
+        else:
+            url = f"tls://127.0.0.1:{port}"
+
+            async def connect() -> Any:
+                return await pool.connect(url, cafile=cafile, session_cache=False)
+
+        if mode == "bulk":
+            block = memoryview(bytes(_CHUNK))
+            start = time.perf_counter()
+            stream = await connect()
+            await stream.send_all(amount.to_bytes(8, "big"))
+            sent = 0
+            while sent < amount:
+                n = min(_CHUNK, amount - sent)
+                await stream.send_all(block[:n])
+                sent += n
+            ack = await _read_exactly(stream, 8)
+            elapsed = time.perf_counter() - start
+            await stream.aclose()
+            if int.from_bytes(ack, "big") != amount:
+                raise RuntimeError(f"server counted {int.from_bytes(ack, 'big')} bytes, sent {amount}")
+            return {"seconds": elapsed, "mb_per_s": amount / elapsed / 1e6}
+        start = time.perf_counter()
+        for _ in range(amount):
+            stream = await connect()
+            if impl == "raw":
+                await stream.do_handshake()  # the pool's connect has done it: count it for both
+            await stream.send_all(b"x")
+            await stream.aclose()
+        elapsed = time.perf_counter() - start
+        return {"seconds": elapsed, "per_s": amount / elapsed}
+
+
+def _pin(cpu: int) -> None:
+    if cpu >= 0:
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError:
+            pass
+
+
+def main(argv: list[str]) -> None:
+    role, impl, cpu = argv[:3]
+    _pin(int(cpu))
+    if role == "server":
+        trio.run(_server, impl, argv[3], argv[4])
+    else:
+        mode, port, amount, cafile = argv[3], int(argv[4]), int(argv[5]), argv[6]
+        print(json.dumps(trio.run(_client, impl, mode, port, amount, cafile)), flush=True)
+
+
+# ---------------------------------------------------------------------------
+# the parent
+# ---------------------------------------------------------------------------
+
+
+def _cpus() -> tuple[int, int]:
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[0], cpus[1]) if len(cpus) >= 2 else (-1, -1)
+
+
+def _one(impl: str, mode: str, amount: int, files: dict[str, str]) -> dict[str, float]:
+    server_cpu, client_cpu = _cpus()
+    server = subprocess.Popen(
+        [*_WORKER, "server", impl, str(server_cpu), files["cert"], files["key"]],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        out = subprocess.run(
+            [*_WORKER, "client", impl, str(client_cpu), mode, str(port), str(amount), files["ca"]],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        result: dict[str, float] = json.loads(out.stdout)
+        return result
+    finally:
+        if server.stdin is not None:
+            server.stdin.close()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _pair(mode: str, amount: int, repeat: int, key: str, files: dict[str, str]) -> dict[str, Any]:
+    runs: dict[str, list[float]] = {"raw": [], "pool": []}
+    for i in range(repeat):
+        for impl in ("raw", "pool") if i % 2 == 0 else ("pool", "raw"):
+            runs[impl].append(_one(impl, mode, amount, files)[key])
+    raw, pool = statistics.median(runs["raw"]), statistics.median(runs["pool"])
+    return {"raw_trio": raw, "pool": pool, "ratio": pool / raw, "runs": runs, "unit": key}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    needle = f":{port:04X} "
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        with open("/proc/net/tcp") as f:
+            if any(needle in line and line.split()[3] == "0A" for line in f):
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def _pipe(listen: list[str], connect: list[str], port: int, mib: int) -> float:
+    """Seconds for ``connect`` to send ``mib`` MiB (from ``head -c``) into ``listen`` (> /dev/null)."""
+    with open(os.devnull, "wb") as sink:
+        listener = subprocess.Popen(listen, stdout=sink, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_listening(port, listener)
+            start = time.perf_counter()
+            head = subprocess.Popen(
+                ["head", "-c", str(mib * 1024 * 1024), "/dev/zero"], stdout=subprocess.PIPE
+            )
+            try:
+                subprocess.run(connect, stdin=head.stdout, stdout=subprocess.DEVNULL, check=True)
+            finally:
+                assert head.stdout is not None
+                head.stdout.close()
+                head.wait()
+            elapsed = time.perf_counter() - start
+            listener.wait(timeout=30)
+        finally:
+            if listener.poll() is None:
+                listener.kill()
+            listener.wait()
+    return elapsed
+
+
+def _cli(mib: int, repeat: int, files: dict[str, str]) -> dict[str, Any]:
+    conduit = [sys.executable, "-m", "trio_conduit"]
+    ncat = shutil.which("ncat")
+    runs: dict[str, list[float]] = {"conduit": [], "ncat": []}
+    for _ in range(repeat):
+        port = _free_port()
+        runs["conduit"].append(
+            _pipe(
+                [
+                    *conduit,
+                    "listen",
+                    f"tls://127.0.0.1:{port}",
+                    "--cert",
+                    files["cert"],
+                    "--key",
+                    files["key"],
+                ],
+                [*conduit, "connect", f"tls://localhost:{port}", "--cafile", files["ca"]],
+                port,
+                mib,
+            )
+        )
+        if ncat:
+            port = _free_port()
+            runs["ncat"].append(
+                _pipe(
+                    [
+                        ncat,
+                        "--ssl",
+                        "--ssl-cert",
+                        files["cert"],
+                        "--ssl-key",
+                        files["key"],
+                        "-l",
+                        "127.0.0.1",
+                        str(port),
+                    ],
+                    [
+                        ncat,
+                        "--ssl",
+                        "--ssl-verify",
+                        "--ssl-trustfile",
+                        files["ca"],
+                        "--send-only",
+                        "localhost",  # ncat checks DNS names only, not IP addresses
+                        str(port),
+                    ],
+                    port,
+                    mib,
+                )
+            )
+    size = mib * 1024 * 1024
+    out: dict[str, Any] = {"bytes": size, "runs_seconds": runs}
+    out["conduit_mb_per_s"] = size / statistics.median(runs["conduit"]) / 1e6
+    if runs["ncat"]:
+        out["ncat_mb_per_s"] = size / statistics.median(runs["ncat"]) / 1e6
+        out["ratio"] = out["conduit_mb_per_s"] / out["ncat_mb_per_s"]
+    return out
+
+
+def run_tls_bench(
+    bulk_mib: int, connections: int, repeat: int, *, cli_mib: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """The TLS figures (see the module docstring); ``cli_mib`` adds the conduit/ncat pipe."""
+    from ._certs import EphemeralCA
+
+    ca = EphemeralCA("conduit bench CA")
+    with tempfile.TemporaryDirectory(prefix="conduit-bench-") as tmp:
+        cert, key = ca.issue("localhost", "127.0.0.1").write(tmp, "server")
+        cafile = os.path.join(tmp, "ca.pem")
+        with open(cafile, "wb") as f:
+            f.write(ca.cert_pem)
+        files = {"cert": str(cert), "key": str(key), "ca": cafile}
+        results = {
+            "tls_bulk_mb_per_s": _pair("bulk", bulk_mib * 1024 * 1024, repeat, "mb_per_s", files),
+            "tls_handshakes_per_s": _pair("rate", connections, repeat, "per_s", files),
+        }
+        if cli_mib:
+            results["tls_cli_pipe"] = _cli(cli_mib, repeat, files)
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

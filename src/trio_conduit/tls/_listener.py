@@ -1,0 +1,179 @@
+"""A TLS listener: accepts on another listener and hands out connections whose handshake is done.
+
+Handshakes run concurrently, each its own task, so a client that stalls
+halfway (or a hook that takes its time) delays no one else; at most
+``max_handshakes`` run at once (then accepting waits, and the kernel's
+backlog holds new clients). ``accept()`` returns the next connection whose
+handshake succeeded; failed handshakes are traced and dropped; blind
+tunnels run in the listener's own tasks until they end.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, final
+
+import trio
+
+from .._connection import Connection, StreamConnection
+from ._config import TLSConfig
+from ._errors import TLSError
+from ._handshake import TunnelPlan, server_handshake
+from ._stream import TLSConnection
+from ._tunnel import run_tunnel
+
+if TYPE_CHECKING:
+    from .._address import Address
+    from .._plugins import HookScope
+    from .._trace import Tracer
+
+__all__ = ["TLSListener"]
+
+_log = logging.getLogger("trio_conduit.tls")
+
+
+@final
+class TLSListener(trio.abc.Listener[Connection]):
+    """TLS over the stream connections ``inner`` accepts (see the module docstring).
+
+    ``address`` is the inner listener's. The background accept loop starts
+    with the first ``accept()`` and runs in ``nursery`` (the pool's) until
+    :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        inner: trio.abc.Listener[Connection],
+        config: TLSConfig,
+        *,
+        scope: HookScope,
+        tracer: Tracer,
+        nursery: trio.Nursery | None,
+        transport_name: str | None = None,
+        address: Address | None = None,
+    ) -> None:
+        self._inner = inner
+        self.config = config
+        self.address: Address | None = address if address is not None else getattr(inner, "address", None)
+        self._scope = scope
+        self._tracer = tracer
+        self._nursery = nursery
+        self._transport_name = transport_name
+        self._send, self._receive = trio.open_memory_channel[Connection](0)
+        self._cancel = trio.CancelScope()
+        self._done = trio.Event()
+        self._started = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._limit = trio.Semaphore(config.max_handshakes)
+
+    @property
+    def inner(self) -> trio.abc.Listener[Connection]:
+        return self._inner
+
+    async def accept(self) -> Connection:
+        if self._closed:
+            raise trio.ClosedResourceError("this listener was closed")
+        if self._nursery is None:
+            return await self._accept_inline()
+        if not self._started:
+            self._started = True
+            self._nursery.start_soon(self._run, name=f"conduit TLS accept loop {self.address}")
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            if self._closed:
+                raise trio.ClosedResourceError("this listener was closed") from None
+            if self._error is not None:
+                raise trio.BrokenResourceError(f"the listener failed: {self._error!r}") from self._error
+        # The background loop was cancelled from outside (its nursery, the pool's, is
+        # closing) while this listener is still in use: go on, one handshake at a time.
+        return await self._accept_inline()
+
+    async def _accept_inline(self) -> Connection:
+        while True:
+            conn = await self._inner.accept()
+            result = await self._handshake(conn)
+            if isinstance(result, TunnelPlan):
+                await self._tunnel(result)
+            elif result is not None:
+                return result
+
+    async def _handshake(self, conn: Connection) -> TLSConnection | TunnelPlan | None:
+        """The handshake over an accepted connection; ``None`` when it failed (traced)."""
+        if not isinstance(conn, StreamConnection):
+            await trio.aclose_forcefully(conn)
+            _log.error("TLS needs a stream transport; %r is not one: dropped", conn)
+            return None
+        try:
+            return await server_handshake(
+                conn,
+                self.config,
+                scope=self._scope,
+                tracer=self._tracer,
+                address=self.address,
+                transport_name=self._transport_name,
+            )
+        except TLSError as exc:
+            self._tracer.info("TLS handshake failed (conn #%d): %s", conn.id, exc)
+        except Exception:
+            _log.exception("TLS handshake for conn #%d raised; connection dropped", conn.id)
+        return None
+
+    async def _tunnel(self, plan: TunnelPlan) -> None:
+        try:
+            await run_tunnel(
+                plan.handshake, plan.target, plan.buffered, tracer=self._tracer, nursery=self._nursery
+            )
+        except Exception as exc:
+            self._tracer.info("TLS blind tunnel conn #%d failed: %s", plan.handshake.conn.id, exc)
+
+    async def _run(self) -> None:
+        try:
+            with self._cancel:
+                async with trio.open_nursery() as nursery:
+                    while True:
+                        await self._limit.acquire()
+                        try:
+                            conn = await self._inner.accept()
+                        except BaseException:
+                            self._limit.release()
+                            raise
+                        nursery.start_soon(self._one, conn, name=f"conduit TLS handshake #{conn.id}")
+        except trio.ClosedResourceError:
+            pass
+        except Exception as exc:
+            if not self._closed:
+                _log.error("TLS listener on %s: accepting failed: %r", self.address, exc)
+                self._error = exc
+        finally:
+            self._send.close()
+            self._done.set()
+
+    async def _one(self, conn: Connection) -> None:
+        try:
+            result = await self._handshake(conn)
+        finally:
+            self._limit.release()
+        if isinstance(result, TunnelPlan):
+            await self._tunnel(result)
+        elif result is not None:
+            try:
+                await self._send.send(result)
+            except BaseException:
+                # Nobody will accept it (the listener closed, or we are cancelled).
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(result)
+                raise
+
+    async def aclose(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        self._cancel.cancel()
+        with trio.CancelScope(shield=True):
+            await self._inner.aclose()
+            if self._started:
+                await self._done.wait()
+            self._receive.close()

@@ -1,0 +1,878 @@
+"""The sans-IO engine on a virtual-time network: handshake, rendezvous, data, timers, congestion control."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import struct
+from typing import Any
+
+import pytest
+from trio_conduit_plugins.udt._congestion import CongestionControl, FixedRateCC
+from trio_conduit_plugins.udt._cookie import COOKIE_PERIOD, CookieJar
+from trio_conduit_plugins.udt._engine import (
+    Accepted,
+    Closed,
+    CloseReason,
+    Config,
+    ConnectFailed,
+    FailReason,
+    LocalProtocolError,
+    Session,
+    State,
+)
+from trio_conduit_plugins.udt._losslist import LossList
+from trio_conduit_plugins.udt._packet import (
+    Ack,
+    Ack2,
+    DataPacket,
+    DropRequest,
+    Handshake,
+    KeepAlive,
+    Nak,
+    RequestType,
+    Shutdown,
+    SocketType,
+    UserDefined,
+    ip_to_wire,
+)
+
+from .udt_harness import Net, Wire
+
+A = ("10.0.0.1", 5000)
+B = ("10.0.0.2", 9000)
+C = ("10.0.0.3", 7000)
+STREAM = Config()
+MESSAGE = Config(socket_type=SocketType.DGRAM)
+
+
+def connect_pair(
+    net: Net, client: Config = STREAM, server: Config | None = None, backlog: int = 8
+) -> tuple[Session, Session]:
+    a = net.endpoint(A)
+    b = net.endpoint(B)
+    b.listen(server or client, backlog)
+    c = a.connect(B, client, net.now)
+    net.run_until(lambda: c.connected and b.pending_accepts > 0, 10)
+    s = b.accept()
+    assert s is not None
+    return c, s
+
+
+def handshakes(net: Net, src: Any = None, dst: Any = None) -> list[Handshake]:
+    out = []
+    for w in net.packets(src, dst):
+        p = w.packet
+        if isinstance(p, Handshake):
+            out.append(p)
+    return out
+
+
+def transfer(net: Net, sender: Session, receiver: Session, data: bytes, timeout: float = 120) -> bytes:
+    got = bytearray()
+    sent = 0
+
+    def between() -> None:
+        nonlocal sent
+        if sent < len(data):
+            sent += sender.send(memoryview(data)[sent : sent + 100_000], net.now)
+        got.extend(receiver.receive(1 << 20))
+
+    net.run_until(lambda: len(got) >= len(data), timeout, between=between)
+    return bytes(got)
+
+
+def fake_request(**changes: Any) -> Handshake:
+    fields: dict[str, Any] = {
+        "version": 4,
+        "socket_type": 1,
+        "isn": 1000,
+        "mss": 1500,
+        "flight_flag_size": 8192,
+        "request_type": int(RequestType.CONNECT),
+        "socket_id": 4242,
+        "cookie": 0,
+        "peer_ip": ip_to_wire(B[0]),
+    }
+    fields.update(changes)
+    return Handshake(**fields)
+
+
+# ---------------------------------------------------------------------------
+# the handshake, as the reference does it
+# ---------------------------------------------------------------------------
+
+
+def test_handshake_on_the_wire() -> None:
+    net = Net()
+    c, s = connect_pair(net)
+    to_server = handshakes(net, A, B)
+    to_client = handshakes(net, B, A)
+    first, second = to_server[0], to_server[1]
+    # request type 1, addressed to socket id 0, our id, ISN, MSS, window, the server's IP
+    assert (first.request_type, first.dest, first.cookie) == (1, 0, 0)
+    assert (first.version, first.socket_type, first.mss) == (4, 1, 1500)
+    assert first.flight_flag_size == min(STREAM.rcv_buf, STREAM.flight_flag_size) == 8192
+    assert first.socket_id == c.socket_id
+    assert first.peer_ip == ip_to_wire(B[0])
+    # the listener echoes it with a cookie, to our socket id
+    challenge = to_client[0]
+    assert challenge.request_type == 1
+    assert challenge.dest == c.socket_id
+    assert challenge.cookie != 0
+    # the client repeats with the cookie, request type -1
+    assert (second.request_type, second.cookie, second.dest) == (-1, challenge.cookie, 0)
+    # the response: type -1, the client's own ISN back, the server's socket id
+    response = to_client[1]
+    assert response.request_type == -1
+    assert response.isn == c.isn == s.isn == s.peer_isn
+    assert response.socket_id == s.socket_id == c.peer_id
+    assert s.peer_id == c.socket_id
+    assert response.dest == c.socket_id
+    assert response.peer_ip == ip_to_wire(A[0])
+    assert len(to_server) == 2
+    assert len(to_client) == 2
+
+
+def test_cookie_challenge_allocates_nothing_for_spoofed_sources() -> None:
+    net = Net()
+    b = net.endpoint(B)
+    b.listen(STREAM, 8)
+    rng = random.Random(7)
+    spoofed = [
+        (f"10.{i // 250}.{i % 250}.{rng.randint(1, 254)}", rng.randint(1024, 65535)) for i in range(2000)
+    ]
+    for i, src in enumerate(spoofed):
+        net.inject(src, B, fake_request(socket_id=i + 1, isn=i).encode())
+        # and a second step with a made-up cookie, as a flooder would
+        net.inject(
+            src, B, fake_request(socket_id=i + 1, isn=i, request_type=-1, cookie=rng.getrandbits(31)).encode()
+        )
+    net.run_for(1.0)
+    # every request type 1 got its cookie answer; no forged second step was answered
+    answers = handshakes(net, B)
+    assert len(answers) == len(spoofed)
+    assert all(h.request_type == 1 and h.cookie != 0 for h in answers)
+    assert b.state_size == 0
+    assert b.sessions == []
+    assert not any(isinstance(ev, Accepted) for _, ev in net.events)
+    assert b.dropped == len(spoofed)
+
+
+def test_cookie_is_bound_to_the_client_address() -> None:
+    net = Net()
+    b = net.endpoint(B)
+    b.listen(STREAM, 8)
+    net.inject(A, B, fake_request().encode())
+    net.run_for(0.1)
+    cookie = handshakes(net, B, A)[0].cookie
+    # the same cookie from another address (or port) is worthless
+    net.inject(C, B, fake_request(request_type=-1, cookie=cookie).encode())
+    net.inject((A[0], A[1] + 1), B, fake_request(request_type=-1, cookie=cookie).encode())
+    net.run_for(0.1)
+    assert b.state_size == 0
+    net.inject(A, B, fake_request(request_type=-1, cookie=cookie).encode())
+    net.run_for(0.1)
+    assert len(b.sessions) == 1
+    assert handshakes(net, B, A)[-1].request_type == -1
+
+
+def test_cookie_periods_current_and_previous_only() -> None:
+    jar = CookieJar(0.0, b"k" * 32)
+    cookie = jar.make("10.0.0.1", 5000, 10.0)
+    assert jar.check(cookie, "10.0.0.1", 5000, 10.0)
+    assert jar.check(cookie, "10.0.0.1", 5000, COOKIE_PERIOD + 10.0)  # the previous period
+    assert not jar.check(cookie, "10.0.0.1", 5000, 2 * COOKIE_PERIOD + 10.0)
+    assert not jar.check(cookie, "10.0.0.1", 5001, 10.0)
+    assert CookieJar(0.0, b"j" * 32).make("10.0.0.1", 5000, 10.0) != cookie  # keyed
+
+
+def test_repeated_request_is_answered_from_the_existing_connection() -> None:
+    net = Net()
+    c, s = connect_pair(net)
+    b = net.endpoints[B]
+    cookie = handshakes(net, B, A)[0].cookie
+    before = len(handshakes(net, B, A))
+    # the client's -1 again (its first response was "lost")
+    net.inject(A, B, fake_request(request_type=-1, socket_id=c.socket_id, isn=c.isn, cookie=cookie).encode())
+    net.run_for(0.05)
+    again = handshakes(net, B, A)[before:]
+    assert len(again) == 1
+    assert again[0].request_type == -1
+    assert again[0].socket_id == s.socket_id
+    assert again[0].isn == s.isn
+    assert len(b.sessions) == 1
+    assert c.connected
+    assert s.connected
+
+
+def test_backlog_full_rejects_with_1002() -> None:
+    net = Net()
+    b = net.endpoint(B)
+    b.listen(STREAM, 1)
+    first = net.endpoint(A).connect(B, STREAM, net.now)
+    second = net.endpoint(C).connect(B, STREAM, net.now)
+    net.run_until(lambda: second.state is State.CLOSED, 5)
+    assert first.connected
+    assert second.fail_reason is FailReason.REJECTED
+    assert any(h.request_type == RequestType.REJECTED for h in handshakes(net, B, C))
+    assert b.pending_accepts == 1
+
+
+@pytest.mark.parametrize("change", [{"version": 5}, {"socket_type": 2}])
+def test_version_or_type_mismatch_rejects_with_1002(change: dict[str, int]) -> None:
+    net = Net()
+    b = net.endpoint(B)
+    b.listen(STREAM, 8)
+    net.inject(A, B, fake_request(**change).encode())
+    net.run_for(0.1)
+    cookie = handshakes(net, B, A)[0].cookie
+    net.inject(A, B, fake_request(request_type=-1, cookie=cookie, **change).encode())
+    net.run_for(0.1)
+    assert handshakes(net, B, A)[-1].request_type == 1002
+    assert b.state_size == 0
+
+
+def test_message_client_to_stream_listener_is_rejected() -> None:
+    net = Net()
+    net.endpoint(B).listen(STREAM, 8)
+    c = net.endpoint(A).connect(B, MESSAGE, net.now)
+    net.run_until(lambda: c.state is State.CLOSED, 5)
+    assert c.fail_reason is FailReason.REJECTED
+
+
+def test_request_retransmitted_every_250_ms_then_3_s_timeout() -> None:
+    net = Net()
+    start = net.now
+    c = net.endpoint(A).connect(B, STREAM, net.now)  # nobody at B
+    net.run_until(lambda: c.state is State.CLOSED, 10)
+    sent = [w.time - start for w in net.packets(A, B)]
+    assert sent == pytest.approx([0.25 * i + 0.005 for i in range(12)])  # the 5 ms link delay
+    failed = [ev for _, ev in net.events if isinstance(ev, ConnectFailed)]
+    assert failed == [ConnectFailed(c, FailReason.TIMEOUT)]
+    assert net.now - start == pytest.approx(3.0)
+    assert net.endpoints[A].state_size == 0
+
+
+def test_rendezvous_timeout_is_30_s() -> None:
+    net = Net()
+    start = net.now
+    c = net.endpoint(A).connect(B, Config(rendezvous=True), net.now)
+    net.run_until(lambda: c.state is State.CLOSED, 40)
+    assert c.fail_reason is FailReason.TIMEOUT
+    assert net.now - start == pytest.approx(30.0)
+    assert all(isinstance(w.packet, Handshake) and w.packet.request_type == 0 for w in net.packets(A, B))
+
+
+def test_response_with_another_isn_fails_the_security_check() -> None:
+    net = Net()
+    c = net.endpoint(A).connect(B, STREAM, net.now)
+    net.run_for(0.01)
+    req = handshakes(net, A, B)[0]
+    bad = fake_request(request_type=-1, isn=(req.isn + 1) % (1 << 31), socket_id=77, dest=c.socket_id)
+    net.inject(B, A, bad.encode())
+    net.run_for(0.01)
+    assert c.fail_reason is FailReason.SECURITY
+
+
+@pytest.mark.parametrize(("client_mss", "server_mss"), [(1400, 1500), (1500, 1200)])
+def test_smaller_mss_wins(client_mss: int, server_mss: int) -> None:
+    net = Net()
+    c, s = connect_pair(net, Config(mss=client_mss), Config(mss=server_mss))
+    mss = min(client_mss, server_mss)
+    assert c.mss == s.mss == mss
+    data = random.Random(1).randbytes(50_000)
+    assert transfer(net, c, s, data) == data
+    sizes = {len(w.data) for w in net.packets(A, B) if isinstance(w.packet, DataPacket)}
+    assert max(sizes) == mss - 28
+
+
+def test_flow_window_is_the_peers_advertised_window() -> None:
+    net = Net()
+    c, s = connect_pair(net, Config(rcv_buf=100), Config(rcv_buf=300))
+    assert c.flow_window == 300
+    assert s.flow_window == 100
+
+
+# ---------------------------------------------------------------------------
+# rendezvous
+# ---------------------------------------------------------------------------
+
+
+def test_rendezvous_connects_both_ways() -> None:
+    net = Net()
+    a = net.endpoint(A)
+    b = net.endpoint(B)
+    ra = a.connect(B, Config(rendezvous=True), net.now)
+    rb = b.connect(A, Config(rendezvous=True), net.now)
+    net.run_until(lambda: ra.connected and rb.connected, 5)
+    assert ra.peer_id == rb.socket_id
+    assert rb.peer_id == ra.socket_id
+    assert ra.peer_isn == rb.isn
+    assert rb.peer_isn == ra.isn
+    types = [h.request_type for h in handshakes(net, A, B)]
+    assert types[0] == 0
+    assert -1 in types
+    data = random.Random(2).randbytes(30_000)
+    assert transfer(net, ra, rb, data) == data
+    assert transfer(net, rb, ra, data[::-1]) == data[::-1]
+
+
+def test_rendezvous_holds_data_until_the_peer_is_connected() -> None:
+    """The reference drops packets reaching a rendezvous socket before it connected: wait for proof."""
+    net = Net()
+    a = net.endpoint(A)
+    b = net.endpoint(B)
+    ra = a.connect(B, Config(rendezvous=True), net.now)
+    rb = b.connect(A, Config(rendezvous=True), net.now)
+    early: list[Wire] = []
+    lost_first_response: list[Wire] = []
+    rb_ready: list[float] = []
+
+    def blackhole(w: Wire) -> bool:
+        p = w.packet
+        if w.src == A and isinstance(p, Handshake) and p.request_type == -1 and not lost_first_response:
+            lost_first_response.append(w)  # so A connects (on B's -1) before B does
+            return True
+        # the reference's receive thread registers a new connection a little after it connected
+        if w.src == A and isinstance(p, DataPacket) and (not rb_ready or net.now < rb_ready[0] + 0.02):
+            early.append(w)
+            return True
+        return False
+
+    net.blackhole = blackhole
+    ra_data = bytes(20 * 1456)
+
+    def send_once() -> None:
+        if rb.connected and not rb_ready:
+            rb_ready.append(net.now)
+        if ra.connected and ra.stats.pkt_sent == 0 and not ra.send_buffered:
+            ra.send(ra_data, net.now)
+
+    net.run_until(lambda: rb.readable_bytes == len(ra_data), 5, between=send_once)
+    assert lost_first_response
+    assert early == []  # nothing was sent into B's not-yet-connected socket
+    assert ra.stats.pkt_retrans == 0
+    assert rb.receive(1 << 20) == ra_data
+
+
+def test_rendezvous_ignores_regular_requests() -> None:
+    net = Net()
+    a = net.endpoint(A)
+    ra = a.connect(B, Config(rendezvous=True), net.now)
+    net.inject(B, A, fake_request(request_type=1).encode())
+    net.run_for(0.5)
+    assert ra.state is State.CONNECTING
+
+
+# ---------------------------------------------------------------------------
+# data transfer
+# ---------------------------------------------------------------------------
+
+
+def test_bulk_transfer_both_directions_lossless() -> None:
+    net = Net()
+    c, s = connect_pair(net)
+    data = random.Random(3).randbytes(2_000_000)
+    assert transfer(net, c, s, data) == data
+    assert transfer(net, s, c, data[:500_000]) == data[:500_000]
+    assert c.stats.pkt_retrans == 0
+    sent = [w for w in net.packets(A, B) if isinstance(w.packet, DataPacket)]
+    assert s.stats.pkt_recv == len(sent) == c.stats.pkt_sent
+    assert len(sent) >= math.ceil(len(data) / c.payload_size)
+    # unpaced bulk: more than 64 packets between timer ACKs, so light ACKs go out too
+    assert any(isinstance(w.packet, Ack) and w.packet.light for w in net.packets(B, A))
+
+
+def test_transfer_through_loss_duplication_and_reordering() -> None:
+    net = Net(seed=11, loss=0.05, dup=0.02, reorder=0.05, jitter=0.002)
+    c, s = connect_pair(net, Config(congestion=lambda: FixedRateCC("5M")))
+    data = random.Random(4).randbytes(1_500_000)
+    assert transfer(net, c, s, data, timeout=300) == data
+    assert c.stats.pkt_retrans > 0
+    assert c.stats.pkt_recv_nak > 0
+    assert s.stats.pkt_sent_nak > 0
+    assert s.stats.pkt_recv_dup > 0
+    assert s.stats.pkt_rcv_loss > 0
+
+
+def test_native_cc_survives_loss() -> None:
+    net = Net(seed=5, loss=0.02, reorder=0.02)
+    c, s = connect_pair(net)
+    data = random.Random(5).randbytes(400_000)
+    assert transfer(net, c, s, data, timeout=300) == data
+
+
+def test_sequence_numbers_wrap_at_31_bits() -> None:
+    net = Net()
+    a = net.endpoint(A)
+    b = net.endpoint(B)
+    b.listen(STREAM, 8)
+
+    class NearTop(random.Random):
+        def randint(self, lo: int, hi: int) -> int:
+            return hi - 50 if hi == 0x7FFFFFFF else super().randint(lo, hi)
+
+    a._rng = NearTop(1)
+    c = a.connect(B, STREAM, net.now)
+    net.run_until(lambda: c.connected and b.pending_accepts > 0)
+    s = b.accept()
+    assert s is not None
+    assert c.isn == 0x7FFFFFFF - 50
+    data = random.Random(6).randbytes(200 * c.payload_size)
+    assert transfer(net, c, s, data) == data
+    seqs = [w.packet.seq for w in net.packets(A, B) if isinstance(w.packet, DataPacket)]
+    assert max(seqs) == 0x7FFFFFFF
+    assert min(seqs) == 0
+    assert seqs.index(0) == seqs.index(0x7FFFFFFF) + 1
+
+
+def test_send_buffer_limits_and_flow_control() -> None:
+    net = Net()
+    c, s = connect_pair(net, Config(snd_buf=40, rcv_buf=32))
+    blob = bytes(200 * c.payload_size)
+    accepted = 0
+    for _ in range(50):
+        n = c.send(blob[accepted:], net.now)
+        accepted += n
+        net.run_for(0.05)
+    # nobody reads: the receiver holds at most its buffer, the sender at most its own
+    assert accepted <= (32 + 40) * c.payload_size
+    assert c.send(blob, net.now) == 0
+    assert s.readable_bytes <= 32 * s.payload_size
+    got = bytearray()
+    net.run_until(lambda: len(got) >= accepted, 30, between=lambda: got.extend(s.receive(1 << 20)))
+    assert bytes(got) == blob[:accepted]
+
+
+def test_receive_sizes() -> None:
+    net = Net()
+    c, s = connect_pair(net)
+    data = bytes(range(256)) * 40
+    c.send(data, net.now)
+    net.run_until(lambda: s.readable_bytes == len(data))
+    out = [s.receive(1), s.receive(7), s.receive(3000), s.receive(100_000)]
+    assert [len(x) for x in out] == [1, 7, 3000, len(data) - 3008]
+    assert b"".join(out) == data
+    assert s.receive(10) == b""
+
+
+# ---------------------------------------------------------------------------
+# messages
+# ---------------------------------------------------------------------------
+
+
+def test_message_boundaries_and_numbers() -> None:
+    net = Net()
+    c, s = connect_pair(net, MESSAGE)
+    p = c.payload_size
+    sizes = [1, p, p + 1, 3 * p + 5, 0, 10]
+    msgs = [bytes([i]) * n for i, n in enumerate(sizes)]
+    for m in msgs:
+        assert c.send_message(m, net.now)
+    got: list[bytes] = []
+
+    def pull() -> None:
+        while (m := s.receive_message()) is not None:
+            got.append(m)
+
+    net.run_until(lambda: len(got) == len(msgs), between=pull)
+    assert got == msgs
+    data = [w.packet for w in net.packets(A, B) if isinstance(w.packet, DataPacket)]
+    by_msg: dict[int, list[DataPacket]] = {}
+    for pkt in data:
+        by_msg.setdefault(pkt.msgno, []).append(pkt)
+    assert sorted(by_msg) == list(range(1, len(msgs) + 1))
+    three = by_msg[4]  # the message of 3 packets + 5 bytes: four packets
+    assert [int(x.boundary) for x in three] == [2, 0, 0, 1]
+    assert [int(x.boundary) for x in by_msg[1]] == [3]
+    assert all(x.in_order for x in data)
+
+
+def test_message_too_large_and_wrong_mode() -> None:
+    net = Net()
+    c, _s = connect_pair(net, Config(socket_type=SocketType.DGRAM, snd_buf=10))
+    with pytest.raises(LocalProtocolError, match="larger than the send buffer"):
+        c.send_message(bytes(11 * c.payload_size), net.now)
+    with pytest.raises(LocalProtocolError, match="send_message"):
+        c.send(b"x", net.now)
+
+
+def _data_of(w: Wire, msgno: int) -> bool:
+    p = w.packet
+    return isinstance(p, DataPacket) and p.msgno == msgno
+
+
+def test_ttl_expired_message_is_dropped_with_a_drop_request() -> None:
+    net = Net()
+    c, s = connect_pair(net, MESSAGE)
+    cut = True
+    net.blackhole = lambda w: cut and _data_of(w, 1)
+    assert c.send_message(b"old" * 1000, net.now, ttl=0.5)
+    net.run_for(0.2)
+    assert c.send_message(b"new", net.now)
+    net.run_for(1.0)
+    cut = False
+    got: list[bytes] = []
+    net.run_until(
+        lambda: bool(got), 10, between=lambda: (m := s.receive_message()) is not None and got.append(m)
+    )
+    assert got == [b"new"]
+    drops = [w.packet for w in net.packets(A, B) if isinstance(w.packet, DropRequest)]
+    assert drops
+    assert drops[0].msgno == 1
+    assert (drops[0].first, drops[0].last) == (c.isn, c.isn + 2)  # the whole 3-packet message
+    assert c.stats.msg_dropped == 1
+    net.run_for(1.0)
+    assert s.receive_message() is None
+
+
+@pytest.mark.parametrize("in_order", [False, True])
+def test_unordered_messages_can_overtake(in_order: bool) -> None:
+    net = Net()
+    c, s = connect_pair(net, MESSAGE)
+    cut = True
+    net.blackhole = lambda w: cut and _data_of(w, 1)
+    assert c.send_message(b"first", net.now, in_order=in_order)
+    assert c.send_message(b"second", net.now, in_order=in_order)
+    net.run_for(0.1)
+    early = s.receive_message()
+    cut = False
+    got = [early] if early is not None else []
+    net.run_until(
+        lambda: len(got) == 2, 10, between=lambda: (m := s.receive_message()) is not None and got.append(m)
+    )
+    if in_order:
+        assert early is None
+        assert got == [b"first", b"second"]
+    else:
+        assert got == [b"second", b"first"]
+
+
+# ---------------------------------------------------------------------------
+# ACK, ACK2, NAK, EXP
+# ---------------------------------------------------------------------------
+
+
+def test_ack_every_syn_with_rtt_and_ack2() -> None:
+    net = Net(delay=0.02)
+    c, s = connect_pair(net, Config(max_bandwidth=3e6))  # a second and a half of sending
+    data = random.Random(8).randbytes(4_500_000)
+    assert transfer(net, c, s, data) == data
+    acks = [(w.time, w.packet) for w in net.packets(B, A) if isinstance(w.packet, Ack)]
+    full = [(t, p) for t, p in acks if not p.light]
+    assert len(full) > 10
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(full)]
+    # one regular ACK per 10 ms SYN, plus one at once after each short packet (the end of a send)
+    short = sum(1 for w in net.packets(A, B) if isinstance(w.packet, DataPacket) and len(w.data) < c.mss - 28)
+    assert sum(1 for g in gaps if g < 0.0099) <= short
+    assert sorted(gaps)[len(gaps) // 2] == pytest.approx(0.01, abs=0.0011)
+    assert any(p.rate is not None for _, p in full)  # full ACKs with rates
+    ack2 = [w.packet for w in net.packets(A, B) if isinstance(w.packet, Ack2)]
+    assert ack2
+    assert {p.ack_seqno for p in ack2} <= {p.ack_seqno for _, p in full}
+    # RTT converges to the link's 40 ms
+    assert s.rtt == pytest.approx(0.04, abs=0.01)
+    assert c.rtt == pytest.approx(0.04, abs=0.015)
+
+
+def test_nak_ranges_and_periodic_nak() -> None:
+    net = Net()
+    c, s = connect_pair(net, Config(congestion=lambda: FixedRateCC("1M")))
+    p = c.payload_size
+    lost = {c.isn + 3, c.isn + 4, c.isn + 5, c.isn + 9}
+    retransmitted = False
+
+    def drop(w: Wire) -> bool:
+        pk = w.packet
+        return isinstance(pk, DataPacket) and pk.seq in lost and not retransmitted
+
+    net.blackhole = drop
+    c.send(bytes(15 * p), net.now)
+    net.run_for(1.0)
+    naks = [(w.time, w.packet) for w in net.packets(B, A) if isinstance(w.packet, Nak)]
+    assert naks[0][1].losses == ((c.isn + 3, c.isn + 5),)
+    assert naks[1][1].losses == ((c.isn + 9, c.isn + 9),)
+    # Each run is reported again periodically: not sooner than a NAK period (RTT + 4 RTTVar + SYN,
+    # at least 20 ms) after its last report, and at most about two periods later (a period is at
+    # most 150 ms, half the sender's shortest EXP period).
+    for run in ((c.isn + 3, c.isn + 5), (c.isn + 9, c.isn + 9)):
+        times = [t for t, n in naks if run in n.losses]
+        assert len(times) > 4
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(0.0199 <= g <= 0.3001 for g in gaps), gaps
+    assert any(len(n.losses) == 2 for _, n in naks[2:])  # both runs in one NAK, compressed
+    retransmitted = True
+    net.run_until(lambda: s.readable_bytes == 15 * p, 5)
+    assert s.receive(1 << 20) == bytes(15 * p)
+
+
+def test_keepalive_when_idle_and_broken_connection_detection() -> None:
+    net = Net()
+    c, s = connect_pair(net)
+    start = net.now
+    net.run_for(3.0)
+    kas = [w for w in net.packets(A, B) if isinstance(w.packet, KeepAlive)]
+    kas += [w for w in net.packets(B, A) if isinstance(w.packet, KeepAlive)]
+    assert len(kas) >= 4
+    assert c.connected
+    assert s.connected
+    # the server vanishes
+    net.blackhole = lambda w: w.src == B
+    cut = net.now
+    net.run_until(lambda: c.state is State.CLOSED, 120)
+    assert c.close_reason is CloseReason.TIMEOUT
+    # 17 EXP periods growing from 0.3 s: about 46 s of silence
+    assert 40 < net.now - cut < 60
+    assert net.now - start > 40
+    closed = [ev for addr, ev in net.events if isinstance(ev, Closed) and ev.session is c]
+    assert closed == [Closed(c, CloseReason.TIMEOUT)]
+
+
+def test_exp_timeout_retransmits_unacknowledged_data() -> None:
+    net = Net()
+    c, _s = connect_pair(net)
+    net.blackhole = lambda w: w.src == B and isinstance(w.packet, (Ack, Nak))
+    c.send(bytes(5 * c.payload_size), net.now)
+    net.run_for(2.0)
+    assert c.stats.pkt_retrans >= 5  # everything resent on EXP, more than once
+    net.blackhole = None
+    net.run_until(lambda: c.send_buffered == 0, 10)
+
+
+def test_shutdown_then_reads_drain() -> None:
+    net = Net()
+    c, s = connect_pair(net)
+    c.send(b"last words", net.now)
+    net.run_until(lambda: s.readable_bytes == 10)
+    c.close(net.now)
+    net.run_until(lambda: s.state is State.CLOSED)
+    assert any(isinstance(w.packet, Shutdown) for w in net.packets(A, B))
+    assert s.close_reason is CloseReason.PEER_SHUTDOWN
+    assert s.at_eof
+    assert s.receive(100) == b"last words"
+    assert net.endpoints[A].state_size == 0
+    assert net.endpoints[B].state_size == 0
+    with pytest.raises(LocalProtocolError):
+        s.send(b"x", net.now)
+
+
+def test_linger_waits_for_acknowledgement() -> None:
+    net = Net()
+    c, s = connect_pair(net, Config(linger=5.0))
+    net.blackhole = lambda w: isinstance(w.packet, DataPacket)
+    c.send(bytes(10_000), net.now)
+    c.close(net.now)
+    net.run_for(1.0)
+    assert c.state is State.CLOSING
+    assert not any(isinstance(w.packet, Shutdown) for w in net.packets(A, B))
+    net.blackhole = None
+    net.run_until(lambda: c.state is State.CLOSED, 10)
+    assert c.close_reason is CloseReason.LOCAL
+    assert s.readable_bytes == 10_000
+    net.run_for(0.1)
+    shutdown_at = [w.time for w in net.packets(A, B) if isinstance(w.packet, Shutdown)]
+    assert len(shutdown_at) == 3  # sent a few times at once: nothing acknowledges it
+    assert len(set(shutdown_at)) == 1
+
+
+def test_linger_gives_up_after_its_time() -> None:
+    net = Net()
+    c, _s = connect_pair(net, Config(linger=1.0))
+    net.blackhole = lambda w: isinstance(w.packet, DataPacket)
+    c.send(bytes(10_000), net.now)
+    t0 = net.now
+    c.close(net.now)
+    net.run_until(lambda: c.state is State.CLOSED, 5)
+    assert net.now - t0 == pytest.approx(1.0, abs=0.011)
+
+
+def test_abort_is_immediate() -> None:
+    net = Net()
+    c, s = connect_pair(net)
+    c.send(bytes(100_000), net.now)
+    c.abort(net.now)
+    assert c.state is State.CLOSED
+    net.run_until(lambda: s.state is State.CLOSED)
+    assert s.close_reason is CloseReason.PEER_SHUTDOWN
+
+
+def test_ack_beyond_what_was_sent_breaks_the_connection() -> None:
+    net = Net()
+    c, _s = connect_pair(net)
+    bogus = Ack(1, (c.isn + 1000) % (1 << 31), 1000, 100, 8000, timestamp=0, dest=c.socket_id)
+    net.inject(B, A, bogus.encode())
+    net.run_for(0.01)
+    assert c.close_reason is CloseReason.PROTOCOL
+
+
+def test_nak_beyond_what_was_sent_breaks_the_connection() -> None:
+    net = Net()
+    c, _s = connect_pair(net)
+    net.inject(B, A, Nak(((c.isn + 5, c.isn + 5),), dest=c.socket_id).encode())
+    net.run_for(0.01)
+    assert c.close_reason is CloseReason.PROTOCOL
+
+
+def test_packets_from_other_addresses_are_ignored() -> None:
+    net = Net()
+    c, _s = connect_pair(net)
+    net.inject(C, A, Shutdown(dest=c.socket_id).encode())
+    net.inject(C, A, b"short")
+    net.run_for(0.05)
+    assert c.connected
+    assert net.endpoints[A].dropped == 2
+
+
+# ---------------------------------------------------------------------------
+# congestion control hook
+# ---------------------------------------------------------------------------
+
+
+class Recorder(CongestionControl):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.custom: list[UserDefined] = []
+
+    def init(self) -> None:
+        self.calls.append("init")
+        self.pkt_send_period = 100.0
+        self.cwnd = 1000.0
+
+    def on_ack(self, ack: int) -> None:
+        self.calls.append("ack")
+
+    def on_loss(self, losses: Any) -> None:
+        self.calls.append(f"loss {list(losses)}")
+
+    def on_pkt_sent(self, seq: int, count: int) -> None:
+        self.calls.append("sent")
+
+    def process_custom_msg(self, packet: UserDefined) -> None:
+        self.custom.append(packet)
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+def test_congestion_control_hook_receives_events_and_sets_the_rate() -> None:
+    net = Net()
+    made: list[Recorder] = []
+
+    def factory() -> Recorder:
+        made.append(Recorder())
+        return made[-1]
+
+    cfg = Config(congestion=factory)
+    c, s = connect_pair(net, cfg)
+    client_cc = next(r for r in made if r is c.cc)
+    server_cc = next(r for r in made if r is s.cc)
+    assert client_cc.calls[0] == "init"
+    lost = c.isn + 2
+    once = {"done": False}
+
+    def drop(w: Wire) -> bool:
+        pk = w.packet
+        if isinstance(pk, DataPacket) and pk.seq == lost and not once["done"]:
+            once["done"] = True
+            return True
+        return False
+
+    net.blackhole = drop
+    c.send(bytes(50 * c.payload_size), net.now)
+    t0 = net.now
+    net.run_until(lambda: s.readable_bytes == 50 * c.payload_size)
+    # 100 us per packet: 50 packets take at least ~5 ms
+    assert net.now - t0 >= 0.004
+    assert "ack" in client_cc.calls
+    assert "sent" in client_cc.calls
+    assert f"loss {[(lost, lost)]}" in client_cc.calls
+    client_cc.send_custom_msg(7, b"ping")
+    net.run_for(0.05)
+    assert [(u.subtype, u.data) for u in server_cc.custom] == [(7, b"ping")]
+    c.abort(net.now)
+    assert client_cc.calls[-1] == "close"
+
+
+def test_fixed_rate_paces_packets() -> None:
+    net = Net()
+    c, s = connect_pair(net, Config(congestion=lambda: FixedRateCC(str(1500 * 1000))))  # 1000 pkt/s
+    c.send(bytes(200 * c.payload_size), net.now)
+    t0 = net.now
+    net.run_until(lambda: s.readable_bytes == 200 * c.payload_size, 5)
+    assert net.now - t0 == pytest.approx(0.2, abs=0.02)
+    assert c.snapshot(net.now).us_pkt_snd_period == pytest.approx(1000.0)
+
+
+def test_max_bandwidth_caps_the_rate() -> None:
+    net = Net()
+    c, s = connect_pair(net, Config(max_bandwidth=1500 * 500))  # 500 packets/s
+    c.send(bytes(100 * c.payload_size), net.now)
+    t0 = net.now
+    net.run_until(lambda: s.readable_bytes == 100 * c.payload_size, 5)
+    assert net.now - t0 >= 0.19
+
+
+# ---------------------------------------------------------------------------
+# the loss list
+# ---------------------------------------------------------------------------
+
+
+def test_loss_list_against_a_set() -> None:
+    rng = random.Random(9)
+    for _ in range(200):
+        ll = LossList()
+        model: set[int] = set()
+        for _ in range(60):
+            op = rng.random()
+            a = rng.randint(0, 300)
+            b = a + rng.randint(0, 20)
+            if op < 0.5:
+                added = ll.insert(a, b)
+                new = set(range(a, b + 1)) - model
+                assert added == len(new)
+                model |= new
+            elif op < 0.7:
+                assert ll.remove(a) == (a in model)
+                model.discard(a)
+            elif op < 0.85:
+                removed = ll.remove_range(a, b)
+                gone = model & set(range(a, b + 1))
+                assert removed == len(gone)
+                model -= gone
+            elif model:
+                assert ll.pop_first() == min(model)
+                model.remove(min(model))
+            assert len(ll) == len(model)
+            assert [s for f, last in ll for s in range(f, last + 1)] == sorted(model)
+            runs = list(ll)
+            assert all(r1[1] + 1 < r2[0] for r1, r2 in itertools.pairwise(runs))  # merged
+        assert ll.remove_below(150) == len({s for s in model if s < 150})
+
+
+def test_loss_list_ages_runs_for_periodic_reports() -> None:
+    ll = LossList()
+    ll.insert(10, 12, 1.0)
+    ll.insert(20, 20, 1.5)
+    assert ll.due(1.6, 0.5, 10) == [(10, 12)]  # reported at 1.0: due; 20 only 0.1 s ago
+    assert ll.due(1.7, 0.5, 10) == []  # 10-12 was just re-reported
+    ll.insert(13, 14, 1.7)  # merges with 10-12: due when its oldest part is
+    ll.remove(11)  # a split keeps the time
+    assert list(ll) == [(10, 10), (12, 14), (20, 20)]
+    assert ll.due(2.2, 0.5, 10) == [(10, 10), (12, 14), (20, 20)]
+    assert ll.due(2.8, 0.5, 2) == [(10, 10), (12, 14)]  # at most `limit` runs
+
+
+def test_header_fields_on_data_packets() -> None:
+    net = Net()
+    c, s = connect_pair(net)
+    c.send(b"hello", net.now)
+    net.run_until(lambda: s.readable_bytes == 5)
+    data = [w for w in net.packets(A, B) if isinstance(w.packet, DataPacket)]
+    raw = data[0].data
+    seq, word, _ts, dest = struct.unpack_from("!IIII", raw)
+    assert seq == c.isn
+    assert dest == s.socket_id
+    assert word >> 30 == 3  # a one-packet message
+    assert raw[16:] == b"hello"
