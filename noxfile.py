@@ -198,7 +198,8 @@ def kernel(session: nox.Session) -> None:
     install_project(session, also=("pytest>=8", "pytest-trio>=0.8", "pytest-timeout>=2.3"))
     session.run("python", "-m", "pip", "uninstall", "-y", "-q", "hypothesis", silent=True)
     session.run("python", "-m", "compileall", "-q", "tests", silent=True)
-    pytest_args = ["tests/kernel", "-p", "no:cacheprovider"]
+    # tests/kernel, plus the TLS-over-SCTP test that lives with the TLS tests.
+    pytest_args = ["tests/kernel", "tests/tls/test_sctp.py", "-p", "no:cacheprovider"]
     session.run("python", "-m", "pytest", "--collect-only", "-q", *pytest_args, silent=True)
     python = os.path.join(session.bin, "python")
     session.run("python", "tools/kernel/run.py", "--", python, "-m", "pytest", *pytest_args, *session.posargs)

@@ -113,7 +113,7 @@ class TLSTransport(Transport):
     """TLS over the stream transport registered for ``inner`` (looked up when used)."""
 
     kind = Kind.STREAM
-    capabilities = Capabilities(device=True, ip_options=True)
+    capabilities = Capabilities(half_close=True, device=True, ip_options=True)  # half-close: close_notify
 
     def __init__(self, scheme: str, inner: str, name: str, description: str) -> None:
         self.schemes = (scheme,)

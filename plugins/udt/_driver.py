@@ -340,23 +340,24 @@ class Multiplexer:
         if not out:
             return
         sock = self._sock
-        sendto = sock.sendto
+        sendmsg = sock.sendmsg
         for i, (data, addr, seg) in enumerate(out):
+            iov = data if isinstance(data, list) else [data]
             try:
                 if not seg:
-                    sendto(data, addr)
+                    sendmsg(iov, (), 0, addr)
                 elif self.gso:
                     try:
-                        sock.sendmsg([data], [(SOL_UDP, UDP_SEGMENT, _SEG.pack(seg))], 0, addr)
+                        sendmsg(iov, [(SOL_UDP, UDP_SEGMENT, _SEG.pack(seg))], 0, addr)
                     except OSError as exc:
                         if exc.errno not in _GSO_ERRORS:
                             raise
                         self.gso = False  # the kernel or the route cannot: split from now on
-                        self._send_split(data, addr, seg, out, i)
+                        self._send_split(b"".join(iov), addr, seg, out, i)
                         if self._pending:
                             return
                 else:
-                    self._send_split(data, addr, seg, out, i)
+                    self._send_split(b"".join(iov), addr, seg, out, i)
                     if self._pending:
                         return
             except (BlockingIOError, InterruptedError):
@@ -368,6 +369,7 @@ class Multiplexer:
     def _send_split(
         self, data: Any, addr: tuple[Any, ...], seg: int, out: list[tuple[Any, tuple[Any, ...], int]], i: int
     ) -> None:
+        """Send a batch as single datagrams (no GSO here); queue the rest if the socket fills."""
         view = memoryview(data)
         for off in range(0, len(view), seg):
             try:

@@ -13,7 +13,9 @@ listener, and the rendezvous/connecting sessions. It does no I/O:
 * ``datagrams_to_send()`` hands back what must be sent, as
   ``(data, addr, segment_size)``: ``segment_size`` 0 is one datagram, else
   ``data`` is several packets of that size (the last may be shorter) that the
-  driver sends with ``UDP_SEGMENT`` or splits;
+  driver sends with ``UDP_SEGMENT`` or splits. ``data`` is a bytes-like
+  object or a list of them to be sent gathered (``sendmsg``'s iovecs), so
+  that packet payloads are never copied in Python;
 * ``next_deadline()`` says when :meth:`Endpoint.handle_timeout` must next be
   called; every timer (ACK, NAK, EXP, handshake retransmission, linger) *and*
   the paced sending of data run from ``handle_timeout(now)``;
@@ -235,8 +237,11 @@ class Config:
     connect_timeout: float = 3.0
     rendezvous_timeout: float = 30.0
     request_interval: float = 0.25
-    #: Longest burst of paced packets, in seconds of sending time.
+    #: Longest burst of paced packets, in seconds of sending time (catching up after a delay).
     max_burst: float = 0.002
+    #: Shortest burst: when sending, send at least this much sending time's worth of packets
+    #: (ahead of the pacing schedule), so that the driver wakes about once a millisecond.
+    min_burst: float = 0.001
 
     def __post_init__(self) -> None:
         if self.mss < _IP_UDP_HEADERS + HANDSHAKE_SIZE:
@@ -1075,7 +1080,7 @@ class Session:
         if late > burst:
             late = burst
             self._snd_next_time = now - burst
-        budget = min(int(late / period) + 1, 4096)
+        budget = min(max(int(late / period) + 1, int(self.config.min_burst / period)), 4096)
         out = self.endpoint._out
         addr = self.peer_addr
         peer_id = self.peer_id
@@ -1112,7 +1117,6 @@ class Session:
             room = int(min(self.flow_window, self._cwnd)) - (self._snd_next - self._snd_last_ack)
             todo = min(budget - sent, room, self._snd_end - self._snd_next)
             chunks = self._chunks
-            pack_into = HEADER.pack_into
             max_batch = min(_MAX_SEGMENTS, _MAX_GSO_BYTES // full)
             while todo > 0:
                 chunk = chunks[self._send_chunk]
@@ -1132,25 +1136,30 @@ class Session:
                 j = pi
                 end = pi + k
                 while j < end:
+                    # One GSO batch as an iovec list: its headers packed in one call, then
+                    # header and payload views alternating (the kernel gathers them).
                     m = min(end - j, max_batch)
-                    stop = j + m
-                    tail = len(view) - last * payload_size if stop - 1 == last else payload_size
-                    buf = bytearray((m - 1) * full + HEADER_SIZE + tail)
-                    off = 0
-                    for jj in range(j, stop):
-                        word = base
-                        if jj == 0:
-                            word |= 0x80000000
-                        if jj == last:
-                            word |= 0x40000000
-                        pack_into(buf, off, seq & SEQ_MASK, word, ts, peer_id)
-                        start = jj * payload_size
-                        buf[off + HEADER_SIZE : off + full] = view[start : start + payload_size]
-                        off += full
-                        seq += 1
-                    out.append((buf, addr, full if m > 1 else 0))
-                    nbytes += (m - 1) * payload_size + tail
-                    j = stop
+                    flat = [0, base, ts, peer_id] * m
+                    if seq + m - 1 <= SEQ_MASK:
+                        flat[0::4] = range(seq, seq + m)
+                    else:
+                        flat[0::4] = [x & SEQ_MASK for x in range(seq, seq + m)]
+                    if j == 0:
+                        flat[1] |= 0x80000000
+                    if j + m - 1 == last:
+                        flat[4 * m - 3] |= 0x40000000
+                    headers = memoryview(_headers_struct(m).pack(*flat))
+                    iov: list[Any] = [None] * (2 * m)
+                    iov[0::2] = [headers[h : h + HEADER_SIZE] for h in range(0, HEADER_SIZE * m, HEADER_SIZE)]
+                    first_byte = j * payload_size
+                    iov[1::2] = [
+                        view[b : b + payload_size]
+                        for b in range(first_byte, first_byte + m * payload_size, payload_size)
+                    ]
+                    out.append((iov, addr, full if m > 1 else 0))
+                    nbytes += min(len(view), first_byte + m * payload_size) - first_byte
+                    seq += m
+                    j += m
                 self._snd_next = seq
                 sent += k
                 todo -= k
@@ -1888,6 +1897,15 @@ class _Batch:
 
 
 _SEQ_DEST_STRUCTS: dict[int, struct.Struct] = {}
+_HEADERS_STRUCTS: dict[int, struct.Struct] = {}
+
+
+def _headers_struct(count: int) -> struct.Struct:
+    """Packs ``count`` packet headers back to back."""
+    st = _HEADERS_STRUCTS.get(count)
+    if st is None:
+        st = _HEADERS_STRUCTS[count] = struct.Struct("!" + "IIII" * count)
+    return st
 
 
 def _seq_dest_struct(count: int) -> struct.Struct:
@@ -2135,7 +2153,11 @@ class Endpoint:
         return True
 
     def datagrams_to_send(self) -> list[tuple[Any, tuple[Any, ...], int]]:
-        """Everything queued for sending: ``(data, addr, segment_size)`` (0: a single datagram)."""
+        """Everything queued for sending: ``(data, addr, segment_size)`` (0: a single datagram).
+
+        ``data`` is bytes-like, or a list of bytes-like pieces whose concatenation is the
+        datagram (or the batch of ``segment_size`` packets).
+        """
         out = self._out
         self._out = []
         return out

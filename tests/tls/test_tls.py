@@ -656,3 +656,21 @@ async def test_tls_over_a_proxy_chain(pki: PKI) -> None:
         assert conn.tls.server_name == "localhost"
         assert await exchange(conn, b"through socks") == b"through socks"
         await conn.aclose()
+
+
+async def test_spawn_with_tls(pki: PKI) -> None:
+    got: list[tuple[str, bytes]] = []
+    done = trio.Event()
+
+    async def client(conn: Any) -> None:
+        got.append((conn.tls.version, await exchange(conn, b"spawned")))
+        done.set()
+
+    async with (
+        conduit.open_pool() as pool,
+        serving(pool, "tcp://127.0.0.1:0", tls=pki.server_config()) as addr,
+    ):
+        pool.spawn(f"tcp://localhost:{addr.port}", client, tls=pki.client_config())
+        with trio.fail_after(10):
+            await done.wait()
+    assert got == [("TLSv1.3", b"spawned")]

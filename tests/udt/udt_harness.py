@@ -73,7 +73,7 @@ class Net:
     def _collect(self) -> None:
         for src, ep in self.endpoints.items():
             for data, dst, seg in ep.datagrams_to_send():
-                raw = bytes(data)
+                raw = b"".join(data) if isinstance(data, list) else bytes(data)
                 pieces = [raw[i : i + seg] for i in range(0, len(raw), seg)] if seg else [raw]
                 for piece in pieces:
                     self._transmit(src, dst, piece)
