@@ -72,6 +72,7 @@ _RECV_SIZE: Final = 65536
 _DRAIN_BATCH: Final = 256
 _SEG: Final = struct.Struct("=H")
 _MAX_SEGMENTS: Final = 64
+_DRAIN_TIME: Final = 0.001
 _GSO_ERRORS: Final = frozenset({errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EMSGSIZE})
 DEFAULT_RECEIVE_SIZE: Final = 256 * 1024
 
@@ -296,7 +297,12 @@ class Multiplexer:
         recvmsg_into = sock.recvmsg_into
         slot = self._slot
         full = slot + 16
+        # at most a millisecond per wake-up: timers (ACKs) and readers get their turn
+        until = clock() + _DRAIN_TIME
+        late = False
         for _ in range(_DRAIN_BATCH):
+            if late:
+                break
             iov = self._iov_big if self._use_big else self._iov_small
             try:
                 n, anc, _flags, addr = recvmsg_into(iov, _GRO_SPACE)
@@ -307,6 +313,7 @@ class Multiplexer:
                     return
                 continue  # e.g. an ICMP error queued for an earlier send
             now = clock()
+            late = now > until  # this one, then stop
             segment = n
             for level, kind, value in anc:
                 if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:

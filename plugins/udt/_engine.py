@@ -105,7 +105,6 @@ _MAX_SEGMENTS: Final = 64
 _MAX_GSO_BYTES: Final = 65000
 _CONFIRM_TIME: Final = 1.0
 _SHUTDOWN_COPIES: Final = 3
-_BURST_GAP: Final = 0.001
 #: A packet pair found inside one coalesced datagram came back to back: 1 us apart at most.
 _BACK_TO_BACK: Final = 1e-6
 _CONFIRM_PROBE: Final = 0.05
@@ -240,8 +239,11 @@ class Config:
     #: Longest burst of paced packets, in seconds of sending time (catching up after a delay).
     max_burst: float = 0.002
     #: Shortest burst: when sending, send at least this much sending time's worth of packets
-    #: (ahead of the pacing schedule), so that the driver wakes about once a millisecond.
+    #: (ahead of the pacing schedule), so that the driver wakes about once a millisecond ...
     min_burst: float = 0.001
+    #: ... and at least this many packets. The reference's timer paces in clumps like
+    #: these, and its receivers' rate measurements (per-packet intervals) rely on them.
+    min_burst_packets: int = 16
 
     def __post_init__(self) -> None:
         if self.mss < _IP_UDP_HEADERS + HANDSHAKE_SIZE:
@@ -478,11 +480,9 @@ class Session:
         self._nak_interval = _MIN_NAK
         self._pkt_count = 0
         self._light_ack_count = 1
-        # arrival rate: packets over the length of recent bursts (median of the last 16)
-        self._rates: deque[int] = deque(maxlen=16)
-        self._burst_start = now
-        self._burst_last = now
-        self._burst_pkts = 0
+        # arrival rate: median-filtered packet intervals (the reference's CPktTimeWindow)
+        self._speed = _RateWindow(16, 1.0)
+        self._last_arrival = now
         self._probe = _RateWindow(64, 0.001)
         self._probe_time = -_NEVER
         self._probe_batch = -1
@@ -493,6 +493,8 @@ class Session:
         self.rtt_var = 0.05
         self.delivery_rate = 16  # packets/s, from the peer's ACKs
         self.bandwidth = 1  # packets/s, from the peer's ACKs
+        self._rate_seen = False
+        self._bw_seen = False
         self._exp_count = 1
         self._last_rsp = now
         self.cc: CongestionControl = config.congestion()
@@ -1080,7 +1082,8 @@ class Session:
         if late > burst:
             late = burst
             self._snd_next_time = now - burst
-        budget = min(max(int(late / period) + 1, int(self.config.min_burst / period)), 4096)
+        cfg = self.config
+        budget = min(max(int(late / period) + 1, int(cfg.min_burst / period), cfg.min_burst_packets), 4096)
         out = self.endpoint._out
         addr = self.peer_addr
         peer_id = self.peer_id
@@ -1113,9 +1116,16 @@ class Session:
             batch.flush()
             first_sent = self._snd_next
 
+        probe = 0
         if sent < budget and self._snd_next < self._snd_end:
             room = int(min(self.flow_window, self._cwnd)) - (self._snd_next - self._snd_last_ack)
-            todo = min(budget - sent, room, self._snd_end - self._snd_next)
+            available = self._snd_end - self._snd_next
+            todo = min(budget - sent, room, available)
+            if todo > 0 and (self._snd_next + todo - 1) & 0xF == 0 and todo < min(room, available):
+                # The reference sends packet 16n+1 right behind 16n, unpaced: the receiver
+                # times the pair to estimate the link's capacity.
+                todo += 1
+                probe = 1
             chunks = self._chunks
             max_batch = min(_MAX_SEGMENTS, _MAX_GSO_BYTES // full)
             while todo > 0:
@@ -1174,7 +1184,7 @@ class Session:
             stats.pkt_sent += sent
             stats.pkt_retrans += retrans
             stats.bytes_sent += nbytes
-            self._snd_next_time += sent * period
+            self._snd_next_time += (sent - probe) * period
             cc = self.cc
             cc.snd_curr_seq = self._snd_next - 1
             if sent > retrans:
@@ -1302,11 +1312,15 @@ class Session:
             self.rtt_var = (self.rtt_var * 3 + abs(srtt - self.rtt)) / 4
             self.rtt = (self.rtt * 7 + srtt) / 8
         if size >= 24:
+            # EWMAs of the peer's reports, as the reference; but where it starts them from
+            # placeholders (16 and 1 packets/s), the first report is taken as it is
             rate, bw = struct.unpack_from("!ii", data, HEADER_SIZE + 16)
             if rate > 0:
-                self.delivery_rate = (self.delivery_rate * 7 + rate) >> 3
+                self.delivery_rate = (self.delivery_rate * 7 + rate) >> 3 if self._rate_seen else rate
+                self._rate_seen = True
             if bw > 0:
-                self.bandwidth = (self.bandwidth * 7 + bw) >> 3
+                self.bandwidth = (self.bandwidth * 7 + bw) >> 3 if self._bw_seen else bw
+                self._bw_seen = True
         self._cc_inputs(now)
         self.cc.on_ack(ack)
         self._cc_update()
@@ -1471,29 +1485,15 @@ class Session:
         self.stats.pkt_sent_ack += 1
 
     def _arrived(self, count: int, now: float) -> None:
-        # The reference times the gaps between single packets; packets read in batches have
-        # no spacing of their own. Time bursts instead: datagrams less than a millisecond
-        # apart belong to one; a burst ends at a longer gap, or after a SYN of steady flow.
-        if now - self._burst_last > _BURST_GAP:
-            self._close_burst()
-            self._burst_start = now
-            self._burst_pkts = 0
-        self._burst_pkts += count
-        self._burst_last = now
-        if now - self._burst_start >= SYN:
-            self._close_burst()
-            self._burst_start = now
-            self._burst_pkts = 0
-
-    def _close_burst(self) -> None:
-        span = self._burst_last - self._burst_start
-        if self._burst_pkts >= 16 and span > 0:
-            self._rates.append(int(self._burst_pkts / span))
+        # The reference records the interval before each packet. A datagram holding a
+        # coalesced batch has one arrival time: its interval is spread over its packets.
+        gap = now - self._last_arrival
+        self._last_arrival = now
+        self._speed.add(gap / count if gap > 0 else _BACK_TO_BACK)
 
     def _arrival_rate(self) -> int:
-        """Packets per second arriving lately (0 before there is a sample)."""
-        rates = self._rates
-        return int(statistics.median_low(rates)) if rates else 0
+        """Packets per second arriving lately (0 while too few intervals agree)."""
+        return self._speed.rate(need_half=True)
 
     def _send_periodic_nak(self, now: float) -> None:
         # only the losses not reported within a NAK period: the others' repairs may be on the way

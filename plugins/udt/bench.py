@@ -1,0 +1,472 @@
+"""UDT benchmarks: this implementation against the reference library, in the same run.
+
+    python -m trio_conduit_plugins.udt.bench [--repeat 5] [--mib 1024] [--link] [--json]
+    conduit bench --only udt [--only udt-link]
+
+* **loopback**: bulk transfer over 127.0.0.1, two CPU-pinned processes
+  (receiver on one core, sender on the other), throughput measured at the
+  receiver from its first byte to its last; our pair (stream mode, default
+  options) and the libudt pair (``udtpeer``, the C++ peer of the interop
+  tests) alternate run by run; medians and the ratio.
+* **link** (``--link``, root only): a 50 ms RTT, 1 % loss link built from
+  two network namespaces joined by a TUN forwarder (``tunlink``), set up as
+  ``netem delay 50ms loss 1%`` on the sender's egress would be: the data
+  direction delayed 50 ms with Bernoulli loss and a 1000-packet queue
+  (netem's default, which caps the link near 30 MB/s), the way back
+  undelayed and lossless. Each
+  contender sends for ``--link-seconds``; throughput at the receiver: our UDT
+  with its native control and with ``congestion=bbr``, libudt, TCP cubic and
+  TCP bbr.
+
+The C++ programs are built with g++ from ``tests/udt/peer/`` (``--peer-dir``;
+by default looked up from the current directory, as nox runs from the
+checkout) against Debian's libudt-dev. Contenders that cannot run are
+reported as skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "run_udt_bench"]
+
+_ME = [sys.executable, "-m", "trio_conduit_plugins.udt.bench"]
+_NS_A, _NS_B = "conduit-udt-a", "conduit-udt-b"
+_TUN_A, _TUN_B = "cdudta", "cdudtb"
+_ADDR_A, _ADDR_B = "10.77.0.1", "10.77.0.2"
+
+
+# ---------------------------------------------------------------------------
+# workers (run as subprocesses)
+# ---------------------------------------------------------------------------
+
+
+def _pin(cpu: int) -> None:
+    if cpu >= 0:
+        os.sched_setaffinity(0, {cpu})
+
+
+def _worker(argv: list[str]) -> int:
+    kind, role = argv[0], argv[1]
+    cpu = int(argv[2])
+    _pin(cpu)
+    if kind == "udt":
+        import trio
+
+        if role == "server":
+            trio.run(_udt_server, argv[3], argv[4])
+        else:
+            trio.run(_udt_client, argv[3], int(argv[4]), float(argv[5]), argv[6])
+    elif kind == "tcp":
+        if role == "server":
+            _tcp_server(argv[3])
+        else:
+            _tcp_client(argv[3], int(argv[4]), float(argv[5]), argv[6])
+    return 0
+
+
+async def _udt_server(host: str, query: str) -> None:
+    import trio_conduit as conduit
+
+    async with conduit.open_pool() as pool:
+        listener = await pool.listen(f"udt://{host}:0{query}")
+        print(listener.address.port, flush=True)
+        conn = await listener.accept()
+        got, first, last = 0, 0.0, 0.0
+        while True:
+            try:
+                chunk = await conn.receive_some()
+            except Exception:  # a broken connection ends the measurement too
+                break
+            if not chunk:
+                break
+            last = time.perf_counter()
+            if not got:
+                first = last
+            got += len(chunk)
+        seconds = last - first
+        print(
+            json.dumps(
+                {"bytes": got, "seconds": seconds, "mb_per_s": got / seconds / 1e6 if seconds else 0.0}
+            )
+        )
+
+
+async def _udt_client(host: str, port: int, amount: float, query: str) -> None:
+    """Send ``amount`` bytes (> 0) or for ``-amount`` seconds."""
+    import trio
+
+    import trio_conduit as conduit
+
+    block = bytes(1 << 20)
+    async with conduit.open_pool() as pool:
+        conn = await pool.connect(f"udt://{host}:{port}{query}")
+        if amount > 0:
+            left = int(amount)
+            while left > 0:
+                n = min(left, len(block))
+                await conn.send_all(block if n == len(block) else block[:n])
+                left -= n
+        else:
+            with trio.move_on_after(-amount):
+                while True:
+                    await conn.send_all(block)
+        with trio.move_on_after(30):
+            await conn.aclose()
+
+
+def _tcp_server(host: str) -> None:
+    import socket
+
+    with socket.socket() as ls:
+        ls.bind((host, 0))
+        ls.listen()
+        print(ls.getsockname()[1], flush=True)
+        conn, _ = ls.accept()
+        got, first, last = 0, 0.0, 0.0
+        with conn:
+            while chunk := conn.recv(1 << 20):
+                last = time.perf_counter()
+                if not got:
+                    first = last
+                got += len(chunk)
+        seconds = last - first
+        print(
+            json.dumps(
+                {"bytes": got, "seconds": seconds, "mb_per_s": got / seconds / 1e6 if seconds else 0.0}
+            )
+        )
+
+
+def _tcp_client(host: str, port: int, amount: float, cc: str) -> None:
+    import socket
+
+    block = bytes(1 << 20)
+    with socket.socket() as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc.encode())
+        s.connect((host, port))
+        stop = time.monotonic() + (-amount if amount < 0 else 1e9)
+        left = int(amount) if amount > 0 else 1 << 62
+        while left > 0 and time.monotonic() < stop:
+            n = min(left, len(block))
+            s.sendall(block[:n])
+            left -= n
+
+
+# ---------------------------------------------------------------------------
+# running pairs
+# ---------------------------------------------------------------------------
+
+
+def _cpus() -> tuple[int, int]:
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[0], cpus[1]) if len(cpus) >= 2 else (-1, -1)
+
+
+def _ns(ns: str | None) -> list[str]:
+    return ["ip", "netns", "exec", ns] if ns else []
+
+
+def _pair(
+    server: list[str], client: list[str], *, port_from: str = "stdout", timeout: float = 600
+) -> dict[str, Any]:
+    """Start ``server``, read its port, run ``client`` with ``{port}`` filled in; the server's JSON."""
+    srv = subprocess.Popen(server, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stream = srv.stdout if port_from == "stdout" else srv.stderr
+        assert stream is not None
+        line = stream.readline()
+        if not line:
+            raise RuntimeError(f"server did not start: {srv.stderr.read() if srv.stderr else ''}")
+        port = line.split()[-1]
+        subprocess.run(
+            [a.replace("{port}", port) for a in client],
+            check=True,
+            timeout=timeout,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        out, err = srv.communicate(timeout=timeout)
+        text = out if port_from == "stdout" else err
+        lines = [ln for ln in text.splitlines() if ln.startswith("{")]
+        if not lines:
+            raise RuntimeError(f"no result from the server: {err.strip()}")
+        result: dict[str, Any] = json.loads(lines[-1])
+        if "mbps" in result and "mb_per_s" not in result:
+            result["mb_per_s"] = result["mbps"]
+        return result
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+
+
+def _build(peer_dir: Path, name: str, libs: list[str]) -> Path:
+    source = peer_dir / f"{name}.cpp"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    cache = Path(tempfile.gettempdir()) / "trio-conduit-udtpeer"
+    cache.mkdir(parents=True, exist_ok=True)
+    binary = cache / f"{name}-{digest}"
+    if not binary.exists():
+        tmp = cache / f".{name}-{digest}-{os.getpid()}"
+        subprocess.run(["g++", "-O2", "-std=c++17", "-o", str(tmp), str(source), *libs], check=True)
+        tmp.replace(binary)
+    return binary
+
+
+def _peer_tools(peer_dir: Path | None) -> tuple[Path | None, Path | None, str]:
+    """(udtpeer, tunlink, why not) — built from the checkout's tests/udt/peer."""
+    directory = peer_dir or Path.cwd() / "tests" / "udt" / "peer"
+    if not (directory / "udtpeer.cpp").exists():
+        return None, None, f"no {directory / 'udtpeer.cpp'} (run from the checkout, or give --peer-dir)"
+    if shutil.which("g++") is None:
+        return None, None, "g++ is not installed (apt-get install g++ libudt-dev)"
+    tunlink = _build(directory, "tunlink", [])
+    if not Path("/usr/include/udt/udt.h").exists():
+        return None, tunlink, "libudt-dev is not installed"
+    return _build(directory, "udtpeer", ["-ludt", "-lpthread"]), tunlink, ""
+
+
+def _median_report(runs: dict[str, list[float]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"runs_mb_per_s": runs}
+    for name, values in runs.items():
+        if values:
+            out[name] = statistics.median(values)
+    return out
+
+
+def loopback(repeat: int, mib: int, udtpeer: Path | None, query: str = "") -> dict[str, Any]:
+    size = mib * 1024 * 1024
+    rx, tx = _cpus()
+    runs: dict[str, list[float]] = {"conduit": [], "libudt": []}
+    for i in range(repeat):
+        order = ("conduit", "libudt") if i % 2 == 0 else ("libudt", "conduit")
+        for impl in order:
+            if impl == "conduit":
+                r = _pair(
+                    [*_ME, "worker", "udt", "server", str(rx), "127.0.0.1", query],
+                    [*_ME, "worker", "udt", "client", str(tx), "127.0.0.1", "{port}", str(size), query],
+                )
+            elif udtpeer is not None:
+                r = _pair(
+                    ["taskset", "-c", str(rx), str(udtpeer), "listen", "0", "--recv", str(size), "--discard"],
+                    [
+                        "taskset",
+                        "-c",
+                        str(tx),
+                        str(udtpeer),
+                        "connect",
+                        "127.0.0.1",
+                        "{port}",
+                        "--send",
+                        str(size),
+                        "--gen",
+                    ],
+                    port_from="stderr",
+                )
+            else:
+                continue
+            runs[impl].append(r["mb_per_s"])
+    out = _median_report(runs)
+    out["bytes"] = size
+    if "libudt" in out and "conduit" in out:
+        out["ratio"] = out["conduit"] / out["libudt"]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the impaired link
+# ---------------------------------------------------------------------------
+
+
+class Link:
+    """Two network namespaces joined by ``tunlink``: A to B delayed and lossy, B to A clean."""
+
+    def __init__(self, tunlink: Path, *, delay: float, loss: float, limit: int, seed: int) -> None:
+        self.tunlink = tunlink
+        # like netem on the sender's egress: the data direction delayed and lossy, the way back clean
+        self.args = ["--delay", str(delay), "--loss", str(loss), "--limit", str(limit), "--seed", str(seed)]
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> Link:
+        self._cleanup()
+        for ns in (_NS_A, _NS_B):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+        self.proc = subprocess.Popen(
+            [str(self.tunlink), _TUN_A, _TUN_B, *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("tunlink did not start")
+        for ns, tun, me, peer in ((_NS_A, _TUN_A, _ADDR_A, _ADDR_B), (_NS_B, _TUN_B, _ADDR_B, _ADDR_A)):
+            subprocess.run(["ip", "link", "set", tun, "netns", ns], check=True)
+            subprocess.run(["ip", "-n", ns, "addr", "add", me, "peer", peer, "dev", tun], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", tun, "up"], check=True)
+            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+            # TCP buffers with room for the bandwidth-delay product (per namespace)
+            subprocess.run(
+                ["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.tcp_rmem=4096 131072 67108864"],
+                check=False,
+            )
+            subprocess.run(
+                ["ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.tcp_wmem=4096 131072 67108864"],
+                check=False,
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stats = ""
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                _, err = self.proc.communicate(timeout=5)
+                self.stats = err.strip()
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._cleanup()
+
+    @staticmethod
+    def _cleanup() -> None:
+        for ns in (_NS_A, _NS_B):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+def link(
+    seconds: float, repeat: int, udtpeer: Path | None, tunlink: Path, loss: float = 0.01
+) -> dict[str, Any]:
+    contenders: list[tuple[str, list[str], list[str], str]] = []
+    for name, query in (("conduit_udt", ""), ("conduit_bbr", "?congestion=bbr")):
+        contenders.append(
+            (
+                name,
+                [*_ns(_NS_B), *_ME, "worker", "udt", "server", "-1", "0.0.0.0", query],
+                [*_ns(_NS_A), *_ME, "worker", "udt", "client", "-1", _ADDR_B, "{port}", str(-seconds), query],
+                "stdout",
+            )
+        )
+    if udtpeer is not None:
+        contenders.append(
+            (
+                "libudt",
+                [*_ns(_NS_B), str(udtpeer), "listen", "0", "--bind", _ADDR_B, "--recv", "0", "--discard"],
+                [*_ns(_NS_A), str(udtpeer), "connect", _ADDR_B, "{port}", "--gen", "--seconds", str(seconds)],
+                "stderr",
+            )
+        )
+    contenders.extend(
+        (
+            f"tcp_{cc}",
+            [*_ns(_NS_B), *_ME, "worker", "tcp", "server", "-1", "0.0.0.0"],
+            [*_ns(_NS_A), *_ME, "worker", "tcp", "client", "-1", _ADDR_B, "{port}", str(-seconds), cc],
+            "stdout",
+        )
+        for cc in ("cubic", "bbr")
+    )
+    runs: dict[str, list[float]] = {name: [] for name, *_ in contenders}
+    link_stats = []
+    for i in range(repeat):
+        with Link(tunlink, delay=0.05, loss=loss, limit=1000, seed=i + 1) as lk:
+            for name, server, client, port_from in contenders:
+                runs[name].append(
+                    _pair(server, client, port_from=port_from, timeout=seconds + 120)["mb_per_s"]
+                )
+        link_stats.append(lk.stats)
+    out = _median_report(runs)
+    out["link"] = {"rtt_ms": 50, "loss_data_direction": loss, "queue_packets": 1000, "seconds": seconds}
+    out["tunlink"] = link_stats
+    return out
+
+
+def run_udt_bench(
+    *,
+    repeat: int = 5,
+    mib: int = 1024,
+    link_seconds: float = 0.0,
+    peer_dir: Path | None = None,
+) -> dict[str, Any]:
+    udtpeer, tunlink, why = _peer_tools(peer_dir)
+    results: dict[str, Any] = {}
+    results["udt_loopback_mb_per_s"] = loopback(repeat, mib, udtpeer)
+    if udtpeer is None:
+        results["udt_loopback_mb_per_s"]["libudt_skipped"] = why
+    if link_seconds > 0:
+        if tunlink is None:
+            results["udt_link_mb_per_s"] = {"skipped": why}
+        elif os.geteuid() != 0 or shutil.which("ip") is None:
+            results["udt_link_mb_per_s"] = {
+                "skipped": "the link needs root and iproute2 (network namespaces)"
+            }
+        else:
+            results["udt_link_mb_per_s"] = link(link_seconds, max(1, min(repeat, 3)), udtpeer, tunlink)
+    return results
+
+
+def format_results(results: dict[str, Any]) -> list[str]:
+    lines = []
+    lo = results.get("udt_loopback_mb_per_s")
+    if lo:
+        line = f"{'udt_loopback_mb_per_s':24} conduit {lo.get('conduit', 0):9.1f}"
+        if "libudt" in lo:
+            line += f"   libudt {lo['libudt']:9.1f}   ratio {lo['ratio']:.2f}"
+        else:
+            line += f"   libudt skipped: {lo.get('libudt_skipped', '?')}"
+        lines.append(line)
+    lk = results.get("udt_link_mb_per_s")
+    if lk:
+        if "skipped" in lk:
+            lines.append(f"{'udt_link_mb_per_s':24} skipped: {lk['skipped']}")
+        else:
+            parts = [
+                f"{k} {lk[k]:.2f}"
+                for k in ("conduit_udt", "conduit_bbr", "libudt", "tcp_cubic", "tcp_bbr")
+                if k in lk
+            ]
+            lines.append(f"{'udt_link_mb_per_s':24} " + "   ".join(parts) + "   (50 ms RTT, 1 % loss)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        return _worker(argv[1:])
+    p = argparse.ArgumentParser(
+        prog="python -m trio_conduit_plugins.udt.bench", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--mib", type=int, default=1024, help="MiB per loopback run (default 1024)")
+    p.add_argument("--link", action="store_true", help="also the 50 ms / 1 %% loss link (root)")
+    p.add_argument(
+        "--link-seconds", type=float, default=20.0, help="seconds per contender on the link (default 20)"
+    )
+    p.add_argument("--peer-dir", type=Path, default=None, help="where udtpeer.cpp and tunlink.cpp are")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    results = run_udt_bench(
+        repeat=args.repeat,
+        mib=args.mib,
+        link_seconds=args.link_seconds if args.link else 0.0,
+        peer_dir=args.peer_dir,
+    )
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print("\n".join(format_results(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
