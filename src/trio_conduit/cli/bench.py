@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 _WORKER = [sys.executable, "-m", "trio_conduit.cli._benchworker"]
@@ -58,33 +59,38 @@ def _cpus() -> tuple[int, int]:
     return (cpus[0], cpus[1]) if len(cpus) >= 2 else (-1, -1)
 
 
-def _one(impl: str, mode: str, amount: int) -> dict[str, float]:
+def pinned_pair(
+    server: Callable[[int], list[str]], client: Callable[[int, int], list[str]]
+) -> dict[str, float]:
+    """Run a benchmark's two sides as processes pinned to two CPUs; the client's JSON is the result.
+
+    ``server(cpu)`` gives the server's argv: it prints its port and serves
+    until its stdin closes. ``client(cpu, port)`` gives the client's argv: it
+    prints one JSON object.
+    """
     server_cpu, client_cpu = _cpus()
-    server = subprocess.Popen(
-        [*_WORKER, "server", impl, mode, str(server_cpu)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    proc = subprocess.Popen(server(server_cpu), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        assert server.stdout is not None
-        port = int(server.stdout.readline())
-        out = subprocess.run(
-            [*_WORKER, "client", impl, mode, str(client_cpu), str(port), str(amount)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        out = subprocess.run(client(client_cpu, port), check=True, capture_output=True, text=True)
         result: dict[str, float] = json.loads(out.stdout)
         return result
     finally:
-        if server.stdin is not None:
-            server.stdin.close()
+        if proc.stdin is not None:
+            proc.stdin.close()
         try:
-            server.wait(timeout=10)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            proc.kill()
+            proc.wait()
+
+
+def _one(impl: str, mode: str, amount: int) -> dict[str, float]:
+    return pinned_pair(
+        lambda cpu: [*_WORKER, "server", impl, mode, str(cpu)],
+        lambda cpu, port: [*_WORKER, "client", impl, mode, str(cpu), str(port), str(amount)],
+    )
 
 
 def _pair(mode: str, amount: int, repeat: int, key: str) -> dict[str, Any]:

@@ -164,38 +164,13 @@ def main(argv: list[str]) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _cpus() -> tuple[int, int]:
-    cpus = sorted(os.sched_getaffinity(0))
-    return (cpus[0], cpus[1]) if len(cpus) >= 2 else (-1, -1)
-
-
 def _one(impl: str, mode: str, amount: int, files: dict[str, str]) -> dict[str, float]:
-    server_cpu, client_cpu = _cpus()
-    server = subprocess.Popen(
-        [*_WORKER, "server", impl, str(server_cpu), files["cert"], files["key"]],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+    from ..cli.bench import pinned_pair
+
+    return pinned_pair(
+        lambda cpu: [*_WORKER, "server", impl, str(cpu), files["cert"], files["key"]],
+        lambda cpu, port: [*_WORKER, "client", impl, str(cpu), mode, str(port), str(amount), files["ca"]],
     )
-    try:
-        assert server.stdout is not None
-        port = int(server.stdout.readline())
-        out = subprocess.run(
-            [*_WORKER, "client", impl, str(client_cpu), mode, str(port), str(amount), files["ca"]],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        result: dict[str, float] = json.loads(out.stdout)
-        return result
-    finally:
-        if server.stdin is not None:
-            server.stdin.close()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 def _pair(mode: str, amount: int, repeat: int, key: str, files: dict[str, str]) -> dict[str, Any]:
