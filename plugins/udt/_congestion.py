@@ -261,24 +261,35 @@ class FixedRateCC(CongestionControl):
 class BBRLikeCC(CongestionControl):
     """Rate-based control after BBR: pace at the measured bottleneck bandwidth, ignore random loss.
 
-    The bottleneck bandwidth is the windowed maximum of delivery-rate samples
-    (packets acknowledged per interval between full ACKs) over about ten
-    round trips; the propagation delay is the windowed minimum RTT. Startup
-    paces at 2.89 times the estimate until it stops growing for three rounds,
-    drains, then cycles the pacing gain through 1.25, 0.75 and six rounds of 1.
-    The window is twice the bandwidth-delay product. Loss reports do not
-    change the rate (retransmission still happens) unless a run is at least
-    ``burst`` packets long, which reads as a queue overflow and cuts the
-    estimate to the delivered rate.
+    The bottleneck bandwidth is the maximum of delivery-rate samples over
+    about ten round trips, each sample the cumulative ACK's
+    progress over the last round trip (not one ACK interval: an ACK jumping
+    over a filled hole must not pose as a burst of bandwidth); the propagation delay is
+    the windowed minimum RTT. Startup paces at 2.89 times the estimate until
+    it stops growing for three rounds (or a loss run of ``burst`` packets
+    shows a queue overflowing), drains, then cycles the pacing gain through
+    1.25, 0.75 and six rounds of 1. The window is twice the bandwidth-delay
+    product. Random loss does not change the rate (retransmission repairs
+    it); a round losing more than ``loss_threshold`` of its packets (BBR v2's
+    idea) caps the estimate at 85 % of the current rate for eight rounds.
     """
 
     _GAINS: Final = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
     _STARTUP_GAIN: Final = 2.89
 
-    def __init__(self, burst: str | int = 32, initial_rate: str | float = "1M") -> None:
+    def __init__(
+        self, burst: str | int = 32, initial_rate: str | float = "1M", loss_threshold: str | float = 0.03
+    ) -> None:
         self._burst = int(burst)
+        self._loss_threshold = float(loss_threshold)
         self._initial_rate = parse_rate(initial_rate)
         self._samples: deque[tuple[int, float]] = deque()
+        self._acks: deque[tuple[int, int]] = deque()
+        self._round_sent = 0
+        self._round_lost = 0
+        self._loss_round_start = 0
+        self._cap = 0.0
+        self._cap_until = 0
         self._btl_bw = 0.0  # packets per second
         self._min_rtt = 0
         self._min_rtt_time = 0
@@ -312,7 +323,33 @@ class BBRLikeCC(CongestionControl):
         samples = self._samples
         while samples and samples[0][0] < horizon:
             samples.popleft()
-        return max((rate for _, rate in samples), default=self._btl_bw)
+        if not samples:
+            return self._btl_bw
+        estimate = max(rate for _, rate in samples)
+        if self._cap and self.now < self._cap_until:
+            estimate = min(estimate, self._cap)
+        return estimate
+
+    def _check_loss_rate(self) -> None:
+        # BBR v2's idea: random loss stays low; a loss rate well above it means the
+        # bottleneck's queue overflows. Cap the estimate below the current rate for a while.
+        round_len = max(self._min_rtt or self.rtt, self.syn_interval)
+        if self.now - self._loss_round_start < round_len:
+            return
+        capped = self._cap and self.now < self._cap_until  # losses reported now may predate the cap
+        if (
+            not capped
+            and self._round_sent >= 50
+            and self._round_lost > self._loss_threshold * self._round_sent
+        ):
+            self._cap = 0.85 * min(self._btl_bw, 1_000_000.0 / self.pkt_send_period)
+            self._cap_until = self.now + 8 * round_len
+            self._btl_bw = min(self._btl_bw, self._cap)
+        self._round_sent = self._round_lost = 0
+        self._loss_round_start = self.now
+
+    def on_pkt_sent(self, seq: int, count: int) -> None:
+        self._round_sent += count
 
     def on_ack(self, ack: int) -> None:
         now = self.now
@@ -321,14 +358,18 @@ class BBRLikeCC(CongestionControl):
         ):
             self._min_rtt = self.rtt
             self._min_rtt_time = now
-        elapsed = now - self._last_ack_time
-        delivered = ack - self._last_ack
-        if delivered > 0 and elapsed >= self.syn_interval // 2:
-            self._samples.append((now, delivered * 1_000_000.0 / elapsed))
-            self._last_ack = ack
-            self._last_ack_time = now
-        elif delivered > 0 and elapsed <= 0:
-            return
+        # Delivery rate over the last round trip (BBR's gain cycle probes one round trip
+        # at a time). A cumulative ACK jumps when a retransmission fills a hole: spread over
+        # a round trip the jump is bounded, and the loss-rate cap catches what gets through.
+        acks = self._acks
+        acks.append((now, ack))
+        span = max(self._min_rtt or self.rtt, self.syn_interval)
+        while len(acks) > 2 and now - acks[1][0] >= span:
+            acks.popleft()
+        then, old = acks[0]
+        if now - then >= span // 2 and ack > old:
+            self._samples.append((now, (ack - old) * 1_000_000.0 / (now - then)))
+        self._check_loss_rate()
         self._btl_bw = self._window_bw()
         round_len = max(self._min_rtt or self.rtt, self.syn_interval)
         if self._state == "startup":
@@ -355,14 +396,11 @@ class BBRLikeCC(CongestionControl):
             self._apply(self._GAINS[self._cycle])
 
     def on_loss(self, losses: Sequence[tuple[int, int]]) -> None:
-        if any(last - first + 1 >= self._burst for first, last in losses) and self.rcv_rate > 0:
-            # A long run of losses: a queue overflowed. Fall back to what got through.
-            self._btl_bw = min(self._btl_bw, float(self.rcv_rate))
-            self._samples.clear()
-            self._samples.append((self.now, self._btl_bw))
-            if self._state == "startup":
-                self._state = "drain"
-                self._round_start = self.now
+        self._round_lost += sum(last - first + 1 for first, last in losses)
+        if self._state == "startup" and any(last - first + 1 >= self._burst for first, last in losses):
+            # a long run of losses in startup: the queue overflowed; stop growing
+            self._state = "drain"
+            self._round_start = self.now
             self._apply(1.0)
 
     def on_timeout(self) -> None:

@@ -367,6 +367,12 @@ class _RateWindow:
         self._values[self._pos] = interval
         self._pos = (self._pos + 1) % len(self._values)
 
+    def add_many(self, interval: float, count: int) -> None:
+        size = len(self._values)
+        for _ in range(min(count, size)):
+            self._values[self._pos] = interval
+            self._pos = (self._pos + 1) % size
+
     def rate(self, *, need_half: bool) -> int:
         values = self._values
         median = statistics.median_low(values)
@@ -1486,10 +1492,13 @@ class Session:
 
     def _arrived(self, count: int, now: float) -> None:
         # The reference records the interval before each packet. A datagram holding a
-        # coalesced batch has one arrival time: its interval is spread over its packets.
+        # coalesced batch is what the reference would see as one interval, then packets
+        # back to back (they came together, or the kernel would not have joined them).
         gap = now - self._last_arrival
         self._last_arrival = now
-        self._speed.add(gap / count if gap > 0 else _BACK_TO_BACK)
+        self._speed.add(gap if gap > 0 else _BACK_TO_BACK)
+        if count > 1:
+            self._speed.add_many(_BACK_TO_BACK, count - 1)
 
     def _arrival_rate(self) -> int:
         """Packets per second arriving lately (0 while too few intervals agree)."""

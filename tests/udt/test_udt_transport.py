@@ -48,12 +48,19 @@ async def udt_pairs(
 
 
 async def clog(stream: Any) -> None:
-    """Fill the send buffer (and the peer's receive buffer) until send_all blocks."""
-    while True:
-        with trio.move_on_after(0.3) as cs:
+    """Fill the send buffer (and the peer's receive buffer) until nothing moves any more.
+
+    Settled means: send_all blocked twice in a row for 0.4 s with the send buffer
+    full and nothing acknowledged in between (the receiver's window, counted in
+    bytes, may take a few more small packets after the first block).
+    """
+    quiet = 0
+    while quiet < 2:
+        before = stream.session.stats.pkt_recv_ack
+        with trio.move_on_after(0.4) as cs:
             await stream.send_all(b"x" * 1000)
-        if cs.cancelled_caught:
-            return
+        settled = cs.cancelled_caught and stream.session.send_space == 0
+        quiet = quiet + 1 if settled and stream.session.stats.pkt_recv_ack == before else 0
 
 
 @pytest.mark.parametrize("accepted_first", [False, True])

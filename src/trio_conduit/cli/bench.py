@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["bulk", "rate", "cli", "socks5", "tls"],
+        choices=["bulk", "rate", "cli", "socks5", "tls", "udt", "udt-link"],
         action="append",
         help="run only these (repeatable)",
     )
@@ -178,7 +178,7 @@ def _cli(mib: int, repeat: int) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    only = set(args.only or ["bulk", "rate", "socks5", "tls"] + (["cli"] if args.cli else []))
+    only = set(args.only or ["bulk", "rate", "socks5", "tls", "udt"] + (["cli"] if args.cli else []))
     results: dict[str, Any] = {}
     if "bulk" in only:
         results["tcp_bulk_mb_per_s"] = _pair("bulk", args.bulk_mib * 1024 * 1024, args.repeat, "mb_per_s")
@@ -195,6 +195,12 @@ def run(args: argparse.Namespace) -> int:
 
         cli_mib = args.cli_mib if args.cli or "cli" in (args.only or []) else None
         results.update(run_tls_bench(args.bulk_mib, args.tls_connections, args.repeat, cli_mib=cli_mib))
+    if "udt" in only or "udt-link" in only:  # UDT vs the libudt C++ pair; udt-link: a 50 ms / 1 % loss link
+        from importlib import import_module  # the udt plugin's bench (the core imports no transport)
+
+        udt = import_module("trio_conduit_plugins.udt.bench")
+        link_seconds = 20.0 if "udt-link" in only else 0.0
+        results.update(udt.run_udt_bench(repeat=args.repeat, mib=args.bulk_mib, link_seconds=link_seconds))
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -205,6 +211,10 @@ def run(args: argparse.Namespace) -> int:
                 line += f"   python-socks {r['python-socks']:6.0f} us   ratio {r['ratio']:.2f}"
                 line += f" (fastest tenth: {r['ratio_p10']:.2f})"
             print(line)
+        elif name.startswith("udt_"):
+            from importlib import import_module
+
+            print("\n".join(import_module("trio_conduit_plugins.udt.bench").format_results({name: r})))
         elif name in ("cli_pipe", "tls_cli_pipe"):
             line = f"{name:24} conduit {r['conduit_mb_per_s']:9.1f} MB/s"
             if "ncat_mb_per_s" in r:
