@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
@@ -42,6 +43,8 @@ __all__ = [
 
 #: UDT's SYN interval: 10 ms, in microseconds.
 SYN_INTERVAL: Final = 10_000
+_U32: Final = 0xFFFFFFFF
+_SEQ_MASK: Final = 0x7FFFFFFF
 
 
 class CongestionControl:
@@ -262,20 +265,30 @@ class BBRLikeCC(CongestionControl):
     """Rate-based control after BBR: pace at the measured bottleneck bandwidth, ignore random loss.
 
     The bottleneck bandwidth is the maximum of delivery-rate samples over
-    about ten round trips, each sample the cumulative ACK's
-    progress over the last round trip (not one ACK interval: an ACK jumping
-    over a filled hole must not pose as a burst of bandwidth); the propagation delay is
-    the windowed minimum RTT. Startup paces at 2.89 times the estimate until
-    it stops growing for three rounds (or a loss run of ``burst`` packets
-    shows a queue overflowing), drains, then cycles the pacing gain through
-    1.25, 0.75 and six rounds of 1. The window is twice the bandwidth-delay
-    product. Random loss does not change the rate (retransmission repairs
-    it); a round losing more than ``loss_threshold`` of its packets (BBR v2's
-    idea) caps the estimate at 85 % of the current rate for eight rounds.
+    about ten round trips. When the peer runs this algorithm too, its receiving
+    side reports every 10 ms (a user-defined control packet) how many data
+    packets it has received and the highest sequence number seen; a sample is
+    the packets received over the last round trip, by the receiver's clock:
+    the rate at the bottleneck's far end, as TCP's BBR gets it from SACKs.
+    Otherwise a sample is the cumulative ACK's progress over the last round
+    trip (noisy under loss: an ACK jumps when a retransmission fills a hole).
+    The propagation delay is the windowed minimum RTT. Startup paces at 2.89
+    times the estimate until it stops growing for three rounds (or a loss run
+    of ``burst`` packets shows a queue overflowing), drains, then cycles the
+    pacing gain through 1.25, 0.75 and six rounds of 1. The window is twice
+    the bandwidth-delay product plus what the receiver reported received
+    beyond the cumulative ACK (packets waiting behind a hole are not in
+    flight). Random loss does not change the rate (retransmission repairs
+    it); when a round paced at a gain of at most 1 loses more than
+    ``loss_threshold`` of its packets (each loss counted once; BBR v2's idea)
+    a queue overflows at the estimate itself, which is then capped at 85 % of
+    the current rate for eight rounds.
     """
 
     _GAINS: Final = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
     _STARTUP_GAIN: Final = 2.89
+    #: The user-defined control packet subtype of the receiver's reports.
+    REPORT_SUBTYPE: Final = 0xBB01
 
     def __init__(
         self, burst: str | int = 32, initial_rate: str | float = "1M", loss_threshold: str | float = 0.03
@@ -285,8 +298,19 @@ class BBRLikeCC(CongestionControl):
         self._initial_rate = parse_rate(initial_rate)
         self._samples: deque[tuple[int, float]] = deque()
         self._acks: deque[tuple[int, int]] = deque()
+        # the receiving side: what it reports
+        self._rx_count = 0
+        self._rx_report_time: int | None = None
+        # the sending side: the peer's reports (its clock, its count), the highest sequence it has
+        self._reports: deque[tuple[int, int]] = deque()
+        self._reported = False
+        self._rx_high = -1
         self._round_sent = 0
         self._round_lost = 0
+        self._round_gain = 0.0
+        self._prev_round_sent = 0
+        self._prev_round_gain = 0.0
+        self._loss_high = -1
         self._loss_round_start = 0
         self._cap = 0.0
         self._cap_until = 0
@@ -294,19 +318,35 @@ class BBRLikeCC(CongestionControl):
         self._min_rtt = 0
         self._min_rtt_time = 0
         self._last_ack = 0
-        self._last_ack_time = 0
         self._state = "startup"
         self._full_bw = 0.0
         self._full_bw_rounds = 0
         self._round_start = 0
         self._cycle = 0
         self._cycle_time = 0
+        import os as _os  # TRACE-TMP
+
+        path = _os.environ.get("CONDUIT_CC_TRACE")  # TRACE-TMP
+        self._trace = open(f"{path}.{_os.getpid()}.{id(self)}", "w", buffering=1) if path else None  # TRACE-TMP  # noqa: SIM115
+        self._tr_lost = 0  # TRACE-TMP
+        self._tr_sent = 0  # TRACE-TMP
+
+    def _tr(self, ev: str, ack: int = 0) -> None:  # TRACE-TMP
+        if self._trace is not None:
+            self._trace.write(
+                f"{self.now / 1e6:.3f} {ev} st={self._state} bw={self._btl_bw:.0f} "
+                f"pace={1e6 / self.pkt_send_period:.0f} cwnd={self.cwnd:.0f} fw={self.max_cwnd:.0f} "
+                f"infl={self.snd_curr_seq + 1 - ack if ack else -1} beyond={self._rx_high + 1 - ack if ack else -1} rtt={self.rtt} minrtt={self._min_rtt} "
+                f"rep={self._reported} cap={self._cap:.0f}/{max(0, self._cap_until - self.now) / 1e6:.2f} "
+                f"cyc={self._cycle} sent={self._tr_sent} lost={self._tr_lost} "
+                f"samp={self._samples[-1][1] if self._samples else 0:.0f}\n"
+            )
 
     def init(self) -> None:
         self._last_ack = self.snd_curr_seq + 1
-        self._last_ack_time = self.now
         self._round_start = self.now
         self._cycle_time = self.now
+        self._loss_round_start = self.now
         self._btl_bw = self._initial_rate / self.mss
         self.ack_period = self.syn_interval
         self._apply(self._STARTUP_GAIN)
@@ -314,12 +354,18 @@ class BBRLikeCC(CongestionControl):
     def _apply(self, gain: float) -> None:
         bw = max(self._btl_bw, 1.0)
         self.pkt_send_period = 1_000_000.0 / (bw * gain)
+        self._round_gain = max(self._round_gain, gain)
         rtt = self._min_rtt or self.rtt
         bdp = bw * rtt / 1_000_000.0
-        self.cwnd = max(16.0, min(self.max_cwnd, 2.0 * bdp * max(gain, 1.0) + 16))
+        # packets the receiver has beyond a hole in the sequence are no longer in flight
+        beyond = max(0, self._rx_high + 1 - self._last_ack)
+        self.cwnd = max(16.0, min(self.max_cwnd, 2.0 * bdp * max(gain, 1.0) + 16 + beyond))
+
+    def _round_len(self) -> int:
+        return max(self._min_rtt or self.rtt, self.syn_interval)
 
     def _window_bw(self) -> float:
-        horizon = self.now - 10 * max(self._min_rtt or self.rtt, self.syn_interval)
+        horizon = self.now - 10 * self._round_len()
         samples = self._samples
         while samples and samples[0][0] < horizon:
             samples.popleft()
@@ -332,24 +378,67 @@ class BBRLikeCC(CongestionControl):
 
     def _check_loss_rate(self) -> None:
         # BBR v2's idea: random loss stays low; a loss rate well above it means the
-        # bottleneck's queue overflows. Cap the estimate below the current rate for a while.
-        round_len = max(self._min_rtt or self.rtt, self.syn_interval)
+        # bottleneck's queue overflows. The losses reported in a round were sent about a
+        # round earlier: judge them against that round's packets, and only when that round
+        # paced at a gain of at most 1 (probing above the estimate is meant to overflow a
+        # little; startup has its own exit). Then cap the estimate below the current rate.
+        round_len = self._round_len()
         if self.now - self._loss_round_start < round_len:
             return
         capped = self._cap and self.now < self._cap_until  # losses reported now may predate the cap
+        sent = self._prev_round_sent
         if (
             not capped
-            and self._round_sent >= 50
-            and self._round_lost > self._loss_threshold * self._round_sent
+            and self._prev_round_gain <= 1.0
+            and sent >= 50
+            and self._round_lost > self._loss_threshold * sent
         ):
             self._cap = 0.85 * min(self._btl_bw, 1_000_000.0 / self.pkt_send_period)
             self._cap_until = self.now + 8 * round_len
             self._btl_bw = min(self._btl_bw, self._cap)
+            self._tr(f"CAP lost={self._round_lost}/{sent}")  # TRACE-TMP
+        self._prev_round_sent, self._prev_round_gain = self._round_sent, self._round_gain
         self._round_sent = self._round_lost = 0
+        self._round_gain = 0.0
         self._loss_round_start = self.now
+
+    # -- the receiving side ----------------------------------------------------------
+    def on_pkt_received(self, seq: int, count: int) -> None:
+        self._rx_count += count
+        now = self.now
+        if self._rx_report_time is None or now - self._rx_report_time >= self.syn_interval:
+            self._rx_report_time = now
+            body = struct.pack("!III", self._rx_count & _U32, now & _U32, seq & _SEQ_MASK)
+            self.send_custom_msg(self.REPORT_SUBTYPE, body)
+
+    # -- the sending side --------------------------------------------------------------
+    def process_custom_msg(self, packet: UserDefined) -> None:
+        if packet.subtype != self.REPORT_SUBTYPE or len(packet.data) != 12:
+            return
+        count32, time32, seq31 = struct.unpack("!III", packet.data)
+        reports = self._reports
+        if reports:
+            last_time, last_count = reports[-1]
+            dt = (time32 - last_time) & _U32
+            if not 0 < dt < 1 << 31:
+                return  # reordered or repeated
+            when, count = last_time + dt, last_count + ((count32 - last_count) & _U32)
+        else:
+            when, count = time32, count32
+        high = self.snd_curr_seq - ((self.snd_curr_seq - seq31) & _SEQ_MASK)
+        self._rx_high = max(self._rx_high, high)
+        self._reported = True
+        reports.append((when, count))
+        span = self._round_len()
+        while len(reports) > 2 and when - reports[1][0] >= span:
+            reports.popleft()
+        then, old = reports[0]
+        if when - then >= span // 2 and count > old:
+            self._samples.append((self.now, (count - old) * 1_000_000.0 / (when - then)))
 
     def on_pkt_sent(self, seq: int, count: int) -> None:
         self._round_sent += count
+        self._tr_sent += count  # TRACE-TMP
 
     def on_ack(self, ack: int) -> None:
         now = self.now
@@ -358,22 +447,24 @@ class BBRLikeCC(CongestionControl):
         ):
             self._min_rtt = self.rtt
             self._min_rtt_time = now
-        # Delivery rate over the last round trip (BBR's gain cycle probes one round trip
-        # at a time). A cumulative ACK jumps when a retransmission fills a hole: spread over
-        # a round trip the jump is bounded, and the loss-rate cap catches what gets through.
-        acks = self._acks
-        acks.append((now, ack))
-        span = max(self._min_rtt or self.rtt, self.syn_interval)
-        while len(acks) > 2 and now - acks[1][0] >= span:
-            acks.popleft()
-        then, old = acks[0]
-        if now - then >= span // 2 and ack > old:
-            self._samples.append((now, (ack - old) * 1_000_000.0 / (now - then)))
+        span = self._round_len()
+        if not self._reported:
+            # Delivery rate over the last round trip from the cumulative ACK (BBR's gain
+            # cycle probes one round trip at a time). It jumps when a retransmission fills a
+            # hole: spread over a round trip the jump is bounded, and the loss-rate cap
+            # catches what gets through.
+            acks = self._acks
+            acks.append((now, ack))
+            while len(acks) > 2 and now - acks[1][0] >= span:
+                acks.popleft()
+            then, old = acks[0]
+            if now - then >= span // 2 and ack > old:
+                self._samples.append((now, (ack - old) * 1_000_000.0 / (now - then)))
+        self._last_ack = max(self._last_ack, ack)
         self._check_loss_rate()
         self._btl_bw = self._window_bw()
-        round_len = max(self._min_rtt or self.rtt, self.syn_interval)
         if self._state == "startup":
-            if now - self._round_start >= round_len:
+            if now - self._round_start >= span:
                 self._round_start = now
                 if self._btl_bw >= self._full_bw * 1.25:
                     self._full_bw = self._btl_bw
@@ -384,19 +475,31 @@ class BBRLikeCC(CongestionControl):
                         self._state = "drain"
             self._apply(self._STARTUP_GAIN)
         elif self._state == "drain":
-            if now - self._round_start >= round_len:
+            if now - self._round_start >= span:
                 self._state = "probe"
                 self._cycle = 0
                 self._cycle_time = now
             self._apply(1.0 / self._STARTUP_GAIN)
         else:
-            if now - self._cycle_time >= round_len:
+            if now - self._cycle_time >= span:
                 self._cycle = (self._cycle + 1) % len(self._GAINS)
                 self._cycle_time = now
             self._apply(self._GAINS[self._cycle])
+        self._tr("A", ack)  # TRACE-TMP
 
     def on_loss(self, losses: Sequence[tuple[int, int]]) -> None:
-        self._round_lost += sum(last - first + 1 for first, last in losses)
+        # count each lost packet once (the receiver repeats its reports; retransmissions
+        # lost again are not news about the queue)
+        new = 0
+        for first, last in losses:
+            start = max(first, self._loss_high + 1)
+            if last >= start:
+                new += last - start + 1
+                self._loss_high = last
+        self._round_lost += new
+        self._tr_lost += new  # TRACE-TMP
+        # a NAK's last packet is followed by one the receiver has
+        self._rx_high = max(self._rx_high, self._loss_high + 1)
         if self._state == "startup" and any(last - first + 1 >= self._burst for first, last in losses):
             # a long run of losses in startup: the queue overflowed; stop growing
             self._state = "drain"
@@ -405,6 +508,7 @@ class BBRLikeCC(CongestionControl):
 
     def on_timeout(self) -> None:
         self._apply(1.0)
+        self._tr("TIMEOUT")  # TRACE-TMP
 
 
 def builtin_congestion_controls() -> dict[str, CongestionControlFactory]:

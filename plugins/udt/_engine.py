@@ -1629,6 +1629,7 @@ class Session:
             stats.bytes_recv += nbytes
             self._arrived(count, now)
             self._pkt_count += count
+            self.cc.now = int(now * 1_000_000)
             self.cc.on_pkt_received(self._rcv_curr, count)
             if short:
                 self._next_ack = now
@@ -1667,6 +1668,7 @@ class Session:
         stats.bytes_recv += len(payload)
         self._arrived(count, now)
         self._pkt_count += count
+        self.cc.now = int(now * 1_000_000)
         self.cc.on_pkt_received(nxt - 1, count)
         if last_len != self.payload_size:
             self._next_ack = now

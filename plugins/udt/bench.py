@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ _ME = [sys.executable, "-m", "trio_conduit_plugins.udt.bench"]
 _NS_A, _NS_B = "conduit-udt-a", "conduit-udt-b"
 _TUN_A, _TUN_B = "cdudta", "cdudtb"
 _ADDR_A, _ADDR_B = "10.77.0.1", "10.77.0.2"
+#: The link's contenders, in the order they run.
+LINK_CONTENDERS: tuple[str, ...] = ("conduit_udt", "conduit_bbr", "libudt", "tcp_cubic", "tcp_bbr")
 
 
 # ---------------------------------------------------------------------------
@@ -277,6 +280,8 @@ def loopback(repeat: int, mib: int, udtpeer: Path | None, query: str = "") -> di
                 )
             else:
                 continue
+            if r.get("bytes") != size:  # a short transfer must not pass for a fast one
+                raise RuntimeError(f"{impl}: the receiver got {r.get('bytes')} of {size} bytes")
             runs[impl].append(r["mb_per_s"])
     out = _median_report(runs)
     out["bytes"] = size
@@ -346,11 +351,23 @@ class Link:
 
 
 def link(
-    seconds: float, repeat: int, udtpeer: Path | None, tunlink: Path, loss: float = 0.01
+    seconds: float,
+    repeat: int,
+    udtpeer: Path | None,
+    tunlink: Path,
+    loss: float = 0.01,
+    *,
+    contenders: Sequence[str] = LINK_CONTENDERS,
+    seed: int = 1,
 ) -> dict[str, Any]:
-    contenders: list[tuple[str, list[str], list[str], str]] = []
+    unknown = set(contenders) - set(LINK_CONTENDERS)
+    if unknown:
+        raise ValueError(
+            f"unknown link contenders {sorted(unknown)}; choose from {', '.join(LINK_CONTENDERS)}"
+        )
+    table: list[tuple[str, list[str], list[str], str]] = []
     for name, query in (("conduit_udt", ""), ("conduit_bbr", "?congestion=bbr")):
-        contenders.append(
+        table.append(
             (
                 name,
                 [*_ns(_NS_B), *_ME, "worker", "udt", "server", "-1", "0.0.0.0", query],
@@ -359,7 +376,7 @@ def link(
             )
         )
     if udtpeer is not None:
-        contenders.append(
+        table.append(
             (
                 "libudt",
                 [*_ns(_NS_B), str(udtpeer), "listen", "0", "--bind", _ADDR_B, "--recv", "0", "--discard"],
@@ -367,7 +384,7 @@ def link(
                 "stderr",
             )
         )
-    contenders.extend(
+    table.extend(
         (
             f"tcp_{cc}",
             [*_ns(_NS_B), *_ME, "worker", "tcp", "server", "-1", "0.0.0.0"],
@@ -376,11 +393,12 @@ def link(
         )
         for cc in ("cubic", "bbr")
     )
-    runs: dict[str, list[float]] = {name: [] for name, *_ in contenders}
+    table = [c for c in table if c[0] in contenders]
+    runs: dict[str, list[float]] = {name: [] for name, *_ in table}
     link_stats = []
     for i in range(repeat):
-        with Link(tunlink, delay=0.05, loss=loss, limit=1000, seed=i + 1) as lk:
-            for name, server, client, port_from in contenders:
+        with Link(tunlink, delay=0.05, loss=loss, limit=1000, seed=seed + i) as lk:
+            for name, server, client, port_from in table:
                 runs[name].append(
                     _pair(server, client, port_from=port_from, timeout=seconds + 120)["mb_per_s"]
                 )
@@ -388,6 +406,7 @@ def link(
     out = _median_report(runs)
     out["link"] = {"rtt_ms": 50, "loss_data_direction": loss, "queue_packets": 1000, "seconds": seconds}
     out["tunlink"] = link_stats
+    out["seeds"] = list(range(seed, seed + repeat))
     return out
 
 
@@ -397,12 +416,17 @@ def run_udt_bench(
     mib: int = 1024,
     link_seconds: float = 0.0,
     peer_dir: Path | None = None,
+    contenders: Sequence[str] = LINK_CONTENDERS,
+    loopback_run: bool = True,
+    seed: int = 1,
 ) -> dict[str, Any]:
+    """Run the benchmarks; ``contenders``: which of :data:`LINK_CONTENDERS` run on the link."""
     udtpeer, tunlink, why = _peer_tools(peer_dir)
     results: dict[str, Any] = {}
-    results["udt_loopback_mb_per_s"] = loopback(repeat, mib, udtpeer)
-    if udtpeer is None:
-        results["udt_loopback_mb_per_s"]["libudt_skipped"] = why
+    if loopback_run:
+        results["udt_loopback_mb_per_s"] = loopback(repeat, mib, udtpeer)
+        if udtpeer is None:
+            results["udt_loopback_mb_per_s"]["libudt_skipped"] = why
     if link_seconds > 0:
         if tunlink is None:
             results["udt_link_mb_per_s"] = {"skipped": why}
@@ -411,7 +435,12 @@ def run_udt_bench(
                 "skipped": "the link needs root and iproute2 (network namespaces)"
             }
         else:
-            results["udt_link_mb_per_s"] = link(link_seconds, max(1, min(repeat, 3)), udtpeer, tunlink)
+            out = link(
+                link_seconds, max(1, min(repeat, 3)), udtpeer, tunlink, contenders=contenders, seed=seed
+            )
+            if udtpeer is None and "libudt" in contenders:
+                out["libudt_skipped"] = why
+            results["udt_link_mb_per_s"] = out
     return results
 
 
@@ -430,13 +459,20 @@ def format_results(results: dict[str, Any]) -> list[str]:
         if "skipped" in lk:
             lines.append(f"{'udt_link_mb_per_s':24} skipped: {lk['skipped']}")
         else:
-            parts = [
-                f"{k} {lk[k]:.2f}"
-                for k in ("conduit_udt", "conduit_bbr", "libudt", "tcp_cubic", "tcp_bbr")
-                if k in lk
-            ]
+            parts = [f"{k} {lk[k]:.2f}" for k in LINK_CONTENDERS if k in lk]
             lines.append(f"{'udt_link_mb_per_s':24} " + "   ".join(parts) + "   (50 ms RTT, 1 % loss)")
     return lines
+
+
+def _contender_list(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in LINK_CONTENDERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown contender(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(LINK_CONTENDERS)}"
+        )
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,6 +488,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--link-seconds", type=float, default=20.0, help="seconds per contender on the link (default 20)"
     )
+    p.add_argument(
+        "--contenders",
+        type=_contender_list,
+        default=LINK_CONTENDERS,
+        metavar="NAME[,NAME...]",
+        help=f"which contenders run on the link (default all: {','.join(LINK_CONTENDERS)})",
+    )
+    p.add_argument("--no-loopback", action="store_true", help="skip the loopback benchmark")
+    p.add_argument(
+        "--seed", type=int, default=1, help="the link's loss seed for the first repeat (then +1 each)"
+    )
     p.add_argument("--peer-dir", type=Path, default=None, help="where udtpeer.cpp and tunlink.cpp are")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -460,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
         mib=args.mib,
         link_seconds=args.link_seconds if args.link else 0.0,
         peer_dir=args.peer_dir,
+        contenders=args.contenders,
+        loopback_run=not args.no_loopback,
+        seed=args.seed,
     )
     if args.json:
         print(json.dumps(results, indent=2))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final, final
@@ -48,9 +49,20 @@ _CORE_OPTIONS: Final = {
 _PARSE_CACHE_MAX: Final = 512
 
 
-def _known_options(transport: Transport) -> dict[str, Option]:
+_KNOWN: weakref.WeakKeyDictionary[Transport, tuple[tuple[Option, ...], dict[str, Option]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _known_options(transport: Transport) -> Mapping[str, Option]:
+    """The core's options and ``transport``'s, by name (cached while its option list is the same)."""
+    options = tuple(transport.options)
+    hit = _KNOWN.get(transport)
+    if hit is not None and hit[0] == options:
+        return hit[1]
     known = dict(_CORE_OPTIONS)
-    known.update((o.name, o) for o in transport.options)
+    known.update((o.name, o) for o in options)
+    _KNOWN[transport] = (options, known)
     return known
 
 
@@ -114,24 +126,51 @@ class PoolListener(trio.abc.Listener[Any]):
 
     async def accept(self) -> Any:
         """The next connection (a stream or datagram channel, by transport), registered with the pool."""
-        tracer = self._owner.pool.tracer
         while True:
-            conn = await self._inner.accept()
-            if tracer.log.isEnabledFor(logging.INFO):
-                tracer.info(
-                    "%s connection accepted from %s on %s (conn #%d) event #%d",
-                    self.transport.name,
-                    _fmt(conn.info.remote),
-                    self.address,
-                    conn.id,
-                    tracer.next_event_id(),
-                )
-            try:
-                await self._owner.adopt(conn)
-            except Exception:
-                _log.exception("conduit_connection_made rejected conn #%d; dropped", conn.id)
-                continue
-            return conn
+            registered = await self._register(await self._inner.accept())
+            if registered is not None:
+                return registered
+
+    def unfinished(self) -> Callable[[], Awaitable[tuple[Connection, Callable[[], Awaitable[Any]]]]] | None:
+        """``accept_unfinished`` when the transport's listener sets connections up in steps (TLS).
+
+        It returns an accepted connection whose setup is not done and an async
+        ``finish()`` that completes it and registers it with the pool (``None``:
+        it failed, traced and closed). ``serve()`` runs ``finish()`` in the
+        connection's own handler task.
+        """
+        accept_unfinished = getattr(self._inner, "accept_unfinished", None)
+        if accept_unfinished is None:
+            return None
+
+        async def accept() -> tuple[Connection, Callable[[], Awaitable[Any]]]:
+            raw, finish = await accept_unfinished()
+
+            async def adopt() -> Any:
+                conn = await finish()
+                return None if conn is None else await self._register(conn)
+
+            return raw, adopt
+
+        return accept
+
+    async def _register(self, conn: Connection) -> Connection | None:
+        tracer = self._owner.pool.tracer
+        if tracer.log.isEnabledFor(logging.INFO):
+            tracer.info(
+                "%s connection accepted from %s on %s (conn #%d) event #%d",
+                self.transport.name,
+                _fmt(conn.info.remote),
+                self.address,
+                conn.id,
+                tracer.next_event_id(),
+            )
+        try:
+            await self._owner.adopt(conn)
+        except Exception:
+            _log.exception("conduit_connection_made rejected conn #%d; dropped", conn.id)
+            return None
+        return conn
 
     async def aclose(self) -> None:
         self._owner.pool._listeners.discard(self)
@@ -404,6 +443,8 @@ class Pool:
         # Closing the pool cancels this, even when we run in a nursery outside the pool.
         cancel = trio.CancelScope()
         done = self._serving[cancel] = trio.Event()
+        # A listener that sets connections up in steps (TLS) finishes each in its handler's task.
+        accept_unfinished = listener.unfinished()
         try:
             with cancel:
                 async with listener, trio.open_nursery() as nursery:
@@ -412,14 +453,27 @@ class Pool:
                         if limit is not None:
                             await limit.acquire()
                         try:
-                            conn = await listener.accept()
+                            if accept_unfinished is not None:
+                                raw, finish = await accept_unfinished()
+                            else:
+                                conn = await listener.accept()
                         except BaseException:
                             if limit is not None:
                                 limit.release()
                             raise
-                        nursery.start_soon(
-                            _run_handler, conn, handler, scope, limit, name=f"conduit handler #{conn.id}"
-                        )
+                        if accept_unfinished is not None:
+                            nursery.start_soon(
+                                _finish_and_run_handler,
+                                finish,
+                                handler,
+                                scope,
+                                limit,
+                                name=f"conduit handler #{raw.id}",
+                            )
+                        else:
+                            nursery.start_soon(
+                                _run_handler, conn, handler, scope, limit, name=f"conduit handler #{conn.id}"
+                            )
         except trio.ClosedResourceError:
             if not self._closed:
                 raise
@@ -448,6 +502,22 @@ class Pool:
     def connections(self) -> list[Connection]:
         """The connections this pool owns that are still open."""
         return list(self._conns.values())
+
+
+async def _finish_and_run_handler(
+    finish: Callable[[], Awaitable[Any]], handler: Handler, scope: HookScope, limit: trio.Semaphore | None
+) -> None:
+    try:
+        conn = await finish()
+    except BaseException:
+        if limit is not None:
+            limit.release()
+        raise
+    if conn is None:
+        if limit is not None:
+            limit.release()
+        return
+    await _run_handler(conn, handler, scope, limit)
 
 
 async def _run_handler(

@@ -1,9 +1,7 @@
 """UDT through a seeded impairment relay (loss, duplication, reordering, delay), and flooding.
 
-The relay (``relay.py``) runs as its own process. The default transfer is
-24 MiB so the suite stays quick; the 100 MiB one is marked ``slow`` and
-``interop`` and runs in the interop lane (``nox -s interop``), or with
-``CONDUIT_SLOW=1``. Spoofed handshakes are sent from a raw socket with
+The relay (``relay.py``) runs as its own process. Transfers of 24 MiB and
+100 MiB (about 30 s) use different seeds. Spoofed handshakes are sent from a raw socket with
 thousands of 127/8 source addresses (root only).
 """
 
@@ -107,12 +105,8 @@ async def test_24mib_through_loss_duplication_reordering() -> None:
     assert_impaired(r, client, server)
 
 
-@pytest.mark.slow
-@pytest.mark.interop
-async def test_100mib_through_loss_duplication_reordering(request: pytest.FixtureRequest) -> None:
-    markexpr = request.config.getoption("markexpr") or ""
-    if "slow" not in markexpr and "interop" not in markexpr and not os.environ.get("CONDUIT_SLOW"):
-        pytest.skip("100 MiB run: selected by -m interop (nox -s interop), -m slow, or CONDUIT_SLOW=1")
+async def test_100mib_through_loss_duplication_reordering() -> None:
+    # the issue's figure: 100 MiB through 5 % loss, duplication, reordering and delay (about 30 s)
     client, server, r = await transfer_through_relay(100 << 20, "?congestion=bbr", seed=12)
     assert_impaired(r, client, server)
 

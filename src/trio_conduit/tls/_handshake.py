@@ -22,8 +22,8 @@ failure the connection is closed and a :class:`TLSError` says why.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
+import socket
 import ssl
 from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, TypeVar, cast, final
 
@@ -129,11 +129,14 @@ def _peer_text(sockaddr: object) -> str:
 
 
 def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name.split("%", 1)[0])
-    except ValueError:
-        return False
-    return True
+    host = name.split("%", 1)[0]
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return True
+    return False
 
 
 @final

@@ -11,6 +11,7 @@ tunnels run in the listener's own tasks until they end.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, final
 
 import trio
@@ -89,6 +90,38 @@ class TLSListener(trio.abc.Listener[Connection]):
         # The background loop was cancelled from outside (its nursery, the pool's, is
         # closing) while this listener is still in use: go on, one handshake at a time.
         return await self._accept_inline()
+
+    async def accept_unfinished(self) -> tuple[Connection, Callable[[], Awaitable[Connection | None]]]:
+        """The next accepted connection, before its handshake, and ``finish()`` to run it.
+
+        For a server that runs each connection in its own task anyway
+        (``pool.serve``): the handshake then runs in that task, as
+        ``trio.serve_ssl_over_tcp`` does, with no hand-over between tasks.
+        ``finish()`` returns the :class:`TLSConnection`, or ``None`` when the
+        handshake failed (traced; the connection is closed) or became a blind
+        tunnel (relayed by then). It counts against ``max_handshakes`` until it
+        returns; call it exactly once.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("this listener was closed")
+        await self._limit.acquire()
+        try:
+            conn = await self._inner.accept()
+        except BaseException:
+            self._limit.release()
+            raise
+
+        async def finish() -> Connection | None:
+            try:
+                result = await self._handshake(conn)
+            finally:
+                self._limit.release()
+            if isinstance(result, TunnelPlan):
+                await self._tunnel(result)
+                return None
+            return result
+
+        return conn, finish
 
     async def _accept_inline(self) -> Connection:
         while True:
