@@ -17,10 +17,11 @@ Layers: :mod:`._packet` (the codec), :mod:`._engine` (the sans-IO protocol),
 
 from __future__ import annotations
 
+import importlib
 import math
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -49,16 +50,37 @@ from ._congestion import (
     builtin_congestion_controls,
     parse_rate,
 )
-from ._driver import (
-    Multiplexer,
-    UDTListener,
-    UDTMessageChannel,
-    UDTStream,
-    UDTTimeout,
-    wait_connected,
-)
-from ._engine import Config, Endpoint, Session, Snapshot
-from ._packet import BadPacket, SocketType
+
+if TYPE_CHECKING:
+    from ._driver import Multiplexer, UDTListener, UDTMessageChannel, UDTStream, UDTTimeout
+    from ._engine import Config, Endpoint, Session, Snapshot
+    from ._packet import BadPacket
+
+# The engine and the driver load on first use (or first attribute access): a program
+# that only has this plugin registered does not pay for importing them.
+_LAZY: dict[str, str] = {
+    "Multiplexer": "_driver",
+    "UDTListener": "_driver",
+    "UDTMessageChannel": "_driver",
+    "UDTStream": "_driver",
+    "UDTTimeout": "_driver",
+    "Config": "_engine",
+    "Endpoint": "_engine",
+    "Session": "_engine",
+    "Snapshot": "_engine",
+    "BadPacket": "_packet",
+    "SocketType": "_packet",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BBRLikeCC",
@@ -148,6 +170,9 @@ class UDTTransport(Transport):
 
     # -- options ------------------------------------------------------------------
     def _config(self, ctx: Context) -> Config:
+        from ._engine import Config
+        from ._packet import SocketType
+
         o = ctx.options
         where = str(ctx.address)
         try:
@@ -232,6 +257,9 @@ class UDTTransport(Transport):
         conn_id: int,
         address: Address,
     ) -> Connection:
+        from ._driver import UDTMessageChannel, UDTStream
+        from ._packet import SocketType
+
         o = ctx.options
         send_timeout = _seconds_or_none(o["send_timeout"])
         receive_timeout = _seconds_or_none(o["receive_timeout"])
@@ -256,6 +284,8 @@ class UDTTransport(Transport):
         )
 
     async def _make_mux(self, ctx: Context, family: int, *, listen: bool, payload_size: int) -> Multiplexer:
+        from ._driver import Multiplexer
+
         nursery = ctx.nursery
         assert nursery is not None, "the pool gives transports its nursery"
         o = ctx.options
@@ -290,6 +320,8 @@ class UDTTransport(Transport):
 
     # -- connect / listen -------------------------------------------------------------
     async def connect(self, ctx: Context) -> Connection:
+        from ._driver import Multiplexer, wait_connected
+
         config = self._config(ctx)
         host, port = ctx.address.host, ctx.address.port
         assert host is not None
@@ -346,6 +378,8 @@ class UDTTransport(Transport):
         return conn
 
     async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+        from ._driver import UDTListener
+
         config = self._config(ctx)
         if config.rendezvous:
             raise AddressError(f"{ctx.address}: a rendezvous socket connects; it cannot listen")

@@ -165,6 +165,7 @@ async def _dispatch(
 _GLOBAL: HookScope | None = None
 _LOAD_ERRORS: dict[str, str] = {}
 _DEFAULT_PLUGINS: list[tuple[object, str | None]] = []
+_DISTRIBUTIONS: list[tuple[str, str, str]] = []
 
 
 def _build_global() -> HookScope:
@@ -177,12 +178,21 @@ def _build_global() -> HookScope:
     _LOAD_ERRORS.clear()
     # One entry point at a time: a plugin that fails to import is reported (logged, and
     # listed by load_errors() / `conduit check`), and does not take the others down.
+    # The distributions are scanned once (pluggy's loader scans them per call).
+    _DISTRIBUTIONS.clear()
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
+            continue
         try:
-            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=ep.name)
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
         except Exception as exc:
             _LOAD_ERRORS[ep.name] = f"{ep.value}: {type(exc).__name__}: {exc}"
             _log.error("cannot load plugin %r (%s): %r; skipped", ep.name, ep.value, exc)
+            continue
+        dist = ep.dist
+        if dist is not None:
+            _DISTRIBUTIONS.append((ep.name, dist.metadata["Name"] or "?", dist.version))
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
@@ -227,8 +237,5 @@ def load_errors() -> dict[str, str]:
 
 def plugin_distributions() -> list[tuple[str, str, str]]:
     """(plugin name, distribution, version) for plugins loaded from entry points."""
-    out = []
-    pm = global_scope().pm
-    for plugin, dist in pm.list_plugin_distinfo():
-        out.append((pm.get_name(plugin) or "?", dist.project_name, dist.version))
-    return out
+    global_scope()
+    return list(_DISTRIBUTIONS)
