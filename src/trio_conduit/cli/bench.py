@@ -219,6 +219,13 @@ def run(args: argparse.Namespace) -> int:
             line = f"{name:24} conduit {r['conduit_mb_per_s']:9.1f} MB/s"
             if "ncat_mb_per_s" in r:
                 line += f"   ncat {r['ncat_mb_per_s']:9.1f} MB/s   ratio {r['ratio']:.2f}"
+            if "ratio_bulk" in r:
+                line += (
+                    f"\n{'':24} once running (fixed cost {r['conduit_fixed_seconds']:.2f} s vs"
+                    f" {r['ncat_fixed_seconds']:.2f} s taken out): conduit"
+                    f" {r['conduit_bulk_mb_per_s']:.1f} MB/s   ncat {r['ncat_bulk_mb_per_s']:.1f} MB/s"
+                    f"   ratio {r['ratio_bulk']:.2f}"
+                )
             print(line)
         else:
             print(

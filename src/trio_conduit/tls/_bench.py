@@ -228,63 +228,73 @@ def _pipe(listen: list[str], connect: list[str], port: int, mib: int) -> float:
 
 
 def _cli(mib: int, repeat: int, files: dict[str, str]) -> dict[str, Any]:
-    conduit = [sys.executable, "-m", "trio_conduit"]
-    ncat = shutil.which("ncat")
-    runs: dict[str, list[float]] = {"conduit": [], "ncat": []}
-    for _ in range(repeat):
-        port = _free_port()
-        runs["conduit"].append(
-            _pipe(
-                [
-                    *conduit,
-                    "listen",
-                    f"tls://127.0.0.1:{port}",
-                    "--cert",
-                    files["cert"],
-                    "--key",
-                    files["key"],
-                ],
-                [*conduit, "connect", f"tls://localhost:{port}", "--cafile", files["ca"]],
-                port,
-                mib,
-            )
-        )
-        if ncat:
-            port = _free_port()
-            runs["ncat"].append(
-                _pipe(
-                    [
-                        ncat,
-                        "--ssl",
-                        "--ssl-cert",
-                        files["cert"],
-                        "--ssl-key",
-                        files["key"],
-                        "-l",
-                        "127.0.0.1",
-                        str(port),
-                    ],
-                    [
-                        ncat,
-                        "--ssl",
-                        "--ssl-verify",
-                        "--ssl-trustfile",
-                        files["ca"],
-                        "--send-only",
-                        "localhost",  # ncat checks DNS names only, not IP addresses
-                        str(port),
-                    ],
-                    port,
-                    mib,
-                )
-            )
+    """Each tool pipes ``mib`` MiB, and 0 MiB (its fixed cost: start, handshake, close), alternately.
+
+    ``*_mb_per_s`` is end to end; ``*_bulk_mb_per_s`` the rate once running:
+    the bytes over the difference of the two medians.
+    """
     size = mib * 1024 * 1024
-    out: dict[str, Any] = {"bytes": size, "runs_seconds": runs}
-    out["conduit_mb_per_s"] = size / statistics.median(runs["conduit"]) / 1e6
-    if runs["ncat"]:
-        out["ncat_mb_per_s"] = size / statistics.median(runs["ncat"]) / 1e6
+    full: dict[str, list[float]] = {"conduit": [], "ncat": []}
+    empty: dict[str, list[float]] = {"conduit": [], "ncat": []}
+    for i in range(repeat):
+        for amount in (mib, 0) if i % 2 == 0 else (0, mib):
+            runs = _cli_once(amount, files)
+            for name, seconds in runs.items():
+                (full if amount else empty)[name].append(seconds)
+    out: dict[str, Any] = {"bytes": size, "runs_seconds": full, "runs_seconds_0_bytes": empty}
+    for name in ("conduit", "ncat"):
+        if full[name]:
+            t, t0 = statistics.median(full[name]), statistics.median(empty[name])
+            out[f"{name}_mb_per_s"] = size / t / 1e6
+            out[f"{name}_fixed_seconds"] = t0
+            out[f"{name}_bulk_mb_per_s"] = size / max(t - t0, 1e-9) / 1e6
+    if full["ncat"]:
         out["ratio"] = out["conduit_mb_per_s"] / out["ncat_mb_per_s"]
+        out["ratio_bulk"] = out["conduit_bulk_mb_per_s"] / out["ncat_bulk_mb_per_s"]
     return out
+
+
+def _cli_once(mib: int, files: dict[str, str]) -> dict[str, float]:
+    """Seconds for conduit, then ncat (if installed), to pipe ``mib`` MiB over TLS."""
+    conduit = [sys.executable, "-m", "trio_conduit"]
+    port = _free_port()
+    runs = {
+        "conduit": _pipe(
+            [*conduit, "listen", f"tls://127.0.0.1:{port}", "--cert", files["cert"], "--key", files["key"]],
+            [*conduit, "connect", f"tls://localhost:{port}", "--cafile", files["ca"]],
+            port,
+            mib,
+        )
+    }
+    ncat = shutil.which("ncat")
+    if ncat:
+        port = _free_port()
+        runs["ncat"] = _pipe(
+            [
+                ncat,
+                "--ssl",
+                "--ssl-cert",
+                files["cert"],
+                "--ssl-key",
+                files["key"],
+                "-l",
+                "127.0.0.1",
+                str(port),
+            ],
+            [
+                ncat,
+                "--ssl",
+                "--ssl-verify",
+                "--ssl-trustfile",
+                files["ca"],
+                "--send-only",
+                "localhost",  # ncat checks DNS names only, not IP addresses
+                str(port),
+            ],
+            port,
+            mib,
+        )
+    return runs
 
 
 def run_tls_bench(
