@@ -118,6 +118,7 @@ class TLSTransport(Transport):
     def __init__(self, scheme: str, inner: str, name: str, description: str) -> None:
         self.schemes = (scheme,)
         self.inner_scheme = inner
+        self.layered_over = inner
         self._configs: dict[Any, tuple[Any, TLSConfig]] = {}
         self._options: tuple[Option, ...] | None = None
         self.name = name
@@ -205,6 +206,14 @@ class TLSTransport(Transport):
                 self._configs.clear()
             self._configs[key] = (base, config)
         return config
+
+    def inner_context(self, ctx: Context) -> Context:
+        return self._inner(ctx)[1]
+
+    async def connect_over(self, conn: Connection, ctx: Context) -> Connection:
+        from trio_conduit.tls._api import tls_client
+
+        return await tls_client(conn, self.config(ctx), ctx, transport_name=self.schemes[0])
 
     async def connect(self, ctx: Context) -> Connection:
         from trio_conduit.tls._api import tls_client

@@ -7,6 +7,7 @@ connection and listener it handed out.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import weakref
@@ -274,6 +275,23 @@ class Pool:
             raise trio.ClosedResourceError("this pool is closed")
 
     # -- connecting ---------------------------------------------------------
+    def _layer_over_proxies(
+        self, proxies: Iterable[str | ProxyURL], transport: Transport, address: Address
+    ) -> tuple[ProxyChain, Callable[[Context], Awaitable[Connection]]]:
+        scheme = transport.layered_over
+        assert scheme is not None
+        inner = self.scope.transport_for(scheme)
+        if inner is None:
+            raise AddressError(f"{address}: needs the {scheme}:// transport, and no plugin registers it")
+        target = dataclasses.replace(address, scheme=scheme, query=())
+        chain = ProxyChain.build(proxies, inner, target, self.scope)
+
+        async def connect_layered(ctx: Context) -> Connection:
+            conn = await chain.connect(transport.inner_context(ctx))
+            return await transport.connect_over(conn, ctx)
+
+        return chain, connect_layered
+
     async def connect(
         self,
         url: str | Address,
@@ -298,10 +316,14 @@ class Pool:
         """
         self._check_open()
         transport, address = self.parse(url)
-        chain = ProxyChain.build(proxies, transport, address, self.scope) if proxies else None
-        open_connection: Callable[[Context], Awaitable[Connection]] = (
-            transport.connect if chain is None else chain.connect
-        )
+        chain = None
+        open_connection: Callable[[Context], Awaitable[Connection]] = transport.connect
+        if proxies and transport.layered_over is not None:
+            # A layer (TLS) over a transport the chain can carry: the chain goes beneath it.
+            chain, open_connection = self._layer_over_proxies(proxies, transport, address)
+        elif proxies:
+            chain = ProxyChain.build(proxies, transport, address, self.scope)
+            open_connection = chain.connect
         given: dict[str, object] = dict(opts)
         tls = _take_tls(transport, given)
         if tls is not None:

@@ -207,6 +207,10 @@ class Transport(abc.ABC):
     description: str = ""
     #: Set by the registry: the plugin that registered this transport.
     plugin_name: str = "?"
+    #: A layer over another stream transport (TLS over ``"tcp"``): that transport's
+    #: scheme. The pool can then put a proxy chain under the layer: it connects the
+    #: chain with :meth:`inner_context` and finishes with :meth:`connect_over`.
+    layered_over: str | None = None
 
     @abc.abstractmethod
     def parse_address(self, parts: URLParts, *, listening: bool) -> Address:
@@ -227,6 +231,15 @@ class Transport(abc.ABC):
     def loopback_url(self, tmpdir: str) -> str | None:
         """A URL to listen on for ``conduit check``'s round trip (``None``: no self test)."""
         return None
+
+    def inner_context(self, ctx: Context) -> Context:
+        """A layered transport (:attr:`layered_over`): the context for the transport beneath."""
+        raise NotImplementedError(f"{self!r} is not a layer over another transport")
+
+    async def connect_over(self, conn: Connection, ctx: Context) -> Connection:
+        """A layered transport: finish connecting over ``conn`` (made by the pool, e.g. through
+        proxies); close ``conn`` if that fails."""
+        raise NotImplementedError(f"{self!r} is not a layer over another transport")
 
     def __repr__(self) -> str:
         return f"<Transport {'/'.join(self.schemes)} from {self.plugin_name}>"

@@ -20,7 +20,7 @@ import trio
 
 import trio_conduit as conduit
 from trio_conduit.proxy import ProxyServer
-from trio_conduit.tls import EphemeralCA, TLSConfig
+from trio_conduit.tls import EphemeralCA, TLSConfig, TLSError
 
 from ..conftest import free_tcp_port
 from .conftest import RealProxy, _stop, _wait_listening
@@ -158,4 +158,33 @@ async def test_tls_to_the_target_over_a_chain(ca: tuple[EphemeralCA, Path]) -> N
             assert conn.info.tls is not None
             assert conn.info.via == (f"socks5h://{proxy.hostport}", f"http://{proxy.hostport}")
             assert conn.info.remote == ("localhost", target.port)
+        nursery.cancel_scope.cancel()
+
+
+async def test_tls_url_through_a_chain(ca: tuple[EphemeralCA, Path]) -> None:
+    """``tls://`` with ``proxies=``: the chain carries TCP to the origin, TLS runs end to end over it."""
+    authority, directory = ca
+    server_tls = TLSConfig(certificate=authority.issue("origin.test", "127.0.0.1"))
+    async with conduit.open_pool() as pool, trio.open_nursery() as nursery:
+        origin = await nursery.start(functools.partial(pool.serve, tls=server_tls), "tcp://127.0.0.1:0", echo)
+        proxy = await nursery.start(pool.serve, "tcp://127.0.0.1:0", ProxyServer(pool))
+        chain = [f"socks5://{proxy.hostport}", f"http://{proxy.hostport}"]
+        url = f"tls://127.0.0.1:{origin.port}?server_hostname=origin.test&cafile={directory}/ca.pem"
+        conn = await pool.connect(url, proxies=chain, timeout=10)
+        async with conn:
+            await round_trip(conn, b"end to end through two hops")
+            assert conn.info.transport == "tls"
+            assert conn.tls.server_name == "origin.test"
+            assert conn.tls.peer_certificate is not None
+            assert len(conn.info.via) == 2
+        # The origin's certificate is checked as usual: a name it does not have fails.
+        with pytest.raises(TLSError, match="(?i)hostname|mismatch"):
+            await pool.connect(
+                f"tls://127.0.0.1:{origin.port}?server_hostname=other.test&cafile={directory}/ca.pem",
+                proxies=chain,
+                timeout=10,
+            )
+        # Proxies carry TCP: TLS over SCTP cannot go through them.
+        with pytest.raises(conduit.AddressError, match="proxies carry tcp"):
+            await pool.connect(f"tls+sctp://127.0.0.1:{origin.port}", proxies=chain)
         nursery.cancel_scope.cancel()
