@@ -266,23 +266,26 @@ class BBRLikeCC(CongestionControl):
 
     The bottleneck bandwidth is the maximum of delivery-rate samples over
     about ten round trips. When the peer runs this algorithm too, its receiving
-    side reports every 10 ms (a user-defined control packet) how many data
-    packets it has received and the highest sequence number seen; a sample is
-    the packets received over the last round trip, by the receiver's clock:
-    the rate at the bottleneck's far end, as TCP's BBR gets it from SACKs.
-    Otherwise a sample is the cumulative ACK's progress over the last round
-    trip (noisy under loss: an ACK jumps when a retransmission fills a hole).
+    side reports every 10 ms (a user-defined control packet, subtype
+    :attr:`REPORT_SUBTYPE`) how many data packets it has received and the
+    highest sequence number seen; a sample is the packets received over the
+    last round trip, by the receiver's clock: the rate at the bottleneck's far
+    end, as TCP's BBR gets it from SACKs. Without reports (another algorithm or
+    implementation at the other end) a sample is the progress over the last
+    round trip of the newest packet known received (the cumulative ACK, or the
+    packet after the latest NAKed loss) less the packets lost before it: the
+    cumulative ACK alone jumps whenever a retransmission fills a hole.
     The propagation delay is the windowed minimum RTT. Startup paces at 2.89
     times the estimate until it stops growing for three rounds (or a loss run
     of ``burst`` packets shows a queue overflowing), drains, then cycles the
     pacing gain through 1.25, 0.75 and six rounds of 1. The window is twice
-    the bandwidth-delay product plus what the receiver reported received
-    beyond the cumulative ACK (packets waiting behind a hole are not in
-    flight). Random loss does not change the rate (retransmission repairs
-    it); when a round paced at a gain of at most 1 loses more than
-    ``loss_threshold`` of its packets (each loss counted once; BBR v2's idea)
-    a queue overflows at the estimate itself, which is then capped at 85 % of
-    the current rate for eight rounds.
+    the bandwidth-delay product plus what the receiver is known to have beyond
+    the cumulative ACK (packets waiting behind a hole are not in flight).
+    Random loss does not change the rate (retransmission repairs it); when
+    the packets of a round paced at a gain of at most 1 lose more than
+    ``loss_threshold`` (each loss counted once; BBR v2's idea), a queue
+    overflows at the estimate itself: it is capped for eight rounds at the
+    share of the current rate that got through.
     """
 
     _GAINS: Final = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
@@ -311,6 +314,7 @@ class BBRLikeCC(CongestionControl):
         self._prev_round_sent = 0
         self._prev_round_gain = 0.0
         self._loss_high = -1
+        self._lost_total = 0
         self._loss_round_start = 0
         self._cap = 0.0
         self._cap_until = 0
@@ -324,23 +328,6 @@ class BBRLikeCC(CongestionControl):
         self._round_start = 0
         self._cycle = 0
         self._cycle_time = 0
-        import os as _os  # TRACE-TMP
-
-        path = _os.environ.get("CONDUIT_CC_TRACE")  # TRACE-TMP
-        self._trace = open(f"{path}.{_os.getpid()}.{id(self)}", "w", buffering=1) if path else None  # TRACE-TMP  # noqa: SIM115
-        self._tr_lost = 0  # TRACE-TMP
-        self._tr_sent = 0  # TRACE-TMP
-
-    def _tr(self, ev: str, ack: int = 0) -> None:  # TRACE-TMP
-        if self._trace is not None:
-            self._trace.write(
-                f"{self.now / 1e6:.3f} {ev} st={self._state} bw={self._btl_bw:.0f} "
-                f"pace={1e6 / self.pkt_send_period:.0f} cwnd={self.cwnd:.0f} fw={self.max_cwnd:.0f} "
-                f"infl={self.snd_curr_seq + 1 - ack if ack else -1} beyond={self._rx_high + 1 - ack if ack else -1} rtt={self.rtt} minrtt={self._min_rtt} "
-                f"rep={self._reported} cap={self._cap:.0f}/{max(0, self._cap_until - self.now) / 1e6:.2f} "
-                f"cyc={self._cycle} sent={self._tr_sent} lost={self._tr_lost} "
-                f"samp={self._samples[-1][1] if self._samples else 0:.0f}\n"
-            )
 
     def init(self) -> None:
         self._last_ack = self.snd_curr_seq + 1
@@ -393,10 +380,11 @@ class BBRLikeCC(CongestionControl):
             and sent >= 50
             and self._round_lost > self._loss_threshold * sent
         ):
-            self._cap = 0.85 * min(self._btl_bw, 1_000_000.0 / self.pkt_send_period)
+            # what got through the queue at this rate is what it takes
+            kept = max(0.5, 1.0 - self._round_lost / sent)
+            self._cap = kept * min(self._btl_bw, 1_000_000.0 / self.pkt_send_period)
             self._cap_until = self.now + 8 * round_len
             self._btl_bw = min(self._btl_bw, self._cap)
-            self._tr(f"CAP lost={self._round_lost}/{sent}")  # TRACE-TMP
         self._prev_round_sent, self._prev_round_gain = self._round_sent, self._round_gain
         self._round_sent = self._round_lost = 0
         self._round_gain = 0.0
@@ -420,9 +408,10 @@ class BBRLikeCC(CongestionControl):
         if reports:
             last_time, last_count = reports[-1]
             dt = (time32 - last_time) & _U32
-            if not 0 < dt < 1 << 31:
-                return  # reordered or repeated
-            when, count = last_time + dt, last_count + ((count32 - last_count) & _U32)
+            dc = (count32 - last_count) & _U32
+            if not 0 < dt < 1 << 31 or dc >= 1 << 31:
+                return  # reordered, repeated or bogus
+            when, count = last_time + dt, last_count + dc
         else:
             when, count = time32, count32
         high = self.snd_curr_seq - ((self.snd_curr_seq - seq31) & _SEQ_MASK)
@@ -433,12 +422,14 @@ class BBRLikeCC(CongestionControl):
         while len(reports) > 2 and when - reports[1][0] >= span:
             reports.popleft()
         then, old = reports[0]
-        if when - then >= span // 2 and count > old:
+        if when - then >= span and count > old:
             self._samples.append((self.now, (count - old) * 1_000_000.0 / (when - then)))
+        # the cumulative ACK stalls behind a hole for a round trip or more: the rate, the
+        # gain cycle and the window follow the reports meanwhile
+        self._update()
 
     def on_pkt_sent(self, seq: int, count: int) -> None:
         self._round_sent += count
-        self._tr_sent += count  # TRACE-TMP
 
     def on_ack(self, ack: int) -> None:
         now = self.now
@@ -449,18 +440,24 @@ class BBRLikeCC(CongestionControl):
             self._min_rtt_time = now
         span = self._round_len()
         if not self._reported:
-            # Delivery rate over the last round trip from the cumulative ACK (BBR's gain
-            # cycle probes one round trip at a time). It jumps when a retransmission fills a
-            # hole: spread over a round trip the jump is bounded, and the loss-rate cap
-            # catches what gets through.
+            # Delivery rate over the last round trip (BBR's gain cycle probes one round trip
+            # at a time) without the peer's reports: the cumulative ACK jumps when a
+            # retransmission fills a hole, so count up to the newest packet a NAK shows the
+            # receiver has (the one after a loss), less the packets lost before it.
+            delivered = max(ack, self._loss_high + 1) - self._lost_total
             acks = self._acks
-            acks.append((now, ack))
+            acks.append((now, delivered))
             while len(acks) > 2 and now - acks[1][0] >= span:
                 acks.popleft()
             then, old = acks[0]
-            if now - then >= span // 2 and ack > old:
-                self._samples.append((now, (ack - old) * 1_000_000.0 / (now - then)))
+            if now - then >= span and delivered > old:
+                self._samples.append((now, (delivered - old) * 1_000_000.0 / (now - then)))
         self._last_ack = max(self._last_ack, ack)
+        self._update()
+
+    def _update(self) -> None:
+        now = self.now
+        span = self._round_len()
         self._check_loss_rate()
         self._btl_bw = self._window_bw()
         if self._state == "startup":
@@ -485,7 +482,6 @@ class BBRLikeCC(CongestionControl):
                 self._cycle = (self._cycle + 1) % len(self._GAINS)
                 self._cycle_time = now
             self._apply(self._GAINS[self._cycle])
-        self._tr("A", ack)  # TRACE-TMP
 
     def on_loss(self, losses: Sequence[tuple[int, int]]) -> None:
         # count each lost packet once (the receiver repeats its reports; retransmissions
@@ -497,7 +493,7 @@ class BBRLikeCC(CongestionControl):
                 new += last - start + 1
                 self._loss_high = last
         self._round_lost += new
-        self._tr_lost += new  # TRACE-TMP
+        self._lost_total += new
         # a NAK's last packet is followed by one the receiver has
         self._rx_high = max(self._rx_high, self._loss_high + 1)
         if self._state == "startup" and any(last - first + 1 >= self._burst for first, last in losses):
@@ -508,7 +504,6 @@ class BBRLikeCC(CongestionControl):
 
     def on_timeout(self) -> None:
         self._apply(1.0)
-        self._tr("TIMEOUT")  # TRACE-TMP
 
 
 def builtin_congestion_controls() -> dict[str, CongestionControlFactory]:

@@ -178,7 +178,7 @@ async def test_tls_url_through_a_chain(ca: tuple[EphemeralCA, Path]) -> None:
             assert conn.tls.peer_certificate is not None
             assert len(conn.info.via) == 2
         # The origin's certificate is checked as usual: a name it does not have fails.
-        with pytest.raises(TLSError, match="(?i)hostname|mismatch"):
+        with pytest.raises(TLSError, match=r"(?i)hostname|mismatch"):
             await pool.connect(
                 f"tls://127.0.0.1:{origin.port}?server_hostname=other.test&cafile={directory}/ca.pem",
                 proxies=chain,

@@ -9,7 +9,7 @@ import struct
 from typing import Any
 
 import pytest
-from trio_conduit_plugins.udt._congestion import CongestionControl, FixedRateCC
+from trio_conduit_plugins.udt._congestion import BBRLikeCC, CongestionControl, FixedRateCC
 from trio_conduit_plugins.udt._cookie import COOKIE_PERIOD, CookieJar
 from trio_conduit_plugins.udt._engine import (
     Accepted,
@@ -876,3 +876,129 @@ def test_header_fields_on_data_packets() -> None:
     assert dest == s.socket_id
     assert word >> 30 == 3  # a one-packet message
     assert raw[16:] == b"hello"
+
+
+# ---------------------------------------------------------------------------
+# the BBR-like algorithm, driven directly
+# ---------------------------------------------------------------------------
+
+
+def _bbr(**kwargs: Any) -> tuple[BBRLikeCC, list[tuple[int, bytes]]]:
+    cc = BBRLikeCC(**kwargs)
+    sent: list[tuple[int, bytes]] = []
+    cc._send_custom = lambda subtype, data: sent.append((subtype, data))
+    cc.now, cc.rtt, cc.snd_curr_seq, cc.max_cwnd = 1_000_000, 50_000, 99, 25600.0
+    cc.init()
+    return cc, sent
+
+
+class _Link:
+    """Drive a BBRLikeCC sender over a link that delivers at most ``capacity`` packets/s.
+
+    Every 10 ms: what pacing allows is sent, the link keeps at most its capacity (the rest
+    overflows, and ``loss`` of what it keeps is lost at random), the receiver's report and
+    the ACK come back (the cumulative ACK just behind the newest packet), the losses as a NAK.
+    """
+
+    def __init__(self, cc: BBRLikeCC, seed: int = 1) -> None:
+        self.cc = cc
+        self.rng = random.Random(seed)
+        self.rx = BBRLikeCC()
+        self.reports: list[tuple[int, bytes]] = []
+        self.rx._send_custom = lambda subtype, data: self.reports.append((subtype, data))
+        self.sent = self.lost = 0
+
+    def run(self, seconds: float, capacity: float, loss: float = 0.0) -> None:
+        cc, rx, rng = self.cc, self.rx, self.rng
+        for _ in range(round(seconds * 100)):
+            cc.now += 10_000
+            rx.now = cc.now
+            n = int(10_000 / cc.pkt_send_period)
+            first = cc.snd_curr_seq + 1
+            cc.snd_curr_seq += n
+            cc.on_pkt_sent(first, n)
+            kept = min(n, int(capacity / 100))
+            dropped = [first + i for i in range(kept) if rng.random() < loss]
+            runs = [(seq, seq) for seq in dropped]
+            if kept < n:
+                runs.append((first + kept, first + n - 1))  # a queue overflowing drops a run
+            self.sent += n
+            self.lost += n - kept + len(dropped)
+            if kept > len(dropped):
+                rx.on_pkt_received(first + kept - 1, kept - len(dropped))
+            for subtype, data in self.reports:
+                cc.process_custom_msg(UserDefined(subtype, data))
+            self.reports.clear()
+            if runs:
+                cc.on_loss(runs)
+            cc.on_ack(first)
+
+
+def test_bbr_receiver_reports_what_arrived_every_10_ms() -> None:
+    cc, sent = _bbr()
+    cc.on_pkt_received(150, 30)
+    cc.now += 4_000
+    cc.on_pkt_received(170, 20)  # within 10 ms of the last report: none
+    cc.now += 6_000
+    cc.on_pkt_received(171, 1)
+    assert [s for s, _ in sent] == [BBRLikeCC.REPORT_SUBTYPE] * 2
+    assert struct.unpack("!III", sent[-1][1]) == (51, 1_010_000, 171)
+
+
+def test_bbr_paces_at_the_delivery_rate_the_receiver_reports() -> None:
+    cc, _ = _bbr()
+    _Link(cc).run(3.0, capacity=10_000, loss=0.01)
+    assert cc._reported
+    # the estimate is the link's rate; random loss does not bring it down
+    assert cc._btl_bw == pytest.approx(10_000 * 0.99, rel=0.05)
+    assert 1e6 / cc.pkt_send_period <= 1.25 * 10_000 * 1.05
+
+
+def test_bbr_sender_far_above_the_link_converges() -> None:
+    cc, _ = _bbr(initial_rate="200M")  # about 137,000 packets/s to start with
+    link = _Link(cc)
+    link.run(0.5, capacity=10_000)
+    assert 1e6 / cc.pkt_send_period <= 1.25 * 10_000 * 1.05
+    link.sent = link.lost = 0
+    link.run(2.0, capacity=10_000)
+    # after that, what overflows is BBR's probing (a quarter of one round in eight), not half
+    assert link.lost / link.sent < 0.06
+
+
+def test_bbr_caps_the_estimate_when_a_round_at_gain_1_overflows() -> None:
+    cc, _ = _bbr()
+    link = _Link(cc)
+    link.run(2.0, capacity=10_000)
+    assert cc._state == "probe"
+    # the bottleneck halves: rounds at gain 1 lose about half their packets
+    link.run(0.3, capacity=5_000)
+    assert cc._cap
+    assert cc._cap < 0.7 * 10_000
+    assert 1e6 / cc.pkt_send_period < 0.7 * 1.25 * 10_000
+
+
+def test_bbr_window_counts_out_packets_waiting_behind_a_hole() -> None:
+    cc, _ = _bbr()
+    link = _Link(cc)
+    link.run(2.0, capacity=10_000)
+    # a hole: the cumulative ACK stays while 2000 more packets go out and arrive
+    ack = cc._last_ack
+    cc.snd_curr_seq += 2000
+    cc.now += 10_000
+    cc.on_ack(ack)
+    base = cc.cwnd
+    cc.now += 10_000
+    link.rx.now = cc.now
+    link.rx.on_pkt_received(cc.snd_curr_seq, 2000)
+    for subtype, data in link.reports:
+        cc.process_custom_msg(UserDefined(subtype, data))
+    assert cc.cwnd >= base + 1500
+
+
+def test_bbr_on_both_sides_exchanges_reports() -> None:
+    net = Net(seed=6, loss=0.01)
+    c, s = connect_pair(net, Config(congestion=BBRLikeCC))
+    data = random.Random(6).randbytes(2_000_000)
+    assert transfer(net, c, s, data, timeout=120) == data
+    assert isinstance(c.cc, BBRLikeCC)
+    assert c.cc._reported
