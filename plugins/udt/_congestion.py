@@ -143,6 +143,7 @@ class NativeCC(CongestionControl):
         self._dec_random = 1
         self._avg_nak_num = 0
         self._dec_count = 0
+        self._max_loss_seen: int | None = None
 
     def init(self) -> None:
         self._rc_interval = self.syn_interval
@@ -198,6 +199,15 @@ class NativeCC(CongestionControl):
         )
 
     def on_loss(self, losses: Sequence[tuple[int, int]]) -> None:
+        # The reference's receiver reports each loss once; ours repeats what is still
+        # missing (the periodic NAK). A repeat is not news of congestion: only losses
+        # beyond the highest one reported so far count, as they would with the reference.
+        top = self._max_loss_seen
+        if top is not None:
+            losses = [(max(first, top + 1), last) for first, last in losses if last > top]
+            if not losses:
+                return
+        self._max_loss_seen = max(last for _, last in losses) if losses else top
         if self._slow_start:
             self._slow_start = False
             if self.rcv_rate > 0:

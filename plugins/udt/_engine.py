@@ -278,6 +278,7 @@ class Stats:
     bytes_sent: int = 0
     bytes_recv: int = 0
     msg_dropped: int = 0
+    pkt_timeout_loss: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +289,8 @@ class Snapshot:
     pkt_sent: int
     pkt_recv: int
     pkt_snd_loss: int
+    #: Of ``pkt_snd_loss``: packets marked lost because an EXP timeout expired (all unacknowledged ones).
+    pkt_timeout_loss: int
     pkt_rcv_loss: int
     pkt_retrans: int
     pkt_recv_dup: int
@@ -1016,6 +1019,7 @@ class Session:
                 # resend everything unacknowledged
                 n = self._snd_loss.insert(self._snd_last_ack, self._snd_next - 1)
                 self.stats.pkt_snd_loss += n
+                self.stats.pkt_timeout_loss += n
             self._cc_inputs(now)
             self.cc.on_timeout()
             self._cc_update()
@@ -1807,6 +1811,7 @@ class Session:
             pkt_sent=s.pkt_sent,
             pkt_recv=s.pkt_recv,
             pkt_snd_loss=s.pkt_snd_loss,
+            pkt_timeout_loss=s.pkt_timeout_loss,
             pkt_rcv_loss=s.pkt_rcv_loss,
             pkt_retrans=s.pkt_retrans,
             pkt_recv_dup=s.pkt_recv_dup,

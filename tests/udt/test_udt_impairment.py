@@ -96,8 +96,12 @@ def assert_impaired(r: RelayProcess, client: Any, server: Any) -> None:
     # Repairs stay close to what the link did (no storm of needless retransmissions). The
     # link lost what the relay dropped and what never reached it (its socket buffer overflows
     # when a burst outruns the relay process); a reordered packet is NAKed and resent too.
+    # An EXP timeout (nothing heard for 0.3 s or more: the receiver or the relay did not
+    # run, on a loaded machine) resends every unacknowledged packet, as the reference does;
+    # those are counted apart and allowed.
     lost = stats["dropped"] + max(0, client.stats.pkt_sent - stats["received"])
-    assert client.stats.pkt_retrans <= 1.5 * (lost + stats["reordered"]) + 100
+    timeouts = client.stats.pkt_timeout_loss
+    assert client.stats.pkt_retrans <= 1.5 * (lost + stats["reordered"]) + 100 + timeouts
 
 
 async def test_24mib_through_loss_duplication_reordering() -> None:
