@@ -488,6 +488,13 @@ class _Owner:
             mux.release()
             await _shielded(conn._closed())
 
+    async def _park(self, lot: trio.lowlevel.ParkingLot, deadline: float, what: str) -> None:
+        """Wait on ``lot`` until woken; :class:`UDTTimeout` at ``deadline`` (``what``'s timeout)."""
+        with trio.CancelScope(deadline=deadline) as cs:
+            await lot.park()
+        if cs.cancelled_caught:
+            raise UDTTimeout(errno.ETIMEDOUT, f"UDT {what} timed out ({what}_timeout)")
+
     def _check_open(self) -> None:
         if self._is_closed:
             raise trio.ClosedResourceError("this UDT connection was closed")
@@ -576,10 +583,7 @@ class UDTStream(_Owner, StreamConnection):
                         self._mux.kick()
                     if view:
                         blocked = True
-                        with trio.CancelScope(deadline=deadline) as cs:
-                            await self._write_lot.park()
-                        if cs.cancelled_caught:
-                            raise UDTTimeout(errno.ETIMEDOUT, "UDT send timed out (send_timeout)")
+                        await self._park(self._write_lot, deadline, "send")
                 if not blocked:
                     await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
@@ -632,10 +636,7 @@ class UDTStream(_Owner, StreamConnection):
                 if s.state is State.CONNECTING:
                     raise self._broken()
                 blocked = True
-                with trio.CancelScope(deadline=deadline) as cs:
-                    await self._read_lot.park()
-                if cs.cancelled_caught:
-                    raise UDTTimeout(errno.ETIMEDOUT, "UDT receive timed out (receive_timeout)")
+                await self._park(self._read_lot, deadline, "receive")
                 self._check_open()
         finally:
             self._recv_busy = False
@@ -725,10 +726,7 @@ class UDTMessageChannel(_Owner, DatagramConnection):
                     self._mux.kick()
                     break
                 blocked = True
-                with trio.CancelScope(deadline=deadline) as cs:
-                    await self._write_lot.park()
-                if cs.cancelled_caught:
-                    raise UDTTimeout(errno.ETIMEDOUT, "UDT send timed out (send_timeout)")
+                await self._park(self._write_lot, deadline, "send")
             if not blocked:
                 await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
@@ -756,10 +754,7 @@ class UDTMessageChannel(_Owner, DatagramConnection):
                         raise trio.EndOfChannel
                     raise self._broken()
                 blocked = True
-                with trio.CancelScope(deadline=deadline) as cs:
-                    await self._read_lot.park()
-                if cs.cancelled_caught:
-                    raise UDTTimeout(errno.ETIMEDOUT, "UDT receive timed out (receive_timeout)")
+                await self._park(self._read_lot, deadline, "receive")
                 self._check_open()
         finally:
             self._recv_busy = False

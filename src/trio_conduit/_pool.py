@@ -132,28 +132,30 @@ class PoolListener(trio.abc.Listener[Any]):
             if registered is not None:
                 return registered
 
-    def unfinished(self) -> Callable[[], Awaitable[tuple[Connection, Callable[[], Awaitable[Any]]]]] | None:
-        """``accept_unfinished`` when the transport's listener sets connections up in steps (TLS).
+    async def accept_unfinished(self) -> tuple[Connection, Callable[[], Awaitable[Any]]]:
+        """An accepted connection whose setup may not be done, and an async ``finish()``.
 
-        It returns an accepted connection whose setup is not done and an async
-        ``finish()`` that completes it and registers it with the pool (``None``:
-        it failed, traced and closed). ``serve()`` runs ``finish()`` in the
-        connection's own handler task.
+        ``finish()`` completes the setup and returns the connection registered
+        with the pool, or ``None`` (it failed: traced and closed). A transport
+        listener that sets connections up in steps (TLS: ``accept_unfinished``)
+        leaves its handshake to ``finish()``, which ``serve()`` runs in the
+        connection's own handler task; for any other, the connection is ready.
         """
-        accept_unfinished = getattr(self._inner, "accept_unfinished", None)
-        if accept_unfinished is None:
-            return None
+        steps = getattr(self._inner, "accept_unfinished", None)
+        if steps is None:
+            conn = await self.accept()
 
-        async def accept() -> tuple[Connection, Callable[[], Awaitable[Any]]]:
-            raw, finish = await accept_unfinished()
+            async def ready() -> Any:
+                return conn
 
-            async def adopt() -> Any:
-                conn = await finish()
-                return None if conn is None else await self._register(conn)
+            return conn, ready
+        raw, finish = await steps()
 
-            return raw, adopt
+        async def adopt() -> Any:
+            done = await finish()
+            return None if done is None else await self._register(done)
 
-        return accept
+        return raw, adopt
 
     async def _register(self, conn: Connection) -> Connection | None:
         tracer = self._owner.pool.tracer
@@ -465,8 +467,6 @@ class Pool:
         # Closing the pool cancels this, even when we run in a nursery outside the pool.
         cancel = trio.CancelScope()
         done = self._serving[cancel] = trio.Event()
-        # A listener that sets connections up in steps (TLS) finishes each in its handler's task.
-        accept_unfinished = listener.unfinished()
         try:
             with cancel:
                 async with listener, trio.open_nursery() as nursery:
@@ -475,27 +475,20 @@ class Pool:
                         if limit is not None:
                             await limit.acquire()
                         try:
-                            if accept_unfinished is not None:
-                                raw, finish = await accept_unfinished()
-                            else:
-                                conn = await listener.accept()
+                            # a TLS handshake runs in the handler's task, not in the accept loop
+                            conn, finish = await listener.accept_unfinished()
                         except BaseException:
                             if limit is not None:
                                 limit.release()
                             raise
-                        if accept_unfinished is not None:
-                            nursery.start_soon(
-                                _finish_and_run_handler,
-                                finish,
-                                handler,
-                                scope,
-                                limit,
-                                name=f"conduit handler #{raw.id}",
-                            )
-                        else:
-                            nursery.start_soon(
-                                _run_handler, conn, handler, scope, limit, name=f"conduit handler #{conn.id}"
-                            )
+                        nursery.start_soon(
+                            _finish_and_run_handler,
+                            finish,
+                            handler,
+                            scope,
+                            limit,
+                            name=f"conduit handler #{conn.id}",
+                        )
         except trio.ClosedResourceError:
             if not self._closed:
                 raise
@@ -529,17 +522,14 @@ class Pool:
 async def _finish_and_run_handler(
     finish: Callable[[], Awaitable[Any]], handler: Handler, scope: HookScope, limit: trio.Semaphore | None
 ) -> None:
+    conn = None
     try:
         conn = await finish()
-    except BaseException:
-        if limit is not None:
-            limit.release()
-        raise
-    if conn is None:
-        if limit is not None:
-            limit.release()
-        return
-    await _run_handler(conn, handler, scope, limit)
+    finally:
+        if conn is None and limit is not None:
+            limit.release()  # no handler will run to release it
+    if conn is not None:
+        await _run_handler(conn, handler, scope, limit)
 
 
 async def _run_handler(

@@ -103,36 +103,38 @@ def _pair(mode: str, amount: int, repeat: int, key: str) -> dict[str, Any]:
     return {"raw_trio": raw, "pool": pool, "ratio": pool / raw, "runs": runs, "unit": key}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
 
 
-def _wait_listening(port: int) -> None:
-    """Until something accepts on 127.0.0.1:port (the listeners run with keep-open)."""
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    """Until ``proc`` listens on 127.0.0.1:``port`` (read from /proc/net/tcp: a probe
+    connection would be the one connection a listener without keep-open serves)."""
+    deadline = time.monotonic() + 20
+    needle = f":{port:04X} "
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        with open("/proc/net/tcp") as f:
+            if any(needle in line and line.split()[3] == "0A" for line in f):
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {port}")
 
 
-def _pipe_once(listen: list[str], connect: list[str], port: int, size: int) -> float:
+def pipe_seconds(listen: list[str], connect: list[str], port: int, size: int) -> float:
     """``head -c SIZE /dev/zero | CONNECT`` into a running ``LISTEN > /dev/null``: the sender's wall time.
 
-    The listener is started and accepting first, so its start-up is not counted;
+    The listener is started and listening first, so its start-up is not counted;
     the sender's is (that is what a user waits for).
     """
     with open(os.devnull, "wb") as sink:
         listener = subprocess.Popen(listen, stdout=sink, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            _wait_listening(port)
+            wait_listening(port, listener)
             start = time.perf_counter()
             head = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
             assert head.stdout is not None
@@ -154,15 +156,15 @@ def _cli(mib: int, repeat: int) -> dict[str, Any]:
     runs: dict[str, list[float]] = {"conduit": [], "ncat": []}
     conduit = [sys.executable, "-m", "trio_conduit"]
     for _ in range(repeat):
-        port = _free_port()
+        port = free_port()
         url = f"tcp://127.0.0.1:{port}"
         runs["conduit"].append(
-            _pipe_once([*conduit, "listen", "--keep-open", url], [*conduit, "connect", url], port, size)
+            pipe_seconds([*conduit, "listen", "--keep-open", url], [*conduit, "connect", url], port, size)
         )
         if ncat:
-            port = _free_port()
+            port = free_port()
             runs["ncat"].append(
-                _pipe_once(
+                pipe_seconds(
                     [ncat, "-l", "--keep-open", "127.0.0.1", str(port)],
                     [ncat, "--send-only", "127.0.0.1", str(port)],
                     port,

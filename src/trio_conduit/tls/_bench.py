@@ -19,10 +19,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -182,51 +180,6 @@ def _pair(mode: str, amount: int, repeat: int, key: str, files: dict[str, str]) 
     return {"raw_trio": raw, "pool": pool, "ratio": pool / raw, "runs": runs, "unit": key}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    needle = f":{port:04X} "
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-        with open("/proc/net/tcp") as f:
-            if any(needle in line and line.split()[3] == "0A" for line in f):
-                return
-        time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def _pipe(listen: list[str], connect: list[str], port: int, mib: int) -> float:
-    """Seconds for ``connect`` to send ``mib`` MiB (from ``head -c``) into ``listen`` (> /dev/null)."""
-    with open(os.devnull, "wb") as sink:
-        listener = subprocess.Popen(listen, stdout=sink, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            _wait_listening(port, listener)
-            start = time.perf_counter()
-            head = subprocess.Popen(
-                ["head", "-c", str(mib * 1024 * 1024), "/dev/zero"], stdout=subprocess.PIPE
-            )
-            try:
-                subprocess.run(connect, stdin=head.stdout, stdout=subprocess.DEVNULL, check=True)
-            finally:
-                assert head.stdout is not None
-                head.stdout.close()
-                head.wait()
-            elapsed = time.perf_counter() - start
-            listener.wait(timeout=30)
-        finally:
-            if listener.poll() is None:
-                listener.kill()
-            listener.wait()
-    return elapsed
-
-
 def _cli(mib: int, repeat: int, files: dict[str, str]) -> dict[str, Any]:
     """Each tool pipes ``mib`` MiB, and 0 MiB (its fixed cost: start, handshake, close), alternately.
 
@@ -256,20 +209,23 @@ def _cli(mib: int, repeat: int, files: dict[str, str]) -> dict[str, Any]:
 
 def _cli_once(mib: int, files: dict[str, str]) -> dict[str, float]:
     """Seconds for conduit, then ncat (if installed), to pipe ``mib`` MiB over TLS."""
+    from ..cli.bench import free_port, pipe_seconds
+
     conduit = [sys.executable, "-m", "trio_conduit"]
-    port = _free_port()
+    size = mib * 1024 * 1024
+    port = free_port()
     runs = {
-        "conduit": _pipe(
+        "conduit": pipe_seconds(
             [*conduit, "listen", f"tls://127.0.0.1:{port}", "--cert", files["cert"], "--key", files["key"]],
             [*conduit, "connect", f"tls://localhost:{port}", "--cafile", files["ca"]],
             port,
-            mib,
+            size,
         )
     }
     ncat = shutil.which("ncat")
     if ncat:
-        port = _free_port()
-        runs["ncat"] = _pipe(
+        port = free_port()
+        runs["ncat"] = pipe_seconds(
             [
                 ncat,
                 "--ssl",
@@ -292,7 +248,7 @@ def _cli_once(mib: int, files: dict[str, str]) -> dict[str, float]:
                 str(port),
             ],
             port,
-            mib,
+            size,
         )
     return runs
 

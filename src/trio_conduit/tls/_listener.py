@@ -125,11 +125,8 @@ class TLSListener(trio.abc.Listener[Connection]):
 
     async def _accept_inline(self) -> Connection:
         while True:
-            conn = await self._inner.accept()
-            result = await self._handshake(conn)
-            if isinstance(result, TunnelPlan):
-                await self._tunnel(result)
-            elif result is not None:
+            _, finish = await self.accept_unfinished()
+            if (result := await finish()) is not None:
                 return result
 
     async def _handshake(self, conn: Connection) -> TLSConnection | TunnelPlan | None:
@@ -166,13 +163,8 @@ class TLSListener(trio.abc.Listener[Connection]):
             with self._cancel:
                 async with trio.open_nursery() as nursery:
                     while True:
-                        await self._limit.acquire()
-                        try:
-                            conn = await self._inner.accept()
-                        except BaseException:
-                            self._limit.release()
-                            raise
-                        nursery.start_soon(self._one, conn, name=f"conduit TLS handshake #{conn.id}")
+                        conn, finish = await self.accept_unfinished()
+                        nursery.start_soon(self._one, finish, name=f"conduit TLS handshake #{conn.id}")
         except trio.ClosedResourceError:
             pass
         except Exception as exc:
@@ -183,14 +175,9 @@ class TLSListener(trio.abc.Listener[Connection]):
             self._send.close()
             self._done.set()
 
-    async def _one(self, conn: Connection) -> None:
-        try:
-            result = await self._handshake(conn)
-        finally:
-            self._limit.release()
-        if isinstance(result, TunnelPlan):
-            await self._tunnel(result)
-        elif result is not None:
+    async def _one(self, finish: Callable[[], Awaitable[Connection | None]]) -> None:
+        result = await finish()
+        if result is not None:
             try:
                 await self._send.send(result)
             except BaseException:
