@@ -216,12 +216,9 @@ class TLSTransport(Transport):
         return await tls_client(conn, self.config(ctx), ctx, transport_name=self.schemes[0])
 
     async def connect(self, ctx: Context) -> Connection:
-        from trio_conduit.tls._api import tls_client
-
-        config = self.config(ctx)
+        self.config(ctx)  # bad TLS options fail before a connection is opened (and it is cached)
         inner, inner_ctx = self._inner(ctx)
-        conn = await inner.connect(inner_ctx)
-        return await tls_client(conn, config, ctx, transport_name=self.schemes[0])
+        return await self.connect_over(await inner.connect(inner_ctx), ctx)
 
     async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
         from trio_conduit.tls._api import tls_listener

@@ -59,7 +59,7 @@ def _known_options(transport: Transport) -> Mapping[str, Option]:
     """The core's options and ``transport``'s, by name (cached while its option list is the same)."""
     options = tuple(transport.options)
     hit = _KNOWN.get(transport)
-    if hit is not None and hit[0] == options:
+    if hit is not None and hit[0] is options:  # the same tuple object: unchanged
         return hit[1]
     known = dict(_CORE_OPTIONS)
     known.update((o.name, o) for o in options)
