@@ -18,6 +18,7 @@ from trio_conduit.tls import (
     is_grease,
     parse_client_hello_untrusted,
 )
+from trio_conduit.tls._hello import server_name_untrusted
 
 # ---------------------------------------------------------------------------
 # making hellos
@@ -436,3 +437,81 @@ def test_real_hello_through_any_fragmentation(sizes: list[int], cuts: list[int])
     assert hello is not None
     assert same_hello(hello, original)
     assert hello.raw == data
+
+
+# ---------------------------------------------------------------------------
+# the quick path: records only, then the server name
+# ---------------------------------------------------------------------------
+
+
+def _quick_agrees_with_full(message: bytes) -> None:
+    """The SNI scan refuses only what the full parse refuses, and agrees with it otherwise."""
+    try:
+        full = parse_client_hello_untrusted(message)
+    except ClientHelloError:
+        full = None
+    try:
+        quick = server_name_untrusted(message)
+    except ClientHelloError:
+        assert full is None, "the quick scan refused a hello the full parse accepts"
+        return
+    if full is not None:
+        assert quick == full.server_name
+
+
+def test_message_without_parsing_then_server_name() -> None:
+    data = openssl_hello("Quick.Test", alpn=["h2"])
+    reader = ClientHelloReader()
+    assert reader.feed_message_untrusted(data[:30]) is None
+    message = reader.feed_message_untrusted(data[30:] + b"after")
+    assert message is not None
+    assert reader.hello is None  # not parsed
+    assert reader.raw == data
+    assert reader.buffered == data + b"after"
+    assert server_name_untrusted(message) == "quick.test"
+    assert server_name_untrusted(records_message(openssl_hello(None))) is None
+    parsed = parse_client_hello_untrusted(message, reader.raw)
+    assert parsed.server_name == "quick.test"
+    assert parsed.alpn_protocols == ("h2",)
+
+
+def records_message(data: bytes) -> bytes:
+    message = ClientHelloReader().feed_message_untrusted(data)
+    assert message is not None
+    return message
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        build_message(server_name="a b.test"),  # not printable
+        build_message(extra=[(0, _vec(2, b"\x00" + _vec(2, b"x") + b"\x00" + _vec(2, b"y")))]),  # two names
+        build_message(extra=[(0, b"\x00\x05\x00")]),  # the name list overruns
+        build_message(ciphers=()),
+        build_message()[:-3],
+    ],
+)
+def test_quick_scan_refuses_what_the_parse_refuses(message: bytes) -> None:
+    with pytest.raises(ClientHelloError):
+        parse_client_hello_untrusted(message)
+    _quick_agrees_with_full(message)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    which=st.integers(0, len(_REAL) - 1),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6),
+    cut=st.integers(0, 10_000),
+)
+def test_quick_scan_of_mutated_hellos(which: int, flips: list[tuple[int, int]], cut: int) -> None:
+    message = bytearray(records_message(_REAL[which]))
+    for pos, value in flips:
+        message[pos % len(message)] = value
+    _quick_agrees_with_full(bytes(message[: max(1, cut % (len(message) + 1))]))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.binary(max_size=400), host=st.none() | _HOSTS)
+def test_quick_scan_of_arbitrary_bodies(body: bytes, host: str | None) -> None:
+    _quick_agrees_with_full(b"\x01" + _vec(3, body))
+    _quick_agrees_with_full(build_message(server_name=host, extra=[(0xFE, body[:100])]))

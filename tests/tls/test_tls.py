@@ -106,6 +106,9 @@ async def test_tls_url_round_trip_and_facts(pki: PKI) -> None:
         assert server.info.tls.peer_certificate is None  # no client certificate asked
         assert server.info.tls.client_hello.server_name == "localhost"
         assert server.info.tls.client_hello.alpn_protocols == ("h2",)
+        # parsed when first asked for (no hook wanted it), then kept
+        assert server.info.tls.client_hello is server.handshake.hello
+        assert facts.client_hello is None
         assert conn in pool.connections
         await conn.aclose()
         assert conn not in pool.connections

@@ -40,7 +40,7 @@ from ._errors import (
     TLSVerifyError,
     describe_ssl_error,
 )
-from ._hello import ClientHello, ClientHelloReader
+from ._hello import ClientHello, ClientHelloReader, parse_client_hello_untrusted, server_name_untrusted
 from ._sessions import SessionKey, session_cache
 from ._stream import ContextShim, TLSConnection, TLSInfo
 
@@ -176,7 +176,9 @@ class TLSHandshake:
         self.address = address
         self.remote = conn.info.remote
         self.peer = address.hostport if side == "client" and address is not None else _peer_text(self.remote)
-        self.hello: ClientHello | None = None
+        self._hello: ClientHello | None = None
+        self._hello_message: bytes | None = None
+        self._hello_raw = b""
         self.server_name: str | None = None
         self.context: ssl.SSLContext | None = None
         self.certificate: Certificate | None = None
@@ -190,6 +192,18 @@ class TLSHandshake:
         self.started = trio.current_time()
         self._context_used: ssl.SSLContext | None = None
         self._finished = False
+
+    @property
+    def hello(self) -> ClientHello | None:
+        """The client's hello, parsed (server side, once read; ``None`` on a client).
+
+        A server parses it before the hooks that may need it run, or else when
+        first asked for (a malformed one OpenSSL accepted then raises
+        :class:`ClientHelloError` here).
+        """
+        if self._hello is None and self._hello_message is not None:
+            self._hello = parse_client_hello_untrusted(self._hello_message, self._hello_raw)
+        return self._hello
 
     # -- decisions ------------------------------------------------------------
     def reject(self, reason: str = "rejected by a hook") -> NoReturn:
@@ -554,8 +568,24 @@ async def server_handshake(
         raise
 
 
-async def _read_hello(hs: TLSHandshake) -> tuple[ClientHello, bytes]:
+#: Hooks that are handed the parsed ClientHello or decide from it, before OpenSSL runs.
+_HELLO_HOOKS: Final = (
+    "conduit_tls_client_hello",
+    "conduit_tls_servername",
+    "conduit_tls_certificate",
+    "conduit_tls_alpn",
+)
+
+
+async def _read_hello(hs: TLSHandshake) -> bytes:
+    """Read the ClientHello into ``hs`` (and its server name); every byte read so far.
+
+    It is parsed whole at once when a hook will want it; otherwise only its
+    records and server name are checked now (OpenSSL checks the rest), and the
+    parse waits until something asks for ``hs.hello``.
+    """
     reader = ClientHelloReader(hs.config.max_hello_size)
+    scope = hs.scope
     try:
         while True:
             try:
@@ -568,9 +598,16 @@ async def _read_hello(hs: TLSHandshake) -> tuple[ClientHello, bytes]:
                 ) from exc
             if not data:
                 reader.feed_eof()
-            hello = reader.feed_untrusted(data)
-            if hello is not None:
-                return hello, reader.buffered
+            message = reader.feed_message_untrusted(data)
+            if message is not None:
+                hs._hello_message, hs._hello_raw = message, reader.raw
+                if any(scope.has_impls(name) for name in _HELLO_HOOKS):
+                    hello = hs.hello
+                    assert hello is not None
+                    hs.server_name = hello.server_name
+                else:
+                    hs.server_name = server_name_untrusted(message)
+                return reader.buffered
     except ClientHelloError as exc:
         exc.peer = hs.peer
         if exc.reason not in ("EOF", "NOT_TLS"):
@@ -586,24 +623,26 @@ async def _server_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConn
         await hs._hook("conduit_tls_start")
         if (plan := hs._tunnel_plan(b"")) is not None:
             return plan
-        hello, buffered = await _read_hello(hs)
-        hs.hello = hello
-        hs.server_name = hello.server_name
-        await hs._hook("conduit_tls_client_hello", hello=hello)
-        if (plan := hs._tunnel_plan(buffered)) is not None:
-            return plan
-        if hello.server_name is not None:
-            chosen = await hs._hook_first("conduit_tls_servername", server_name=hello.server_name)
+        buffered = await _read_hello(hs)
+        scope = hs.scope
+        if scope.has_impls("conduit_tls_client_hello"):
+            await hs._hook("conduit_tls_client_hello", hello=hs.hello)
+            if (plan := hs._tunnel_plan(buffered)) is not None:
+                return plan
+        if hs.server_name is not None:
+            chosen = await hs._hook_first("conduit_tls_servername", server_name=hs.server_name)
             _take_choice(hs, chosen, "conduit_tls_servername")
             if (plan := hs._tunnel_plan(buffered)) is not None:
                 return plan
         if hs.context is None and hs.certificate is None:
-            chosen = await hs._hook_first("conduit_tls_certificate", server_name=hello.server_name)
+            chosen = await hs._hook_first("conduit_tls_certificate", server_name=hs.server_name)
             _take_choice(hs, chosen, "conduit_tls_certificate")
-        if hello.alpn_protocols and hs.alpn is None:
-            protocol = await hs._hook_first("conduit_tls_alpn", offered=list(hello.alpn_protocols))
-            if protocol is not None:
-                hs.restrict_alpn([str(protocol)])
+        if hs.alpn is None and scope.has_impls("conduit_tls_alpn"):
+            offered = hs.hello.alpn_protocols if hs.hello is not None else ()
+            if offered:
+                protocol = await hs._hook_first("conduit_tls_alpn", offered=list(offered))
+                if protocol is not None:
+                    hs.restrict_alpn([str(protocol)])
     except TLSRejected:
         await _send_alert(hs.conn, _ALERT_ACCESS_DENIED)
         raise
@@ -618,7 +657,7 @@ async def _server_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConn
     shim = ContextShim(context, buffered)
     ssl_stream, obj = shim.wrap(hs.conn, server_side=True, ragged_eof=config.ragged_eof)
     await _handshake(ssl_stream, shim, hs)
-    info = TLSInfo.from_ssl_object(obj, "server", hello.server_name, hs.elapsed, hello)
+    info = TLSInfo.from_ssl_object(obj, "server", hs.server_name, hs.elapsed, hs)
     tls_conn = TLSConnection(
         hs.conn,
         ssl_stream,
@@ -626,7 +665,7 @@ async def _server_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConn
         hs,
         transport_name=transport_name,
         record_size=config.record_size,
-        trace=trace_matches(config.trace, hs.remote, hello.server_name),
+        trace=trace_matches(config.trace, hs.remote, hs.server_name),
     )
     await _after_handshake(hs, tls_conn)
     return tls_conn

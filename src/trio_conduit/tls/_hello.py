@@ -17,6 +17,7 @@ anything else (property-tested with hypothesis).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ __all__ = [
     "ExtensionType",
     "is_grease",
     "parse_client_hello_untrusted",
+    "server_name_untrusted",
 ]
 
 #: The largest ClientHello message body accepted by default (bytes). Real ones are
@@ -200,10 +202,14 @@ def _u16s(values: list[int]) -> tuple[int, ...]:
     return tuple(v for v in values if v not in _GREASE)
 
 
+#: Bytes allowed in a host name: printable ASCII without the space.
+_PRINTABLE: Final = bytes(range(0x21, 0x7F))
+
+
 def _host_name(raw: bytes) -> str:
     if not raw or len(raw) > 255:
         raise _bad("server_name host name is empty or longer than 255 bytes")
-    if any(b <= 0x20 or b >= 0x7F for b in raw):
+    if raw.translate(None, _PRINTABLE):  # something left: not printable ASCII
         raise _bad("server_name host name is not printable ASCII")
     return raw.decode("ascii").lower()
 
@@ -265,6 +271,7 @@ _GROUPS: Final = ExtensionType.SUPPORTED_GROUPS
 _SIGALGS: Final = ExtensionType.SIGNATURE_ALGORITHMS
 _KEY_SHARE: Final = ExtensionType.KEY_SHARE
 _POINT_FORMATS: Final = ExtensionType.EC_POINT_FORMATS
+_extension: Final = functools.partial(tuple.__new__, Extension)  # Extension((type, data)), faster
 
 
 def parse_client_hello_untrusted(message: bytes, raw: bytes = b"") -> ClientHello:
@@ -305,25 +312,6 @@ def parse_client_hello_untrusted(message: bytes, raw: bytes = b"") -> ClientHell
     compression_methods = m[start:p]
 
     extensions: list[Extension] = []
-    if p < end:
-        p, ext_end = _vec(m, p, end, 2, "extensions")
-        if ext_end != end:
-            raise _bad(f"{end - ext_end} unexpected bytes after extensions")
-        seen: set[int] = set()
-        while p < end:
-            if end - p < 4:
-                raise _bad("extensions end early (a truncated extension header)")
-            ext_type = m[p] << 8 | m[p + 1]
-            ext_size = m[p + 2] << 8 | m[p + 3]
-            p += 4
-            if p + ext_size > end:
-                raise _bad(f"extension {ext_type} ends early (needed {ext_size} bytes, have {end - p})")
-            if ext_type in seen:
-                raise _bad(f"extension {ext_type} appears twice")
-            seen.add(ext_type)
-            extensions.append(Extension(ext_type, m[p : p + ext_size]))
-            p += ext_size
-
     server_name: str | None = None
     alpn: tuple[str, ...] = ()
     versions: list[int] = []
@@ -332,25 +320,43 @@ def parse_client_hello_untrusted(message: bytes, raw: bytes = b"") -> ClientHell
     sigalgs: list[int] = []
     point_formats: list[int] = []
     grease = not _GREASE.isdisjoint(cipher_suites)
-    for ext in extensions:
-        t, data = ext.type, ext.data
-        if t == _SERVER_NAME:
-            if data:  # a server echoes an empty one; a client sending it empty is odd but harmless
-                server_name = _parse_server_name(data)
-        elif t == _ALPN:
-            alpn = _parse_alpn(data)
-        elif t == _VERSIONS:
-            versions = _parse_versions(data)
-        elif t == _GROUPS:
-            groups = _parse_u16_vector(data, "supported_groups")
-        elif t == _SIGALGS:
-            sigalgs = _parse_u16_vector(data, "signature_algorithms")
-        elif t == _KEY_SHARE:
-            key_shares = _parse_key_share(data)
-        elif t == _POINT_FORMATS:
-            point_formats = _parse_point_formats(data)
-        elif t in _GREASE:
-            grease = True
+    if p < end:
+        p, ext_end = _vec(m, p, end, 2, "extensions")
+        if ext_end != end:
+            raise _bad(f"{end - ext_end} unexpected bytes after extensions")
+        seen: set[int] = set()
+        while p < end:
+            if end - p < 4:
+                raise _bad("extensions end early (a truncated extension header)")
+            t = m[p] << 8 | m[p + 1]
+            ext_size = m[p + 2] << 8 | m[p + 3]
+            p += 4
+            if p + ext_size > end:
+                raise _bad(f"extension {t} ends early (needed {ext_size} bytes, have {end - p})")
+            if t in seen:
+                raise _bad(f"extension {t} appears twice")
+            seen.add(t)
+            data = m[p : p + ext_size]
+            p += ext_size
+            extensions.append(_extension((t, data)))
+            # Decode the extensions decisions need (the others stay raw).
+            if t == _SERVER_NAME:
+                if data:  # a server echoes an empty one; a client sending it empty is odd but harmless
+                    server_name = _parse_server_name(data)
+            elif t == _ALPN:
+                alpn = _parse_alpn(data)
+            elif t == _VERSIONS:
+                versions = _parse_versions(data)
+            elif t == _GROUPS:
+                groups = _parse_u16_vector(data, "supported_groups")
+            elif t == _SIGALGS:
+                sigalgs = _parse_u16_vector(data, "signature_algorithms")
+            elif t == _KEY_SHARE:
+                key_shares = _parse_key_share(data)
+            elif t == _POINT_FORMATS:
+                point_formats = _parse_point_formats(data)
+            elif t in _GREASE:
+                grease = True
     grease = grease or not _GREASE.isdisjoint((*versions, *groups, *key_shares, *sigalgs))
     return ClientHello(
         legacy_version=legacy_version,
@@ -370,6 +376,47 @@ def parse_client_hello_untrusted(message: bytes, raw: bytes = b"") -> ClientHell
         message=m,
         raw=bytes(raw),
     )
+
+
+def server_name_untrusted(message: bytes) -> str | None:
+    """The host name in a ClientHello message's ``server_name`` extension, or ``None``.
+
+    The quick path of :func:`parse_client_hello_untrusted` (for a server that
+    needs nothing else from the hello yet): it walks the message only as far as
+    that extension, checking what it walks over as the full parse does, so any
+    input it refuses the full parse refuses too. It raises
+    :class:`ClientHelloError` and nothing else.
+    """
+    m = bytes(message)
+    n = len(m)
+    if n < 4 or m[0] != _CLIENT_HELLO or 4 + int.from_bytes(m[1:4], "big") != n or n - 4 < 35:
+        return parse_client_hello_untrusted(m).server_name  # raises the full parse's error
+    if m[4] != 3 or m[38] > 32:
+        return parse_client_hello_untrusted(m).server_name
+    _, p = _vec(m, 38, n, 1, "legacy_session_id")
+    start, p = _vec(m, p, n, 2, "cipher_suites")
+    if p - start < 2 or (p - start) % 2:
+        return parse_client_hello_untrusted(m).server_name
+    start, p = _vec(m, p, n, 1, "compression_methods")
+    if p == start:
+        raise _bad("compression_methods is shorter than 1 bytes")
+    if p == n:
+        return None
+    p, ext_end = _vec(m, p, n, 2, "extensions")
+    if ext_end != n:
+        raise _bad(f"{n - ext_end} unexpected bytes after extensions")
+    while p < n:
+        if n - p < 4:
+            raise _bad("extensions end early (a truncated extension header)")
+        t = m[p] << 8 | m[p + 1]
+        size = m[p + 2] << 8 | m[p + 3]
+        p += 4
+        if p + size > n:
+            raise _bad(f"extension {t} ends early (needed {size} bytes, have {n - p})")
+        if t == _SERVER_NAME:
+            return _parse_server_name(m[p : p + size]) if size else None
+        p += size
+    return None
 
 
 def _not_tls(first: bytes) -> ClientHelloError:
@@ -404,14 +451,19 @@ class ClientHelloReader:
     it), to be replayed into the TLS library or a tunnel. ``max_size`` bounds
     the ClientHello message; a longer one is refused as soon as its header
     says so. An end of input is reported by :meth:`feed_eof`.
+
+    :meth:`feed_message_untrusted` stops short of parsing: it checks the
+    records and returns the whole ClientHello message as bytes, for
+    :func:`parse_client_hello_untrusted` later.
     """
 
-    __slots__ = ("_buf", "_hello", "_max_size", "_message", "_pos")
+    __slots__ = ("_buf", "_complete", "_hello", "_max_size", "_message", "_pos")
 
     def __init__(self, max_size: int = DEFAULT_MAX_HELLO_SIZE) -> None:
         self._buf = bytearray()
         self._pos = 0  # parsed up to here (a record boundary)
         self._message = bytearray()
+        self._complete: bytes | None = None
         self._hello: ClientHello | None = None
         self._max_size = max_size
 
@@ -421,12 +473,17 @@ class ClientHelloReader:
         return bytes(self._buf)
 
     @property
+    def raw(self) -> bytes:
+        """The bytes up to the end of the record that completed the hello (see :attr:`ClientHello.raw`)."""
+        return bytes(self._buf[: self._pos])
+
+    @property
     def hello(self) -> ClientHello | None:
         return self._hello
 
     def feed_eof(self) -> None:
         """The client closed before its ClientHello was complete: raises :class:`ClientHelloError`."""
-        if self._hello is not None:
+        if self._complete is not None:
             return
         if not self._buf:
             raise ClientHelloError("the client closed the connection without sending anything", reason="EOF")
@@ -437,9 +494,21 @@ class ClientHelloReader:
 
     def feed_untrusted(self, data: bytes | bytearray | memoryview) -> ClientHello | None:
         """Add bytes; the :class:`ClientHello` once complete, else ``None``."""
-        self._buf += data
         if self._hello is not None:
+            self._buf += data
             return self._hello
+        message = self.feed_message_untrusted(data)
+        if message is None:
+            return None
+        self._hello = parse_client_hello_untrusted(message, self.raw)
+        return self._hello
+
+    def feed_message_untrusted(self, data: bytes | bytearray | memoryview) -> bytes | None:
+        """Add bytes; the ClientHello handshake message (header included, body not
+        parsed) once its records are all in, else ``None``."""
+        self._buf += data
+        if self._complete is not None:
+            return self._complete
         buf = self._buf
         if self._pos == 0 and buf and buf[0] != _HANDSHAKE:
             raise _not_tls(bytes(buf[:16]))
@@ -469,8 +538,6 @@ class ClientHelloReader:
                         reason="CLIENT_HELLO_TOO_LARGE",
                     )
                 if len(message) >= 4 + size:
-                    self._hello = parse_client_hello_untrusted(
-                        bytes(message[: 4 + size]), bytes(buf[: self._pos])
-                    )
-                    return self._hello
+                    self._complete = bytes(message[: 4 + size])
+                    return self._complete
         return None

@@ -227,9 +227,15 @@ class TLSInfo:
     server_name: str | None
     session_reused: bool
     handshake_seconds: float
-    client_hello: ClientHello | None = field(default=None, repr=False)
     peer_certificate_der: bytes | None = field(default=None, repr=False)
     ssl_object: ssl.SSLObject | None = field(default=None, repr=False)
+    _handshake: TLSHandshake | None = field(default=None, repr=False)
+
+    @property
+    def client_hello(self) -> ClientHello | None:
+        """The client's hello, parsed (on a server; see :attr:`TLSHandshake.hello`)."""
+        hs = self._handshake
+        return hs.hello if hs is not None and self.side == "server" else None
 
     @cached_property
     def peer_certificate(self) -> x509.Certificate | None:
@@ -263,7 +269,7 @@ class TLSInfo:
         side: Side,
         server_name: str | None,
         seconds: float,
-        hello: ClientHello | None = None,
+        handshake: TLSHandshake | None = None,
     ) -> TLSInfo:
         name, _, bits = obj.cipher() or ("", "", 0)
         return TLSInfo(
@@ -275,9 +281,9 @@ class TLSInfo:
             server_name=server_name,
             session_reused=obj.session_reused,
             handshake_seconds=seconds,
-            client_hello=hello,
             peer_certificate_der=obj.getpeercert(binary_form=True),
             ssl_object=obj,
+            _handshake=handshake,
         )
 
 
