@@ -7,8 +7,8 @@
 * :func:`listen_inet` — resolve and bind a listening socket.
 * :class:`SocketStream` / :class:`HalfCloseableSocketStream`,
   :class:`SocketListener`, :class:`SocketChannel`, :class:`DatagramListener` —
-  the wrappers; OS errors become trio's stream errors in :func:`_stream_errors`
-  and :func:`_datagram_errors`, the one boundary each.
+  the wrappers; OS errors become trio's stream errors in :class:`_StreamErrors`
+  and :class:`_DatagramErrors`, the one boundary each.
 """
 
 from __future__ import annotations
@@ -450,28 +450,48 @@ def _backlog(ctx: Context) -> int:
 # ---------------------------------------------------------------------------
 
 
-@contextmanager
-def _stream_errors() -> Iterator[None]:
-    """OS errors on an established stream → trio's stream errors (the one place)."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno == errno.EBADF:
-            raise trio.ClosedResourceError("this connection was closed") from None
-        raise trio.BrokenResourceError(f"connection broken: {exc}") from exc
+class _StreamErrors:
+    """OS errors on an established stream → trio's stream errors (the one place).
+
+    A class, not ``@contextmanager``: it wraps every send and receive, and a
+    generator-based manager costs several times as much per use.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, OSError):
+            if exc.errno == errno.EBADF:
+                raise trio.ClosedResourceError("this connection was closed") from None
+            raise trio.BrokenResourceError(f"connection broken: {exc}") from exc
 
 
-@contextmanager
-def _datagram_errors(peer: object) -> Iterator[None]:
+_stream_errors: Final = _StreamErrors()
+
+
+class _DatagramErrors:
     """OS errors on a datagram socket → typed errors; the channel stays usable.
 
     ``ECONNREFUSED`` (an ICMP port unreachable for an earlier datagram) is
     reported as :class:`ConnectionRefused` on the next send/receive, as Winsock
     and nsock do; ``EACCES`` is a broadcast without ``broadcast=True``.
     """
-    try:
-        yield
-    except OSError as exc:
+
+    __slots__ = ("peer",)
+
+    def __init__(self, peer: object) -> None:
+        self.peer = peer
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if not isinstance(exc, OSError):
+            return
+        peer = self.peer
         err = exc.errno
         if err == errno.EBADF:
             raise trio.ClosedResourceError("this channel was closed") from None
@@ -590,7 +610,7 @@ class SocketStream(StreamConnection):
             if self._sock.did_shutdown_SHUT_WR:
                 raise trio.ClosedResourceError("cannot send data after send_eof()")
             sock = self._sock
-            with _stream_errors(), memoryview(data) as view:
+            with _stream_errors, memoryview(data) as view:
                 total = len(view)
                 if not total:
                     await trio.lowlevel.checkpoint()
@@ -618,7 +638,7 @@ class SocketStream(StreamConnection):
         try:
             if self._is_closed:
                 raise trio.ClosedResourceError("this connection was closed")
-            with _stream_errors():
+            with _stream_errors:
                 await self._sock.wait_writable()
         finally:
             self._send_busy = False
@@ -634,7 +654,7 @@ class SocketStream(StreamConnection):
         try:
             if self._is_closed:
                 raise trio.ClosedResourceError("this connection was closed")
-            with _stream_errors():
+            with _stream_errors:
                 data: bytes = await self._sock.recv(max_bytes)
         finally:
             self._recv_busy = False
@@ -669,7 +689,7 @@ class HalfCloseableSocketStream(SocketStream, HalfCloseableStreamConnection):
             if self._is_closed:
                 raise trio.ClosedResourceError("this connection was closed")
             await trio.lowlevel.checkpoint()
-            with _stream_errors():
+            with _stream_errors:
                 try:
                     self._sock.shutdown(socket.SHUT_WR)
                 except OSError as exc:
@@ -839,7 +859,7 @@ class SocketChannel(DatagramConnection):
     async def set_peer(self, peer: SockAddr) -> None:
         """Connect to another peer (a sockaddr); datagrams from the old one are no longer accepted."""
         self._check_open()
-        with _datagram_errors(peer):
+        with _DatagramErrors(peer):
             await self._sock.connect(peer)
         self._remote = peer
         self._connected = True
@@ -848,7 +868,7 @@ class SocketChannel(DatagramConnection):
         self._check_open()
         if self._remote is None:
             raise trio.BrokenResourceError("this channel has no default peer: use send_to()")
-        with _datagram_errors(self._remote):
+        with _DatagramErrors(self._remote):
             if self._connected:
                 n = await self._sock.send(value)
             else:
@@ -857,7 +877,7 @@ class SocketChannel(DatagramConnection):
 
     async def receive(self) -> bytes:
         self._check_open()
-        with _datagram_errors(self._remote):
+        with _DatagramErrors(self._remote):
             data: bytes
             if self._connected:
                 data = await self._sock.recv(self._max_size)
@@ -870,14 +890,14 @@ class SocketChannel(DatagramConnection):
     async def send_to(self, value: Buffer, peer: SockAddr) -> None:
         """Send one datagram to ``peer`` (a sockaddr)."""
         self._check_open()
-        with _datagram_errors(peer):
+        with _DatagramErrors(peer):
             n = await self._sock.sendto(value, peer)
         self._trace("sent", n, peer)
 
     async def receive_from(self) -> tuple[bytes, SockAddr]:
         """Receive one datagram and the address it came from."""
         self._check_open()
-        with _datagram_errors(self._remote):
+        with _DatagramErrors(self._remote):
             data, peer = await self._sock.recvfrom(self._max_size)
         self._trace("received", len(data), peer)
         return data, peer
@@ -1034,7 +1054,7 @@ class PeerChannel(DatagramConnection):
             raise trio.ClosedResourceError("this channel was closed")
         if not self._peer:
             raise trio.BrokenResourceError("this peer has no address (an unbound unix socket): cannot reply")
-        with _datagram_errors(self._peer):
+        with _DatagramErrors(self._peer):
             await self._listener.socket.sendto(value, self._peer)
 
     async def receive(self) -> bytes:

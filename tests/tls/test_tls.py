@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 import trio_conduit as conduit
 from trio_conduit import DEBUG_ALL
@@ -301,6 +303,42 @@ async def test_keylog_file(pki: PKI, tmp_path: Path) -> None:
         line.split()[0] for line in keylog.read_text().splitlines() if line and not line.startswith("#")
     }
     assert {"CLIENT_HANDSHAKE_TRAFFIC_SECRET", "CLIENT_TRAFFIC_SECRET_0"} <= labels
+
+
+async def test_replaced_certificate_files_are_picked_up(
+    pki: PKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listener built from files serves new ones once they change on disk (renewal), within
+    the file-check interval (1 s; 0 here), without a restart."""
+    from trio_conduit.tls import _config
+
+    monkeypatch.setattr(_config, "_STAT_EVERY", 0.0)
+    first = pki.issue("renew-a", "localhost", "127.0.0.1")
+    second = pki.issue("renew-b", "localhost", "127.0.0.1")
+    certfile, keyfile = tmp_path / "server.pem", tmp_path / "server.key"
+
+    def install(pair: Any, mtime: int) -> None:
+        certfile.write_bytes(Path(pair.certfile).read_bytes())
+        keyfile.write_bytes(Path(pair.keyfile).read_bytes())
+        for path in (certfile, keyfile):
+            os.utime(path, ns=(mtime, mtime))  # a distinct mtime, however coarse the clock
+
+    def fingerprint(pair: Any) -> bytes:
+        return hashlib.sha256(pair.cert.leaf.public_bytes(serialization.Encoding.DER)).digest()
+
+    async def served_fingerprint(port: int) -> bytes:
+        conn = await pool.connect(f"tls://127.0.0.1:{port}", cafile=pki.cafile, session_cache=False)
+        der = conn.tls.peer_certificate_der
+        await conn.aclose()
+        return hashlib.sha256(der).digest()
+
+    install(first, 1_000_000_000_000_000_000)
+    url = f"tls://127.0.0.1:0?certfile={certfile}&keyfile={keyfile}"
+    async with conduit.open_pool() as pool, serving(pool, url) as addr:
+        assert await served_fingerprint(addr.port) == fingerprint(first)
+        assert await served_fingerprint(addr.port) == fingerprint(first)
+        install(second, 2_000_000_000_000_000_000)
+        assert await served_fingerprint(addr.port) == fingerprint(second)
 
 
 # ---------------------------------------------------------------------------

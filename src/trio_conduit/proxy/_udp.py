@@ -19,7 +19,7 @@ import trio
 
 from .._connection import CommunicationInfo, DatagramConnection, SockAddr
 from .._errors import ProxyProtocolError
-from .._sockets import _datagram_errors, _sockname
+from .._sockets import _DatagramErrors, _sockname
 from .._trace import DEBUG_ALL
 from ._socks5 import pack_udp_header, unpack_udp_datagram_untrusted
 from ._url import Target
@@ -139,7 +139,7 @@ class Socks5DatagramChannel(DatagramConnection):
 
     async def _send(self, header: bytes, value: Buffer, peer: Target) -> None:
         self._check()
-        with _datagram_errors(self._where):
+        with _DatagramErrors(self._where):
             await self._sock.send(header + bytes(value))
         self._trace("sent", len(value), peer)
 
@@ -147,7 +147,7 @@ class Socks5DatagramChannel(DatagramConnection):
         while True:
             self._check()
             try:
-                with _datagram_errors(self._where):
+                with _DatagramErrors(self._where):
                     data = await self._sock.recv(self._max_size + MAX_HEADER)
             except trio.ClosedResourceError:
                 self._check()

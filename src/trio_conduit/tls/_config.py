@@ -360,27 +360,39 @@ def normalize_option(name: str, value: object) -> Any:
 # ---------------------------------------------------------------------------
 
 _CONTEXTS: OrderedDict[tuple[object, ...], ssl.SSLContext] = OrderedDict()
+#: The last answer for a config object: (config, side, when, context). A listener or
+#: a connect URL reuses one config object; within ``_STAT_EVERY`` of the last look
+#: its context is taken from here without working out the key again.
+_RECENT: dict[tuple[int, Side], tuple[TLSConfig, float, ssl.SSLContext]] = {}
 
 
 def build_context(config: TLSConfig, side: Side) -> ssl.SSLContext:
     """The ``ssl.SSLContext`` for ``config`` on ``side`` (cached; ``config.context`` as is)."""
     if config.context is not None:
         return config.context
+    now = time.monotonic()
+    recent = _RECENT.get((id(config), side))
+    if recent is not None and recent[0] is config and now - recent[1] < _STAT_EVERY:
+        return recent[2]
     key = config.context_key(side)
     context = _CONTEXTS.get(key)
     if context is not None:
         _CONTEXTS.move_to_end(key)
-        return context
-    context = _make_context(config, side)
-    _CONTEXTS[key] = context
-    if len(_CONTEXTS) > _CONTEXT_CACHE_MAX:
-        _CONTEXTS.popitem(last=False)
+    else:
+        context = _make_context(config, side)
+        _CONTEXTS[key] = context
+        if len(_CONTEXTS) > _CONTEXT_CACHE_MAX:
+            _CONTEXTS.popitem(last=False)
+    if len(_RECENT) >= _CONTEXT_CACHE_MAX:
+        _RECENT.clear()
+    _RECENT[id(config), side] = (config, now, context)
     return context
 
 
 def clear_context_cache() -> None:
     """Forget every cached context (the next handshakes build them again)."""
     _CONTEXTS.clear()
+    _RECENT.clear()
 
 
 def _make_context(config: TLSConfig, side: Side) -> ssl.SSLContext:
