@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -120,6 +121,9 @@ class TLSTransport(Transport):
         self.inner_scheme = inner
         self.layered_over = inner
         self._configs: dict[Any, tuple[Any, TLSConfig]] = {}
+        # by the identity of a connect's resolved options (the pool hands the same mapping
+        # out for the same URL and keywords): what config() and _inner() worked out from it
+        self._by_options: dict[tuple[int, ...], tuple[Any, ...]] = {}
         self._options: tuple[Option, ...] | None = None
         self.name = name
         self.description = description
@@ -157,19 +161,30 @@ class TLSTransport(Transport):
         return f"{self.schemes[0]}://127.0.0.1:0?certfile={cert}&keyfile={key}&cafile={cert}"
 
     # -- connecting -------------------------------------------------------------
+    def _remember(self, key: tuple[int, ...], value: tuple[Any, ...]) -> None:
+        if len(self._by_options) >= 256:
+            self._by_options.clear()
+        self._by_options[key] = value
+
     def _inner(self, ctx: Context) -> tuple[Transport, Context]:
-        inner = ctx.scope.transport_for(self.inner_scheme)
-        if inner is None or inner.kind is not Kind.STREAM:
-            raise TransportUnavailable(
-                0,
-                f"{self.schemes[0]}:// needs a {self.inner_scheme}:// stream transport, "
-                "which no plugin registers",
-                address=str(ctx.address),
-            )
-        names = {o.name for o in inner.options}
-        options = {k: v for k, v in ctx.options.items() if k in names}
-        query = tuple((k, v) for k, v in ctx.address.query if k in names)
-        address = dataclasses.replace(ctx.address, scheme=self.inner_scheme, query=query)
+        key = (id(ctx.options), id(ctx.address), id(ctx.scope))
+        hit = self._by_options.get(key)
+        if hit is not None and hit[0] is ctx.options and hit[1] is ctx.address and hit[2] is ctx.scope:
+            inner, options, address = hit[3:]
+        else:
+            inner = ctx.scope.transport_for(self.inner_scheme)
+            if inner is None or inner.kind is not Kind.STREAM:
+                raise TransportUnavailable(
+                    0,
+                    f"{self.schemes[0]}:// needs a {self.inner_scheme}:// stream transport, "
+                    "which no plugin registers",
+                    address=str(ctx.address),
+                )
+            names = {o.name for o in inner.options}
+            options = MappingProxyType({k: v for k, v in ctx.options.items() if k in names})
+            query = tuple((k, v) for k, v in ctx.address.query if k in names)
+            address = dataclasses.replace(ctx.address, scheme=self.inner_scheme, query=query)
+            self._remember(key, (ctx.options, ctx.address, ctx.scope, inner, options, address))
         inner_ctx = Context(
             inner,
             address,
@@ -189,6 +204,9 @@ class TLSTransport(Transport):
         """The TLS options for this connect/listen: ``tls=`` amended by the other TLS options."""
         from trio_conduit.tls import TLSConfig
 
+        hit = self._by_options.get((id(ctx.options),))
+        if hit is not None and hit[0] is ctx.options:
+            return hit[1]  # type: ignore[no-any-return]
         base: Any = ctx.options.get("tls")
         changes = {k: v for k, v in ctx.options.items() if k in _NAMES and v is not None}
         try:
@@ -205,20 +223,24 @@ class TLSTransport(Transport):
             if len(self._configs) > 256:
                 self._configs.clear()
             self._configs[key] = (base, config)
+            self._remember((id(ctx.options),), (ctx.options, config))
         return config
 
     def inner_context(self, ctx: Context) -> Context:
         return self._inner(ctx)[1]
 
     async def connect_over(self, conn: Connection, ctx: Context) -> Connection:
+        return await self._handshake(conn, ctx, self.config(ctx))
+
+    async def _handshake(self, conn: Connection, ctx: Context, config: TLSConfig) -> Connection:
         from trio_conduit.tls._api import tls_client
 
-        return await tls_client(conn, self.config(ctx), ctx, transport_name=self.schemes[0])
+        return await tls_client(conn, config, ctx, transport_name=self.schemes[0])
 
     async def connect(self, ctx: Context) -> Connection:
-        self.config(ctx)  # bad TLS options fail before a connection is opened (and it is cached)
+        config = self.config(ctx)  # bad TLS options fail before a connection is opened
         inner, inner_ctx = self._inner(ctx)
-        return await self.connect_over(await inner.connect(inner_ctx), ctx)
+        return await self._handshake(await inner.connect(inner_ctx), ctx, config)
 
     async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
         from trio_conduit.tls._api import tls_listener

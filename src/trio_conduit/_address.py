@@ -292,12 +292,15 @@ class Option:
 
 
 def resolve_options(
-    where: str,
+    where: object,
     known: Mapping[str, Option],
     query: tuple[tuple[str, str], ...],
     given: Mapping[str, object],
 ) -> dict[str, object]:
-    """Merge defaults, URL query parameters and keyword arguments (which win)."""
+    """Merge defaults, URL query parameters and keyword arguments (which win).
+
+    ``where`` (the address; made text only for an error message) says where the options came from.
+    """
     out = {name: opt.default for name, opt in known.items()}
     for key, text in query:
         opt = known.get(key)

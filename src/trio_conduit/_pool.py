@@ -13,6 +13,7 @@ import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from types import MappingProxyType
 from typing import Any, Final, final
 
 import trio
@@ -189,6 +190,29 @@ def _fmt(sockaddr: object) -> str:
     return str(sockaddr) if sockaddr else "(unnamed)"
 
 
+def _resolve(
+    transport: Transport, address: Address, given: dict[str, object]
+) -> tuple[Mapping[str, object], SocketOptions]:
+    """The transport's options for ``address`` and ``given`` (read-only), and the socket options."""
+    opts = resolve_options(address, _known_options(transport), address.query, given)
+    ip_options = opts.pop("ip_options")
+    local, device, backlog = opts.pop("local"), opts.pop("device"), opts.pop("backlog")
+    if ip_options is not None and not isinstance(ip_options, bytes):
+        raise TypeError(f"{address}: ip_options must be bytes, not {ip_options!r}")
+    if device is not None and not isinstance(device, str):
+        raise TypeError(f"{address}: device must be a str, not {device!r}")
+    if backlog is not None and not isinstance(backlog, int):
+        raise TypeError(f"{address}: backlog must be an int, not {backlog!r}")
+    sockopts = SocketOptions(
+        local=local,
+        device=device,
+        ip_options=ip_options,
+        broadcast=bool(opts.pop("broadcast")),
+        backlog=backlog,
+    )
+    return MappingProxyType(opts), sockopts
+
+
 @final
 class Pool:
     """Owns connections, listeners and handler tasks. Make one with :func:`open_pool`."""
@@ -202,6 +226,8 @@ class Pool:
         self._listeners: set[PoolListener] = set()
         self._serving: dict[trio.CancelScope, trio.Event] = {}
         self._parsed: dict[tuple[str, bool, HookScope], tuple[Transport, Address]] = {}
+        # resolved options by (transport, address object, keyword options): (address, options, socket options)
+        self._resolved: dict[tuple[object, ...], tuple[Address, Mapping[str, object], SocketOptions]] = {}
         self._closed = False
 
     # -- addresses ----------------------------------------------------------
@@ -226,7 +252,7 @@ class Pool:
             known = ", ".join(sorted(scope.transports)) or "none"
             raise AddressError(f"{parts.text!r}: unknown scheme {parts.scheme!r} (registered: {known})")
         address = transport.parse_address(parts, listening=listening)
-        resolve_options(str(address), _known_options(transport), address.query, {})  # bad options fail here
+        resolve_options(address, _known_options(transport), address.query, {})  # bad options fail here
         result = (transport, address)
         if len(self._parsed) >= _PARSE_CACHE_MAX:
             self._parsed.clear()
@@ -243,22 +269,25 @@ class Pool:
         conn_id: int = 0,
         event_id: int = 0,
     ) -> Context:
-        opts = resolve_options(str(address), _known_options(transport), address.query, given)
-        ip_options = opts.pop("ip_options")
-        local, device, backlog = opts.pop("local"), opts.pop("device"), opts.pop("backlog")
-        if ip_options is not None and not isinstance(ip_options, bytes):
-            raise TypeError(f"{address}: ip_options must be bytes, not {ip_options!r}")
-        if device is not None and not isinstance(device, str):
-            raise TypeError(f"{address}: device must be a str, not {device!r}")
-        if backlog is not None and not isinstance(backlog, int):
-            raise TypeError(f"{address}: backlog must be an int, not {backlog!r}")
-        sockopts = SocketOptions(
-            local=local,
-            device=device,
-            ip_options=ip_options,
-            broadcast=bool(opts.pop("broadcast")),
-            backlog=backlog,
-        )
+        # Connecting to one URL with the same keywords again resolves nothing again: the
+        # same (read-only) options mapping comes back, and transports may cache by it.
+        try:
+            key: tuple[object, ...] | None = (
+                transport,
+                id(address),
+                *[(name, type(value), value) for name, value in given.items()],
+            )
+            hit = self._resolved.get(key)  # type: ignore[arg-type]
+        except TypeError:  # an unhashable keyword value: resolved each time
+            key, hit = None, None
+        if hit is not None and hit[0] is address:
+            opts, sockopts = hit[1], hit[2]
+        else:
+            opts, sockopts = _resolve(transport, address, given)
+            if key is not None:
+                if len(self._resolved) >= _PARSE_CACHE_MAX:
+                    self._resolved.clear()
+                self._resolved[key] = (address, opts, sockopts)
         return Context(
             transport,
             address,

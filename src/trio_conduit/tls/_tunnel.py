@@ -41,7 +41,7 @@ async def connect_target(
     if transport is None:
         raise AddressError(f"{parts.text!r}: unknown scheme {parts.scheme!r} for a tunnel origin")
     address = transport.parse_address(parts, listening=False)
-    options = resolve_options(str(address), {o.name: o for o in transport.options}, address.query, {})
+    options = resolve_options(address, {o.name: o for o in transport.options}, address.query, {})
     ctx = Context(
         transport,
         address,
