@@ -175,7 +175,7 @@ class TLSHandshake:
         self.tracer = tracer
         self.address = address
         self.remote = conn.info.remote
-        self.peer = address.hostport if side == "client" and address is not None else _peer_text(self.remote)
+        self._peer: str | None = address.hostport if side == "client" and address is not None else None
         self._hello: ClientHello | None = None
         self._hello_message: bytes | None = None
         self._hello_raw = b""
@@ -188,10 +188,24 @@ class TLSHandshake:
         self.session_pending = False
         self.tunnel_target: object | None = None
         self.connection: TLSConnection | None = None
-        self.stash = Stash()
+        self._stash: Stash | None = None
         self.started = trio.current_time()
         self._context_used: ssl.SSLContext | None = None
         self._finished = False
+
+    @property
+    def peer(self) -> str:
+        """The peer as text: the address connected to, or the accepted socket's peer."""
+        if self._peer is None:
+            self._peer = _peer_text(self.remote)
+        return self._peer
+
+    @property
+    def stash(self) -> Stash:
+        """Plugins' data for this connection (see :class:`Stash`)."""
+        if self._stash is None:
+            self._stash = Stash()
+        return self._stash
 
     @property
     def hello(self) -> ClientHello | None:
@@ -431,7 +445,8 @@ async def _after_handshake(hs: TLSHandshake, tls_conn: TLSConnection) -> None:
     _check_pins(hs, info)
     if info.peer_certificate_der is not None and hs.scope.has_impls("conduit_tls_verify_peer"):
         await hs._hook("conduit_tls_verify_peer", chain=list(info.peer_chain))
-    await hs._hook("conduit_tls_handshake_done", conn=tls_conn)
+    if hs.scope.has_impls("conduit_tls_handshake_done"):
+        await hs._hook("conduit_tls_handshake_done", conn=tls_conn)
     _trace_done(hs, info)
 
 
@@ -471,7 +486,8 @@ async def client_handshake(
 
 
 async def _client_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConnection:
-    await hs._hook("conduit_tls_outbound_start")
+    if hs.scope.has_impls("conduit_tls_outbound_start"):
+        await hs._hook("conduit_tls_outbound_start")
     config = hs.config
     context = hs.context or build_context(config, "client")
     hs._context_used = context
@@ -522,7 +538,7 @@ async def _client_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConn
         hs,
         transport_name=transport_name,
         record_size=config.record_size,
-        trace=trace_matches(config.trace, hs.remote, sni or hs.server_name),
+        trace=bool(config.trace) and trace_matches(config.trace, hs.remote, sni or hs.server_name),
     )
     await _after_handshake(hs, tls_conn)
     if hs.session_pending and info.version != "TLSv1.3":
@@ -620,21 +636,22 @@ async def _read_hello(hs: TLSHandshake) -> bytes:
 
 async def _server_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConnection | TunnelPlan:
     try:
-        await hs._hook("conduit_tls_start")
+        scope = hs.scope
+        if scope.has_impls("conduit_tls_start"):
+            await hs._hook("conduit_tls_start")
         if (plan := hs._tunnel_plan(b"")) is not None:
             return plan
         buffered = await _read_hello(hs)
-        scope = hs.scope
         if scope.has_impls("conduit_tls_client_hello"):
             await hs._hook("conduit_tls_client_hello", hello=hs.hello)
             if (plan := hs._tunnel_plan(buffered)) is not None:
                 return plan
-        if hs.server_name is not None:
+        if hs.server_name is not None and scope.has_impls("conduit_tls_servername"):
             chosen = await hs._hook_first("conduit_tls_servername", server_name=hs.server_name)
             _take_choice(hs, chosen, "conduit_tls_servername")
             if (plan := hs._tunnel_plan(buffered)) is not None:
                 return plan
-        if hs.context is None and hs.certificate is None:
+        if hs.context is None and hs.certificate is None and scope.has_impls("conduit_tls_certificate"):
             chosen = await hs._hook_first("conduit_tls_certificate", server_name=hs.server_name)
             _take_choice(hs, chosen, "conduit_tls_certificate")
         if hs.alpn is None and scope.has_impls("conduit_tls_alpn"):
@@ -665,7 +682,7 @@ async def _server_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConn
         hs,
         transport_name=transport_name,
         record_size=config.record_size,
-        trace=trace_matches(config.trace, hs.remote, hs.server_name),
+        trace=bool(config.trace) and trace_matches(config.trace, hs.remote, hs.server_name),
     )
     await _after_handshake(hs, tls_conn)
     return tls_conn

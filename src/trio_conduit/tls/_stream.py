@@ -63,6 +63,8 @@ class _SSLObject(ssl.SSLObject):
 
     _eof_requested = False
     stash = b""
+    #: The incoming memory BIO (what arrived and is not decrypted yet), set by ``ContextShim``.
+    incoming: ssl.MemoryBIO | None = None
 
     def write(self, data: Buffer) -> int:
         if self._eof_requested:
@@ -127,6 +129,8 @@ class ContextShim:
                 del context.sslobject_class
         if self.prefix:
             incoming.write(self.prefix)
+        if isinstance(obj, _SSLObject):
+            obj.incoming = incoming
         self.ssl_object = obj
         self.outgoing = outgoing
         return obj
@@ -477,6 +481,9 @@ class TLSConnection(HalfCloseableStreamConnection):
         obj = self._facts.ssl_object
         if obj is None:
             return data
+        incoming = obj.incoming if isinstance(obj, _SSLObject) else None
+        if incoming is not None and not incoming.pending and not obj.pending():
+            return data  # nothing arrived that is not decrypted yet (spares OpenSSL's want-read error)
         chunks = [data]
         size = len(data)
         read = obj.read
