@@ -593,6 +593,11 @@ _HELLO_HOOKS: Final = (
 )
 
 
+def _wants_hello(scope: HookScope) -> bool:
+    has = scope.has_impls
+    return has(_HELLO_HOOKS[0]) or has(_HELLO_HOOKS[1]) or has(_HELLO_HOOKS[2]) or has(_HELLO_HOOKS[3])
+
+
 async def _read_hello(hs: TLSHandshake) -> bytes:
     """Read the ClientHello into ``hs`` (and its server name); every byte read so far.
 
@@ -617,7 +622,7 @@ async def _read_hello(hs: TLSHandshake) -> bytes:
             message = reader.feed_message_untrusted(data)
             if message is not None:
                 hs._hello_message, hs._hello_raw = message, reader.raw
-                if any(scope.has_impls(name) for name in _HELLO_HOOKS):
+                if _wants_hello(scope):
                     hello = hs.hello
                     assert hello is not None
                     hs.server_name = hello.server_name
