@@ -25,6 +25,7 @@ from trio_conduit.transport import (
     SocketListener,
     parse_host_port,
     probe_socket,
+    socket_kind,
 )
 
 
@@ -69,11 +70,12 @@ class TCPTransport(Transport):
         host, port = sock.getsockname()[:2]
         bound = Address(ctx.address.scheme, host=host, port=port, query=ctx.address.query)
         options, tracer = ctx.options, ctx.tracer
+        kind = socket_kind(sock)  # every accepted socket's
 
         def wrap(s: trio.socket.SocketType, remote: SockAddr, conn_id: int) -> Connection:
             _tune(s, options)
             return HalfCloseableSocketStream(
-                s, conn_id, transport="tcp", tracer=tracer, address=bound, remote=remote
+                s, conn_id, transport="tcp", tracer=tracer, address=bound, remote=remote, kind=kind
             )
 
         return SocketListener(sock, ctx, wrap, bound)

@@ -527,23 +527,39 @@ def _sockname(sock: trio.socket.SocketType) -> SockAddr | None:
         return None
 
 
+#: A socket's (family, type, protocol), as ``socket`` reports them.
+SocketKind = tuple[socket.AddressFamily, socket.SocketKind, int]
+
+
+def socket_kind(sock: trio.socket.SocketType) -> SocketKind:
+    """``(family, type, proto)``: what a listener's accepted sockets share (``kind=``)."""
+    return sock.family, sock.type, sock.proto
+
+
 def socket_info(
     sock: trio.socket.SocketType,
     transport: str,
     remote: SockAddr | None = None,
     peer_credentials: PeerCredentials | None = None,
+    kind: SocketKind | None = None,
 ) -> CommunicationInfo:
-    """The facts of a connected kernel socket; ``remote`` defaults to ``getpeername()``."""
+    """The facts of a connected kernel socket; ``remote`` defaults to ``getpeername()``.
+
+    ``kind`` spares asking the socket its family, type and protocol (each an enum
+    conversion in Python's ``socket``), when they are known: an accepted socket's
+    are its listener's.
+    """
     if remote is None:
         try:
             remote = sock.getpeername()
         except OSError:
             remote = None
+    family, socktype, proto = kind if kind is not None else socket_kind(sock)
     return CommunicationInfo(
         transport=transport,
-        family=sock.family,
-        socktype=sock.type,
-        protocol=sock.proto,
+        family=family,
+        socktype=socktype,
+        protocol=proto,
         local=_sockname(sock),
         remote=remote,
         peer_credentials=peer_credentials,
@@ -564,6 +580,9 @@ class SocketStream(StreamConnection):
     """A stream connection over a kernel socket (no half-close: e.g. SCTP).
 
     ``socket`` is the trio socket, for options this library does not wrap.
+    ``kind``: the socket's ``(family, type, proto)`` when the caller knows them
+    (a listener's :func:`socket_kind`, shared by what it accepts), which
+    spares working them out again for each connection.
     ``receive_some()`` without a size reads up to ``receive_size`` bytes
     (256 KiB by default). ``send_size`` caps what one ``send()`` call carries
     (SCTP sends each call as one message, which must fit the send buffer).
@@ -581,6 +600,7 @@ class SocketStream(StreamConnection):
         peer_credentials: PeerCredentials | None = None,
         receive_size: int = DEFAULT_RECEIVE_SIZE,
         send_size: int | None = None,
+        kind: SocketKind | None = None,
     ) -> None:
         super().__init__(conn_id, address)
         self._sock = sock
@@ -590,7 +610,7 @@ class SocketStream(StreamConnection):
         self._tracer = tracer
         self._receive_size = receive_size
         self._send_size = send_size
-        self._info = socket_info(sock, transport, remote, peer_credentials)
+        self._info = socket_info(sock, transport, remote, peer_credentials, kind)
 
     @property
     def socket(self) -> trio.socket.SocketType:

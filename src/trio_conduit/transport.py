@@ -24,4 +24,5 @@ from ._sockets import SocketPreparer as SocketPreparer
 from ._sockets import SocketStream as SocketStream
 from ._sockets import local_sockaddr as local_sockaddr
 from ._sockets import peer_credentials as peer_credentials
+from ._sockets import socket_kind as socket_kind
 from ._transport import probe_socket as probe_socket
