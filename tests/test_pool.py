@@ -466,3 +466,31 @@ async def test_no_io_trace_lines_at_info(caplog: pytest.LogCaptureFixture) -> No
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("TCP connection requested") for m in messages)
     assert not any(m.startswith(("read ", "write ")) for m in messages)
+
+
+async def test_resolved_options_are_shared_only_for_plain_equal_keywords() -> None:
+    """The same URL and plain keywords give the same read-only options; objects that merely
+    compare equal (two TLS configs differing only in their session) are never mixed up."""
+    import dataclasses
+
+    from trio_conduit._transport import SocketRole
+    from trio_conduit.tls import TLSConfig
+
+    async with conduit.open_pool() as pool:
+        transport, address = pool.parse("tls://127.0.0.1:9")
+
+        def options(**given: object) -> Any:
+            return pool._context(transport, address, pool.scope, SocketRole.CONNECT, dict(given)).options
+
+        first = options(cafile="/x/ca.pem", session_cache=False)
+        assert options(cafile="/x/ca.pem", session_cache=False) is first
+        assert options(cafile="/x/ca.pem", session_cache=0) is not first  # 0 == False, but not the same
+        assert options(cafile="/y/ca.pem", session_cache=False)["cafile"] == "/y/ca.pem"
+        with pytest.raises(TypeError):
+            first["cafile"] = "/z"  # read-only: shared between connects
+        a = TLSConfig(server_hostname="a.test")
+        b = dataclasses.replace(a)  # equal, as two configs with different sessions are
+        assert a == b
+        assert a is not b
+        assert options(tls=a)["tls"] is a
+        assert options(tls=b)["tls"] is b

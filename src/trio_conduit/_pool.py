@@ -49,6 +49,8 @@ _CORE_OPTIONS: Final = {
     )
 }
 _PARSE_CACHE_MAX: Final = 512
+#: Keyword values that identify themselves by value (see Pool._context).
+_PLAIN: Final = frozenset({str, int, float, bool, bytes, type(None)})
 
 
 _KNOWN: weakref.WeakKeyDictionary[Transport, tuple[tuple[Option, ...], dict[str, Option]]] = (
@@ -271,15 +273,13 @@ class Pool:
     ) -> Context:
         # Connecting to one URL with the same keywords again resolves nothing again: the
         # same (read-only) options mapping comes back, and transports may cache by it.
-        try:
-            key: tuple[object, ...] | None = (
-                transport,
-                id(address),
-                *[(name, type(value), value) for name, value in given.items()],
-            )
-            hit = self._resolved.get(key)  # type: ignore[arg-type]
-        except TypeError:  # an unhashable keyword value: resolved each time
-            key, hit = None, None
+        # Only plain values make a key: an object equal to another need not be the same
+        # (a TLSConfig compares without its session), and those are resolved each time.
+        key: tuple[object, ...] | None = None
+        hit = None
+        if all(type(value) in _PLAIN for value in given.values()):
+            key = (transport, id(address), *[(name, type(value), value) for name, value in given.items()])
+            hit = self._resolved.get(key)
         if hit is not None and hit[0] is address:
             opts, sockopts = hit[1], hit[2]
         else:
