@@ -25,6 +25,7 @@ import hashlib
 import logging
 import socket
 import ssl
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, TypeVar, cast, final
 
 import trio
@@ -400,6 +401,25 @@ def _deadline(timeout: float | None) -> trio.CancelScope:
     return trio.move_on_after(timeout) if timeout is not None else trio.CancelScope()
 
 
+async def _guarded(hs: TLSHandshake, steps: Coroutine[Any, Any, T]) -> T:
+    """Run one side's ``steps`` under ``handshake_timeout``; on any failure close the
+    connection, run the ``close`` hooks and raise a :class:`TLSError` that says why."""
+    timeout = hs.config.handshake_timeout
+    try:
+        with _deadline(timeout):
+            return await steps
+        raise TLSHandshakeTimeout(
+            f"TLS handshake with {hs.peer} did not finish within {timeout:g} s", peer=hs.peer
+        )
+    except BaseException as exc:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(hs.conn)
+            await hs.finished(exc)
+        if isinstance(exc, Exception) and not isinstance(exc, TLSError):
+            raise translate_error(exc, hs) from exc
+        raise
+
+
 def _check_pins(hs: TLSHandshake, info: TLSInfo) -> None:
     pins = hs.config.pin_sha256
     if not pins:
@@ -470,19 +490,7 @@ async def client_handshake(
         hs.server_name = config.server_hostname or None
     elif address is not None and address.host:
         hs.server_name = address.host
-    try:
-        with _deadline(config.handshake_timeout):
-            return await _client_steps(hs, transport_name)
-        raise TLSHandshakeTimeout(
-            f"TLS handshake with {hs.peer} did not finish within {config.handshake_timeout:g} s", peer=hs.peer
-        )
-    except BaseException as exc:
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(conn)
-            await hs.finished(exc)
-        if isinstance(exc, Exception) and not isinstance(exc, TLSError):
-            raise translate_error(exc, hs) from exc
-        raise
+    return await _guarded(hs, _client_steps(hs, transport_name))
 
 
 async def _client_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConnection:
@@ -569,19 +577,7 @@ async def server_handshake(
     closed and a :class:`TLSError` raised.
     """
     hs = TLSHandshake("server", conn, config, scope=scope, tracer=tracer, address=address)
-    try:
-        with _deadline(config.handshake_timeout):
-            return await _server_steps(hs, transport_name)
-        raise TLSHandshakeTimeout(
-            f"TLS handshake with {hs.peer} did not finish within {config.handshake_timeout:g} s", peer=hs.peer
-        )
-    except BaseException as exc:
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(conn)
-            await hs.finished(exc)
-        if isinstance(exc, Exception) and not isinstance(exc, TLSError):
-            raise translate_error(exc, hs) from exc
-        raise
+    return await _guarded(hs, _server_steps(hs, transport_name))
 
 
 #: Hooks that are handed the parsed ClientHello or decide from it, before OpenSSL runs.

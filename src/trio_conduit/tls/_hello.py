@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
@@ -274,13 +275,11 @@ _POINT_FORMATS: Final = ExtensionType.EC_POINT_FORMATS
 _extension: Final = functools.partial(tuple.__new__, Extension)  # Extension((type, data)), faster
 
 
-def parse_client_hello_untrusted(message: bytes, raw: bytes = b"") -> ClientHello:
-    """Parse one complete ClientHello handshake message (4-byte header included).
+def _fixed_fields(m: bytes) -> tuple[int, int, int]:
+    """Check the message header and the fields before the extensions.
 
-    ``raw`` is stored as :attr:`ClientHello.raw` (the record-layer bytes it came in).
-    Raises :class:`ClientHelloError` and nothing else.
+    Returns where the cipher suites start and end, and where the extensions start.
     """
-    m = bytes(message)
     n = len(m)
     if n < 4:
         raise _bad(f"ClientHello ends early (needed 4 bytes, have {n})")
@@ -291,26 +290,54 @@ def parse_client_hello_untrusted(message: bytes, raw: bytes = b"") -> ClientHell
         raise _bad(f"ClientHello body ends early (needed {size} bytes, have {n - 4})")
     if 4 + size < n:
         raise _bad(f"{n - 4 - size} unexpected bytes after the ClientHello message")
-    end = n
-    if end - 4 < 35:
-        raise _bad(f"ClientHello body ends early (needed 35 bytes, have {end - 4})")
-    legacy_version = m[4] << 8 | m[5]
-    if legacy_version >> 8 != 3:
-        raise _bad(f"legacy_version {legacy_version:#06x} is not SSL 3 / TLS")
-    random = m[6:38]
+    if n - 4 < 35:
+        raise _bad(f"ClientHello body ends early (needed 35 bytes, have {n - 4})")
+    if m[4] != 3:
+        raise _bad(f"legacy_version {m[4] << 8 | m[5]:#06x} is not SSL 3 / TLS")
     if m[38] > 32:
         raise _bad("legacy_session_id is longer than 32 bytes")
-    start, p = _vec(m, 38, end, 1, "legacy_session_id")
-    session_id = m[start:p]
-    start, p = _vec(m, p, end, 2, "cipher_suites")
-    if p - start < 2:
+    _, p = _vec(m, 38, n, 1, "legacy_session_id")
+    ciphers, p = _vec(m, p, n, 2, "cipher_suites")
+    if p - ciphers < 2:
         raise _bad("cipher_suites is shorter than 2 bytes")
-    cipher_suites = _u16_list(m, start, p, "cipher_suites")
-    start, p = _vec(m, p, end, 1, "compression_methods")
+    if (p - ciphers) % 2:
+        raise _bad("cipher_suites has an odd length")
+    ciphers_end = p
+    start, p = _vec(m, p, n, 1, "compression_methods")
     if p == start:
         raise _bad("compression_methods is shorter than 1 bytes")
-    compression_methods = m[start:p]
+    return ciphers, ciphers_end, p
 
+
+def _extension_spans(m: bytes, p: int) -> Iterator[tuple[int, int, int]]:
+    """Each extension from ``p`` on, as (type, body start, body end), its framing checked."""
+    end = len(m)
+    if p == end:
+        return
+    p, ext_end = _vec(m, p, end, 2, "extensions")
+    if ext_end != end:
+        raise _bad(f"{end - ext_end} unexpected bytes after extensions")
+    while p < end:
+        if end - p < 4:
+            raise _bad("extensions end early (a truncated extension header)")
+        t = m[p] << 8 | m[p + 1]
+        size = m[p + 2] << 8 | m[p + 3]
+        p += 4
+        if p + size > end:
+            raise _bad(f"extension {t} ends early (needed {size} bytes, have {end - p})")
+        yield t, p, p + size
+        p += size
+
+
+def parse_client_hello_untrusted(message: bytes, raw: bytes = b"") -> ClientHello:
+    """Parse one complete ClientHello handshake message (4-byte header included).
+
+    ``raw`` is stored as :attr:`ClientHello.raw` (the record-layer bytes it came in).
+    Raises :class:`ClientHelloError` and nothing else.
+    """
+    m = bytes(message)
+    ciphers, ciphers_end, p = _fixed_fields(m)
+    cipher_suites = _u16_list(m, ciphers, ciphers_end, "cipher_suites")
     extensions: list[Extension] = []
     server_name: str | None = None
     alpn: tuple[str, ...] = ()
@@ -320,50 +347,38 @@ def parse_client_hello_untrusted(message: bytes, raw: bytes = b"") -> ClientHell
     sigalgs: list[int] = []
     point_formats: list[int] = []
     grease = not _GREASE.isdisjoint(cipher_suites)
-    if p < end:
-        p, ext_end = _vec(m, p, end, 2, "extensions")
-        if ext_end != end:
-            raise _bad(f"{end - ext_end} unexpected bytes after extensions")
-        seen: set[int] = set()
-        while p < end:
-            if end - p < 4:
-                raise _bad("extensions end early (a truncated extension header)")
-            t = m[p] << 8 | m[p + 1]
-            ext_size = m[p + 2] << 8 | m[p + 3]
-            p += 4
-            if p + ext_size > end:
-                raise _bad(f"extension {t} ends early (needed {ext_size} bytes, have {end - p})")
-            if t in seen:
-                raise _bad(f"extension {t} appears twice")
-            seen.add(t)
-            data = m[p : p + ext_size]
-            p += ext_size
-            extensions.append(_extension((t, data)))
-            # Decode the extensions decisions need (the others stay raw).
-            if t == _SERVER_NAME:
-                if data:  # a server echoes an empty one; a client sending it empty is odd but harmless
-                    server_name = _parse_server_name(data)
-            elif t == _ALPN:
-                alpn = _parse_alpn(data)
-            elif t == _VERSIONS:
-                versions = _parse_versions(data)
-            elif t == _GROUPS:
-                groups = _parse_u16_vector(data, "supported_groups")
-            elif t == _SIGALGS:
-                sigalgs = _parse_u16_vector(data, "signature_algorithms")
-            elif t == _KEY_SHARE:
-                key_shares = _parse_key_share(data)
-            elif t == _POINT_FORMATS:
-                point_formats = _parse_point_formats(data)
-            elif t in _GREASE:
-                grease = True
+    seen: set[int] = set()
+    for t, start, stop in _extension_spans(m, p):
+        if t in seen:
+            raise _bad(f"extension {t} appears twice")
+        seen.add(t)
+        data = m[start:stop]
+        extensions.append(_extension((t, data)))
+        # Decode the extensions decisions need (the others stay raw).
+        if t == _SERVER_NAME:
+            if data:  # a server echoes an empty one; a client sending it empty is odd but harmless
+                server_name = _parse_server_name(data)
+        elif t == _ALPN:
+            alpn = _parse_alpn(data)
+        elif t == _VERSIONS:
+            versions = _parse_versions(data)
+        elif t == _GROUPS:
+            groups = _parse_u16_vector(data, "supported_groups")
+        elif t == _SIGALGS:
+            sigalgs = _parse_u16_vector(data, "signature_algorithms")
+        elif t == _KEY_SHARE:
+            key_shares = _parse_key_share(data)
+        elif t == _POINT_FORMATS:
+            point_formats = _parse_point_formats(data)
+        elif t in _GREASE:
+            grease = True
     grease = grease or not _GREASE.isdisjoint((*versions, *groups, *key_shares, *sigalgs))
     return ClientHello(
-        legacy_version=legacy_version,
-        random=random,
-        session_id=session_id,
+        legacy_version=m[4] << 8 | m[5],
+        random=m[6:38],
+        session_id=m[39 : 39 + m[38]],
         cipher_suites=tuple(cipher_suites),
-        compression_methods=compression_methods,
+        compression_methods=m[ciphers_end + 1 : p],
         extensions=tuple(extensions),
         server_name=server_name,
         alpn_protocols=alpn,
@@ -383,39 +398,14 @@ def server_name_untrusted(message: bytes) -> str | None:
 
     The quick path of :func:`parse_client_hello_untrusted` (for a server that
     needs nothing else from the hello yet): it walks the message only as far as
-    that extension, checking what it walks over as the full parse does, so any
-    input it refuses the full parse refuses too. It raises
-    :class:`ClientHelloError` and nothing else.
+    that extension, with the same checks, so any input it refuses the full
+    parse refuses too. It raises :class:`ClientHelloError` and nothing else.
     """
     m = bytes(message)
-    n = len(m)
-    if n < 4 or m[0] != _CLIENT_HELLO or 4 + int.from_bytes(m[1:4], "big") != n or n - 4 < 35:
-        return parse_client_hello_untrusted(m).server_name  # raises the full parse's error
-    if m[4] != 3 or m[38] > 32:
-        return parse_client_hello_untrusted(m).server_name
-    _, p = _vec(m, 38, n, 1, "legacy_session_id")
-    start, p = _vec(m, p, n, 2, "cipher_suites")
-    if p - start < 2 or (p - start) % 2:
-        return parse_client_hello_untrusted(m).server_name
-    start, p = _vec(m, p, n, 1, "compression_methods")
-    if p == start:
-        raise _bad("compression_methods is shorter than 1 bytes")
-    if p == n:
-        return None
-    p, ext_end = _vec(m, p, n, 2, "extensions")
-    if ext_end != n:
-        raise _bad(f"{n - ext_end} unexpected bytes after extensions")
-    while p < n:
-        if n - p < 4:
-            raise _bad("extensions end early (a truncated extension header)")
-        t = m[p] << 8 | m[p + 1]
-        size = m[p + 2] << 8 | m[p + 3]
-        p += 4
-        if p + size > n:
-            raise _bad(f"extension {t} ends early (needed {size} bytes, have {n - p})")
+    _, _, p = _fixed_fields(m)
+    for t, start, stop in _extension_spans(m, p):
         if t == _SERVER_NAME:
-            return _parse_server_name(m[p : p + size]) if size else None
-        p += size
+            return _parse_server_name(m[start:stop]) if stop > start else None
     return None
 
 
