@@ -11,9 +11,9 @@ and the inner transport's own (``nodelay``, ...); ``tls=`` takes a whole
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import trio
 
@@ -104,6 +104,17 @@ _OPTIONS: Final = _tls_option_objects()
 _NAMES: Final = frozenset(_TLS_OPTIONS)
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _remember(cache: dict[K, V], key: K, value: V) -> None:
+    """``cache[key] = value``, the cache emptied first when it is full (256 entries)."""
+    if len(cache) >= 256:
+        cache.clear()
+    cache[key] = value
+
+
 def _global_transport(scheme: str) -> Transport | None:
     from trio_conduit._plugins import global_scope
 
@@ -121,9 +132,11 @@ class TLSTransport(Transport):
         self.inner_scheme = inner
         self.layered_over = inner
         self._configs: dict[Any, tuple[Any, TLSConfig]] = {}
-        # by the identity of a connect's resolved options (the pool hands the same mapping
-        # out for the same URL and keywords): what config() and _inner() worked out from it
-        self._by_options: dict[tuple[int, ...], tuple[Any, ...]] = {}
+        # By the identity of a connect's resolved options (the pool hands out the same
+        # mapping for the same URL and keywords), what config() and _inner() made of them.
+        # Each entry holds the objects whose ids make its key, so no id is reused meanwhile.
+        self._config_by_options: dict[int, tuple[Mapping[str, object], TLSConfig]] = {}
+        self._inner_by_options: dict[tuple[int, int, int], tuple[Any, ...]] = {}
         self._options: tuple[Option, ...] | None = None
         self.name = name
         self.description = description
@@ -161,15 +174,10 @@ class TLSTransport(Transport):
         return f"{self.schemes[0]}://127.0.0.1:0?certfile={cert}&keyfile={key}&cafile={cert}"
 
     # -- connecting -------------------------------------------------------------
-    def _remember(self, key: tuple[int, ...], value: tuple[Any, ...]) -> None:
-        if len(self._by_options) >= 256:
-            self._by_options.clear()
-        self._by_options[key] = value
-
     def _inner(self, ctx: Context) -> tuple[Transport, Context]:
         key = (id(ctx.options), id(ctx.address), id(ctx.scope))
-        hit = self._by_options.get(key)
-        if hit is not None and hit[0] is ctx.options and hit[1] is ctx.address and hit[2] is ctx.scope:
+        hit = self._inner_by_options.get(key)
+        if hit is not None:
             inner, options, address = hit[3:]
         else:
             inner = ctx.scope.transport_for(self.inner_scheme)
@@ -184,7 +192,8 @@ class TLSTransport(Transport):
             options = MappingProxyType({k: v for k, v in ctx.options.items() if k in names})
             query = tuple((k, v) for k, v in ctx.address.query if k in names)
             address = dataclasses.replace(ctx.address, scheme=self.inner_scheme, query=query)
-            self._remember(key, (ctx.options, ctx.address, ctx.scope, inner, options, address))
+            entry = (ctx.options, ctx.address, ctx.scope, inner, options, address)
+            _remember(self._inner_by_options, key, entry)
         inner_ctx = Context(
             inner,
             address,
@@ -204,9 +213,9 @@ class TLSTransport(Transport):
         """The TLS options for this connect/listen: ``tls=`` amended by the other TLS options."""
         from trio_conduit.tls import TLSConfig
 
-        hit = self._by_options.get((id(ctx.options),))
-        if hit is not None and hit[0] is ctx.options:
-            return hit[1]  # type: ignore[no-any-return]
+        known = self._config_by_options.get(id(ctx.options))
+        if known is not None:
+            return known[1]
         base: Any = ctx.options.get("tls")
         changes = {k: v for k, v in ctx.options.items() if k in _NAMES and v is not None}
         try:
@@ -223,7 +232,7 @@ class TLSTransport(Transport):
             if len(self._configs) > 256:
                 self._configs.clear()
             self._configs[key] = (base, config)
-            self._remember((id(ctx.options),), (ctx.options, config))
+            _remember(self._config_by_options, id(ctx.options), (ctx.options, config))
         return config
 
     def inner_context(self, ctx: Context) -> Context:

@@ -280,7 +280,7 @@ class Pool:
         if all(type(value) in _PLAIN for value in given.values()):
             key = (transport, id(address), *[(name, type(value), value) for name, value in given.items()])
             hit = self._resolved.get(key)
-        if hit is not None and hit[0] is address:
+        if hit is not None:  # (the entry keeps the address alive: its id is not reused)
             opts, sockopts = hit[1], hit[2]
         else:
             opts, sockopts = _resolve(transport, address, given)

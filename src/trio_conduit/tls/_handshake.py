@@ -589,11 +589,6 @@ _HELLO_HOOKS: Final = (
 )
 
 
-def _wants_hello(scope: HookScope) -> bool:
-    has = scope.has_impls
-    return has(_HELLO_HOOKS[0]) or has(_HELLO_HOOKS[1]) or has(_HELLO_HOOKS[2]) or has(_HELLO_HOOKS[3])
-
-
 async def _read_hello(hs: TLSHandshake) -> bytes:
     """Read the ClientHello into ``hs`` (and its server name); every byte read so far.
 
@@ -618,7 +613,7 @@ async def _read_hello(hs: TLSHandshake) -> bytes:
             message = reader.feed_message_untrusted(data)
             if message is not None:
                 hs._hello_message, hs._hello_raw = message, reader.raw
-                if _wants_hello(scope):
+                if any(map(scope.has_impls, _HELLO_HOOKS)):
                     hello = hs.hello
                     assert hello is not None
                     hs.server_name = hello.server_name
