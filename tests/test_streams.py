@@ -7,6 +7,7 @@ parts of the contract it does not reach (reset peers, big transfers).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import socket
@@ -229,6 +230,25 @@ async def test_big_echo_sha256(kind: str, sock_dir: Path, no_fd_leak: object) ->
 # ---------------------------------------------------------------------------
 # conn.info
 # ---------------------------------------------------------------------------
+
+
+def test_info_with_tls_keeps_every_other_field() -> None:
+    values = {
+        "transport": "unix",
+        "family": socket.AF_UNIX,
+        "socktype": socket.SOCK_STREAM,
+        "protocol": 7,
+        "local": "/a",
+        "remote": "/b",
+        "peer_credentials": conduit.PeerCredentials(1, 2, 3),
+        "tls": "before",
+        "via": ("socks5://p:1",),
+    }
+    # every field set to something other than its default, so a field the copy forgot shows
+    assert set(values) == {f.name for f in dataclasses.fields(conduit.CommunicationInfo)}
+    info = conduit.CommunicationInfo(**values)  # type: ignore[arg-type]
+    assert info._with_tls("after") == dataclasses.replace(info, tls="after")
+    assert info._with_tls("after", "tls") == dataclasses.replace(info, tls="after", transport="tls")
 
 
 async def test_info_tcp(sock_dir: Path) -> None:

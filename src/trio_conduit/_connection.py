@@ -75,6 +75,21 @@ class CommunicationInfo:
     tls: object | None = None
     via: tuple[str, ...] = ()
 
+    def _with_tls(self, tls: object, transport: str | None = None) -> CommunicationInfo:
+        """``dataclasses.replace(self, tls=tls)`` (and ``transport=``, when given), without
+        its walk over the fields on each call: a TLS layer makes one per connection."""
+        return CommunicationInfo(
+            transport if transport is not None else self.transport,
+            self.family,
+            self.socktype,
+            self.protocol,
+            self.local,
+            self.remote,
+            self.peer_credentials,
+            tls,
+            self.via,
+        )
+
 
 class _Owner(Protocol):
     async def connection_closed(self, conn: Connection, exc: BaseException | None) -> None: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -111,6 +112,16 @@ async def test_tls_url_round_trip_and_facts(pki: PKI) -> None:
         # parsed when first asked for (no hook wanted it), then kept
         assert server.info.tls.client_hello is server.handshake.hello
         assert facts.client_hello is None
+        # The fast constructors fill every field, as the dataclass's own would.
+        for made in (facts, server.info.tls):
+            rebuilt = dataclasses.replace(made)
+            assert {f.name: getattr(made, f.name) for f in dataclasses.fields(made)} == {
+                f.name: getattr(rebuilt, f.name) for f in dataclasses.fields(rebuilt)
+            }
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                made.version = "TLSv1.0"  # type: ignore[misc]
+        assert server.info == dataclasses.replace(server.transport.info, transport="tls", tls=server.tls)
+        assert info == dataclasses.replace(conn.transport.info, transport="tls", tls=facts)
         assert conn in pool.connections
         await conn.aclose()
         assert conn not in pool.connections

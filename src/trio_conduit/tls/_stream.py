@@ -10,7 +10,6 @@ offer a session to resume — without touching trio's private attributes.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -276,7 +275,9 @@ class TLSInfo:
         handshake: TLSHandshake | None = None,
     ) -> TLSInfo:
         name, _, bits = obj.cipher() or ("", "", 0)
-        return TLSInfo(
+        # What the frozen dataclass's __init__ does, in one call instead of one per field.
+        info = object.__new__(TLSInfo)
+        vars(info).update(
             side=side,
             version=obj.version() or "",
             cipher=name,
@@ -289,6 +290,7 @@ class TLSInfo:
             ssl_object=obj,
             _handshake=handshake,
         )
+        return info
 
 
 def _explained(exc: trio.BrokenResourceError) -> trio.BrokenResourceError:
@@ -327,11 +329,7 @@ class TLSConnection(HalfCloseableStreamConnection):
         self._ssl = ssl_stream
         self._facts = facts
         self._handshake = handshake
-        base = transport.info
-        if transport_name is not None:
-            self._info = dataclasses.replace(base, transport=transport_name, tls=facts)
-        else:
-            self._info = dataclasses.replace(base, tls=facts)
+        self._info = transport.info._with_tls(facts, transport_name)
         self._sizer = (
             None
             if record_size is None
