@@ -62,14 +62,22 @@ class HookScope:
 
     It owns a pluggy manager holding every plugin of the wider scope and its
     own extras, so pluggy's ordering holds across scopes. The transport
-    registry is built once per scope.
+    registry is built once per scope. ``pm`` is complete when the scope is
+    made (a scope does not change; registering a global plugin makes a new
+    global scope): ``implemented`` is fixed then.
     """
 
     def __init__(self, pm: pluggy.PluginManager, parent: HookScope | None = None) -> None:
         self.pm = pm
         self.parent = parent
         self._transports: dict[str, Transport] | None = None
-        self._has_impls: dict[str, bool] = {}
+        #: The hooks at least one plugin here implements (``name in scope.implemented``
+        #: is the cheap test hot paths use before making a call's arguments).
+        self.implemented: frozenset[str] = frozenset(
+            name
+            for name, caller in vars(pm.hook).items()
+            if isinstance(caller, pluggy.HookCaller) and caller.get_hookimpls()
+        )
 
     # -- building -------------------------------------------------------------
     def child(self, plugins: Iterable[object]) -> HookScope:
@@ -95,10 +103,8 @@ class HookScope:
 
     # -- queries --------------------------------------------------------------
     def has_impls(self, hook: str) -> bool:
-        cached = self._has_impls.get(hook)
-        if cached is None:
-            cached = self._has_impls[hook] = bool(getattr(self.pm.hook, hook).get_hookimpls())
-        return cached
+        """Whether some plugin in this scope implements ``hook``."""
+        return hook in self.implemented
 
     @property
     def transports(self) -> Mapping[str, Transport]:
