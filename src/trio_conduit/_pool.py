@@ -144,6 +144,22 @@ class PoolListener(trio.abc.Listener[Any]):
         leaves its handshake to ``finish()``, which ``serve()`` runs in the
         connection's own handler task; for any other, the connection is ready.
         """
+        raw, finish, register = await self._accept_in_steps()
+        if register is None:
+            return raw, finish
+
+        async def adopt() -> Any:
+            done = await finish()
+            return None if done is None else await register(done)
+
+        return raw, adopt
+
+    async def _accept_in_steps(
+        self,
+    ) -> tuple[Connection, Callable[[], Awaitable[Any]], Callable[[Connection], Awaitable[Any]] | None]:
+        """``accept_unfinished`` in its parts: the connection, the transport's ``finish()``, and
+        the registering that must follow it (``None``: ``finish()`` returns it registered).
+        ``serve()`` awaits the two in turn, one coroutine frame less under each handshake step."""
         steps = getattr(self._inner, "accept_unfinished", None)
         if steps is None:
             conn = await self.accept()
@@ -151,14 +167,9 @@ class PoolListener(trio.abc.Listener[Any]):
             async def ready() -> Any:
                 return conn
 
-            return conn, ready
+            return conn, ready, None
         raw, finish = await steps()
-
-        async def adopt() -> Any:
-            done = await finish()
-            return None if done is None else await self._register(done)
-
-        return raw, adopt
+        return raw, finish, self._register
 
     async def _register(self, conn: Connection) -> Connection | None:
         tracer = self._owner.pool.tracer
@@ -505,7 +516,7 @@ class Pool:
                             await limit.acquire()
                         try:
                             # a TLS handshake runs in the handler's task, not in the accept loop
-                            conn, finish = await listener.accept_unfinished()
+                            conn, finish, register = await listener._accept_in_steps()
                         except BaseException:
                             if limit is not None:
                                 limit.release()
@@ -513,6 +524,7 @@ class Pool:
                         nursery.start_soon(
                             _finish_and_run_handler,
                             finish,
+                            register,
                             handler,
                             scope,
                             limit,
@@ -549,11 +561,17 @@ class Pool:
 
 
 async def _finish_and_run_handler(
-    finish: Callable[[], Awaitable[Any]], handler: Handler, scope: HookScope, limit: trio.Semaphore | None
+    finish: Callable[[], Awaitable[Any]],
+    register: Callable[[Connection], Awaitable[Any]] | None,
+    handler: Handler,
+    scope: HookScope,
+    limit: trio.Semaphore | None,
 ) -> None:
     conn = None
     try:
         conn = await finish()
+        if conn is not None and register is not None:
+            conn = await register(conn)
     finally:
         if conn is None and limit is not None:
             limit.release()  # no handler will run to release it

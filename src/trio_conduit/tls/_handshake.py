@@ -159,6 +159,22 @@ class TLSHandshake:
     may be set to offer one.
     """
 
+    # Defaults as class attributes: a handshake sets only what it uses.
+    server_name: str | None = None
+    context: ssl.SSLContext | None = None
+    certificate: Certificate | None = None
+    alpn: tuple[str, ...] | None = None
+    session_key: SessionKey | None = None
+    session_pending = False
+    tunnel_target: object | None = None
+    connection: TLSConnection | None = None
+    _hello: ClientHello | None = None
+    _hello_message: bytes | None = None
+    _hello_raw = b""
+    _stash: Stash | None = None
+    _context_used: ssl.SSLContext | None = None
+    _finished = False
+
     def __init__(
         self,
         side: Side,
@@ -177,22 +193,8 @@ class TLSHandshake:
         self.address = address
         self.remote = conn.info.remote
         self._peer: str | None = address.hostport if side == "client" and address is not None else None
-        self._hello: ClientHello | None = None
-        self._hello_message: bytes | None = None
-        self._hello_raw = b""
-        self.server_name: str | None = None
-        self.context: ssl.SSLContext | None = None
-        self.certificate: Certificate | None = None
-        self.alpn: tuple[str, ...] | None = None
         self.session: ssl.SSLSession | None = config.session
-        self.session_key: SessionKey | None = None
-        self.session_pending = False
-        self.tunnel_target: object | None = None
-        self.connection: TLSConnection | None = None
-        self._stash: Stash | None = None
         self.started = trio.current_time()
-        self._context_used: ssl.SSLContext | None = None
-        self._finished = False
 
     @property
     def peer(self) -> str:
@@ -260,11 +262,11 @@ class TLSHandshake:
 
     # -- hooks ------------------------------------------------------------------
     async def _hook(self, name: str, **kwargs: Any) -> None:
-        if self.scope.has_impls(name):
+        if name in self.scope.implemented:
             await _guard(self, name, self.scope.acall(name, handshake=self, **kwargs))
 
     async def _hook_first(self, name: str, **kwargs: Any) -> Any:
-        if self.scope.has_impls(name):
+        if name in self.scope.implemented:
             return await _guard(self, name, self.scope.acall_first(name, handshake=self, **kwargs))
         return None
 
@@ -386,15 +388,11 @@ async def _send_raw(conn: StreamConnection, data: bytes) -> None:
             pass
 
 
-async def _handshake(
-    ssl_stream: trio.SSLStream[trio.abc.Stream], shim: ContextShim, hs: TLSHandshake
-) -> None:
-    """``do_handshake``; on failure, send the alert OpenSSL made (trio leaves it unsent) first."""
-    try:
-        await ssl_stream.do_handshake()
-    except (trio.BrokenResourceError, ssl.SSLError) as exc:
-        await _send_raw(hs.conn, shim.unsent())
-        raise translate_error(exc, hs) from exc
+async def _handshake_failed(shim: ContextShim, hs: TLSHandshake, exc: BaseException) -> NoReturn:
+    """``do_handshake`` raised ``exc``: send the alert OpenSSL made (trio leaves it unsent),
+    then raise the :class:`TLSError` that says why."""
+    await _send_raw(hs.conn, shim.unsent())
+    raise translate_error(exc, hs) from exc
 
 
 def _deadline(timeout: float | None) -> trio.CancelScope:
@@ -463,9 +461,10 @@ def _trace_done(hs: TLSHandshake, info: TLSInfo) -> None:
 async def _after_handshake(hs: TLSHandshake, tls_conn: TLSConnection) -> None:
     info = tls_conn.tls
     _check_pins(hs, info)
-    if info.peer_certificate_der is not None and hs.scope.has_impls("conduit_tls_verify_peer"):
+    impls = hs.scope.implemented
+    if info.peer_certificate_der is not None and "conduit_tls_verify_peer" in impls:
         await hs._hook("conduit_tls_verify_peer", chain=list(info.peer_chain))
-    if hs.scope.has_impls("conduit_tls_handshake_done"):
+    if "conduit_tls_handshake_done" in impls:
         await hs._hook("conduit_tls_handshake_done", conn=tls_conn)
     _trace_done(hs, info)
 
@@ -475,7 +474,7 @@ async def _after_handshake(hs: TLSHandshake, tls_conn: TLSConnection) -> None:
 # ---------------------------------------------------------------------------
 
 
-async def client_handshake(
+def client_handshake(
     conn: StreamConnection,
     config: TLSConfig,
     *,
@@ -483,14 +482,15 @@ async def client_handshake(
     tracer: Tracer | None = None,
     address: Address | None = None,
     transport_name: str | None = None,
-) -> TLSConnection:
-    """Run a client handshake over ``conn``; the :class:`TLSConnection`, or ``conn`` closed and an error."""
+) -> Coroutine[Any, Any, TLSConnection]:
+    """Run a client handshake over ``conn`` (await it); the :class:`TLSConnection`, or
+    ``conn`` closed and an error."""
     hs = TLSHandshake("client", conn, config, scope=scope, tracer=tracer, address=address)
     if config.server_hostname is not None:
         hs.server_name = config.server_hostname or None
     elif address is not None and address.host:
         hs.server_name = address.host
-    return await _guarded(hs, _client_steps(hs, transport_name))
+    return _guarded(hs, _client_steps(hs, transport_name))
 
 
 async def _client_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConnection:
@@ -529,7 +529,10 @@ async def _client_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConn
             hs.conn, server_side=False, server_hostname=hs.server_name, ragged_eof=config.ragged_eof
         )
     try:
-        await _handshake(ssl_stream, shim, hs)
+        try:
+            await ssl_stream.do_handshake()
+        except (trio.BrokenResourceError, ssl.SSLError) as exc:
+            await _handshake_failed(shim, hs, exc)
     except TLSError:
         if hs.session is not None and hs.session_key is not None:
             session_cache.remove(hs.session_key)
@@ -561,7 +564,7 @@ async def _client_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConn
 # ---------------------------------------------------------------------------
 
 
-async def server_handshake(
+def server_handshake(
     conn: StreamConnection,
     config: TLSConfig,
     *,
@@ -569,35 +572,33 @@ async def server_handshake(
     tracer: Tracer | None = None,
     address: Address | None = None,
     transport_name: str | None = None,
-) -> TLSConnection | TunnelPlan:
-    """Run a server handshake over an accepted ``conn``, hooks and all.
+) -> Coroutine[Any, Any, TLSConnection | TunnelPlan]:
+    """Run a server handshake over an accepted ``conn`` (await it), hooks and all.
 
     Returns the :class:`TLSConnection`, or a :class:`TunnelPlan` when a hook
     decided a blind tunnel (the caller relays it). On failure ``conn`` is
     closed and a :class:`TLSError` raised.
     """
     hs = TLSHandshake("server", conn, config, scope=scope, tracer=tracer, address=address)
-    return await _guarded(hs, _server_steps(hs, transport_name))
+    return _guarded(hs, _server_steps(hs, transport_name))
 
 
 #: Hooks that are handed the parsed ClientHello or decide from it, before OpenSSL runs.
-_HELLO_HOOKS: Final = (
-    "conduit_tls_client_hello",
-    "conduit_tls_servername",
-    "conduit_tls_certificate",
-    "conduit_tls_alpn",
+_HELLO_HOOKS: Final = frozenset(
+    ("conduit_tls_client_hello", "conduit_tls_servername", "conduit_tls_certificate", "conduit_tls_alpn")
 )
+#: Every hook that runs before OpenSSL has the connection.
+_BEFORE_OPENSSL: Final = _HELLO_HOOKS | {"conduit_tls_start"}
 
 
-async def _read_hello(hs: TLSHandshake) -> bytes:
+async def _read_hello(hs: TLSHandshake, parse: bool) -> bytes:
     """Read the ClientHello into ``hs`` (and its server name); every byte read so far.
 
-    It is parsed whole at once when a hook will want it; otherwise only its
-    records and server name are checked now (OpenSSL checks the rest), and the
-    parse waits until something asks for ``hs.hello``.
+    It is parsed whole at once when ``parse`` (a hook will want it); otherwise
+    only its records and server name are checked now (OpenSSL checks the
+    rest), and the parse waits until something asks for ``hs.hello``.
     """
     reader = ClientHelloReader(hs.config.max_hello_size)
-    scope = hs.scope
     try:
         while True:
             try:
@@ -613,7 +614,7 @@ async def _read_hello(hs: TLSHandshake) -> bytes:
             message = reader.feed_message_untrusted(data)
             if message is not None:
                 hs._hello_message, hs._hello_raw = message, reader.raw
-                if any(map(scope.has_impls, _HELLO_HOOKS)):
+                if parse:
                     hello = hs.hello
                     assert hello is not None
                     hs.server_name = hello.server_name
@@ -631,34 +632,13 @@ async def _read_hello(hs: TLSHandshake) -> bytes:
 
 
 async def _server_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConnection | TunnelPlan:
-    try:
-        scope = hs.scope
-        if scope.has_impls("conduit_tls_start"):
-            await hs._hook("conduit_tls_start")
-        if (plan := hs._tunnel_plan(b"")) is not None:
-            return plan
-        buffered = await _read_hello(hs)
-        if scope.has_impls("conduit_tls_client_hello"):
-            await hs._hook("conduit_tls_client_hello", hello=hs.hello)
-            if (plan := hs._tunnel_plan(buffered)) is not None:
-                return plan
-        if hs.server_name is not None and scope.has_impls("conduit_tls_servername"):
-            chosen = await hs._hook_first("conduit_tls_servername", server_name=hs.server_name)
-            _take_choice(hs, chosen, "conduit_tls_servername")
-            if (plan := hs._tunnel_plan(buffered)) is not None:
-                return plan
-        if hs.context is None and hs.certificate is None and scope.has_impls("conduit_tls_certificate"):
-            chosen = await hs._hook_first("conduit_tls_certificate", server_name=hs.server_name)
-            _take_choice(hs, chosen, "conduit_tls_certificate")
-        if hs.alpn is None and scope.has_impls("conduit_tls_alpn"):
-            offered = hs.hello.alpn_protocols if hs.hello is not None else ()
-            if offered:
-                protocol = await hs._hook_first("conduit_tls_alpn", offered=list(offered))
-                if protocol is not None:
-                    hs.restrict_alpn([str(protocol)])
-    except TLSRejected:
-        await _send_alert(hs.conn, _ALERT_ACCESS_DENIED)
-        raise
+    if hs.scope.implemented.isdisjoint(_BEFORE_OPENSSL):
+        buffered = await _read_hello(hs, parse=False)
+    else:
+        decided = await _hooks_before_openssl(hs)
+        if isinstance(decided, TunnelPlan):
+            return decided
+        buffered = decided
     try:
         context = _server_context(hs)
     except TLSError as exc:
@@ -669,7 +649,10 @@ async def _server_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConn
     config = hs.config
     shim = ContextShim(context, buffered)
     ssl_stream, obj = shim.wrap(hs.conn, server_side=True, ragged_eof=config.ragged_eof)
-    await _handshake(ssl_stream, shim, hs)
+    try:
+        await ssl_stream.do_handshake()
+    except (trio.BrokenResourceError, ssl.SSLError) as exc:
+        await _handshake_failed(shim, hs, exc)
     info = TLSInfo.from_ssl_object(obj, "server", hs.server_name, hs.elapsed, hs)
     tls_conn = TLSConnection(
         hs.conn,
@@ -682,6 +665,40 @@ async def _server_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConn
     )
     await _after_handshake(hs, tls_conn)
     return tls_conn
+
+
+async def _hooks_before_openssl(hs: TLSHandshake) -> bytes | TunnelPlan:
+    """``start``, reading the hello, ``client_hello``, ``servername``, ``certificate``, ``alpn``:
+    the bytes read so far, or the blind tunnel a hook decided."""
+    impls = hs.scope.implemented
+    try:
+        if "conduit_tls_start" in impls:
+            await hs._hook("conduit_tls_start")
+        if (plan := hs._tunnel_plan(b"")) is not None:
+            return plan
+        buffered = await _read_hello(hs, parse=not impls.isdisjoint(_HELLO_HOOKS))
+        if "conduit_tls_client_hello" in impls:
+            await hs._hook("conduit_tls_client_hello", hello=hs.hello)
+            if (plan := hs._tunnel_plan(buffered)) is not None:
+                return plan
+        if hs.server_name is not None and "conduit_tls_servername" in impls:
+            chosen = await hs._hook_first("conduit_tls_servername", server_name=hs.server_name)
+            _take_choice(hs, chosen, "conduit_tls_servername")
+            if (plan := hs._tunnel_plan(buffered)) is not None:
+                return plan
+        if hs.context is None and hs.certificate is None and "conduit_tls_certificate" in impls:
+            chosen = await hs._hook_first("conduit_tls_certificate", server_name=hs.server_name)
+            _take_choice(hs, chosen, "conduit_tls_certificate")
+        if hs.alpn is None and "conduit_tls_alpn" in impls:
+            offered = hs.hello.alpn_protocols if hs.hello is not None else ()
+            if offered:
+                protocol = await hs._hook_first("conduit_tls_alpn", offered=list(offered))
+                if protocol is not None:
+                    hs.restrict_alpn([str(protocol)])
+    except TLSRejected:
+        await _send_alert(hs.conn, _ALERT_ACCESS_DENIED)
+        raise
+    return buffered
 
 
 def _take_choice(hs: TLSHandshake, chosen: object, hook: str) -> None:

@@ -20,7 +20,6 @@ from .._connection import Connection, StreamConnection
 from ._config import TLSConfig
 from ._errors import TLSError
 from ._handshake import TunnelPlan, server_handshake
-from ._stream import TLSConnection
 from ._tunnel import run_tunnel
 
 if TYPE_CHECKING:
@@ -113,7 +112,24 @@ class TLSListener(trio.abc.Listener[Connection]):
 
         async def finish() -> Connection | None:
             try:
-                result = await self._handshake(conn)
+                if not isinstance(conn, StreamConnection):
+                    await trio.aclose_forcefully(conn)
+                    _log.error("TLS needs a stream transport; %r is not one: dropped", conn)
+                    return None
+                result = await server_handshake(
+                    conn,
+                    self.config,
+                    scope=self._scope,
+                    tracer=self._tracer,
+                    address=self.address,
+                    transport_name=self._transport_name,
+                )
+            except TLSError as exc:
+                self._tracer.info("TLS handshake failed (conn #%d): %s", conn.id, exc)
+                return None
+            except Exception:
+                _log.exception("TLS handshake for conn #%d raised; connection dropped", conn.id)
+                return None
             finally:
                 self._limit.release()
             if isinstance(result, TunnelPlan):
@@ -128,27 +144,6 @@ class TLSListener(trio.abc.Listener[Connection]):
             _, finish = await self.accept_unfinished()
             if (result := await finish()) is not None:
                 return result
-
-    async def _handshake(self, conn: Connection) -> TLSConnection | TunnelPlan | None:
-        """The handshake over an accepted connection; ``None`` when it failed (traced)."""
-        if not isinstance(conn, StreamConnection):
-            await trio.aclose_forcefully(conn)
-            _log.error("TLS needs a stream transport; %r is not one: dropped", conn)
-            return None
-        try:
-            return await server_handshake(
-                conn,
-                self.config,
-                scope=self._scope,
-                tracer=self._tracer,
-                address=self.address,
-                transport_name=self._transport_name,
-            )
-        except TLSError as exc:
-            self._tracer.info("TLS handshake failed (conn #%d): %s", conn.id, exc)
-        except Exception:
-            _log.exception("TLS handshake for conn #%d raised; connection dropped", conn.id)
-        return None
 
     async def _tunnel(self, plan: TunnelPlan) -> None:
         try:
