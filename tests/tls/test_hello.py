@@ -18,7 +18,7 @@ from trio_conduit.tls import (
     is_grease,
     parse_client_hello_untrusted,
 )
-from trio_conduit.tls._hello import server_name_untrusted
+from trio_conduit.tls._hello import _fixed_fields, _fixed_fields_checked, server_name_untrusted
 
 # ---------------------------------------------------------------------------
 # making hellos
@@ -515,3 +515,58 @@ def test_quick_scan_of_mutated_hellos(which: int, flips: list[tuple[int, int]], 
 def test_quick_scan_of_arbitrary_bodies(body: bytes, host: str | None) -> None:
     _quick_agrees_with_full(b"\x01" + _vec(3, body))
     _quick_agrees_with_full(build_message(server_name=host, extra=[(0xFE, body[:100])]))
+
+
+def _same_fixed_fields(message: bytes) -> None:
+    """The quick check of the fixed fields gives what the checked one gives, error for error."""
+    try:
+        expected: object = _fixed_fields_checked(message)
+    except ClientHelloError as exc:
+        expected = str(exc)
+    try:
+        got: object = _fixed_fields(message)
+    except ClientHelloError as exc:
+        got = str(exc)
+    assert got == expected
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    which=st.integers(0, len(_REAL) - 1),
+    flips=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=4),
+    cut=st.integers(0, 10_000),
+)
+def test_fixed_fields_quick_path_of_mutated_hellos(
+    which: int, flips: list[tuple[int, int]], cut: int
+) -> None:
+    message = bytearray(records_message(_REAL[which]))
+    for pos, value in flips:  # the fixed fields are in the first 200 bytes or so
+        message[pos % len(message)] = value
+    _same_fixed_fields(bytes(message[: max(1, cut % (len(message) + 1))]))
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    session_id=st.binary(max_size=40),
+    ciphers=st.binary(max_size=8),
+    compression=st.binary(max_size=3),
+    declared=st.none() | st.integers(0, 300),
+    tail=st.binary(max_size=4),
+)
+def test_fixed_fields_quick_path_of_built_bodies(
+    session_id: bytes, ciphers: bytes, compression: bytes, declared: int | None, tail: bytes
+) -> None:
+    body = b"\x03\x03" + bytes(32) + _vec(1, session_id) + _vec(2, ciphers) + _vec(1, compression) + tail
+    size = len(body) if declared is None else declared
+    _same_fixed_fields(b"\x01" + size.to_bytes(3, "big") + body)
+    _same_fixed_fields(b"\x01" + len(body).to_bytes(3, "big") + body)
+
+
+def test_fixed_fields_quick_path_takes_real_hellos(monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = [_fixed_fields_checked(records_message(data)) for data in _REAL]
+
+    def not_called(message: bytes) -> tuple[int, int, int]:
+        raise AssertionError("a well-formed hello went the slow way")
+
+    monkeypatch.setattr("trio_conduit.tls._hello._fixed_fields_checked", not_called)
+    assert [_fixed_fields(records_message(data)) for data in _REAL] == expected
