@@ -14,6 +14,7 @@ import trio_conduit as conduit
 from trio_conduit.tls import (
     Certificate,
     ClientHello,
+    ClientHelloError,
     StashKey,
     TLSError,
     TLSHandshake,
@@ -477,3 +478,69 @@ def test_contexts_are_cached(pki: PKI) -> None:
     assert build_context(pki.client_config(), "client") is a
     assert build_context(pki.client_config(alpn=["h2"]), "client") is not a
     assert build_context(pki.client_config(), "server") is not a
+
+
+async def _hello_with_name(port: int, name: str) -> trio.SSLStream[trio.SocketStream]:
+    """A raw trio TLS client that sends ``name`` as its SNI, unverified."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port), ctx, server_hostname=name)
+    try:
+        await stream.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(stream.transport_stream)
+        raise
+    return stream
+
+
+async def test_server_name_our_parser_refuses(pki: PKI) -> None:
+    """A name OpenSSL takes but our parser refuses ("a b.test": a space): with no hook that
+    needs the hello, it is reported where it is asked for; a servername hook has the
+    handshake refused before OpenSSL runs."""
+    seen: list[Any] = []
+
+    async def handler(conn: Any) -> None:
+        seen.append(conn)
+        await echo(conn)
+
+    async with conduit.open_pool() as pool, serving(pool, pki.server_url(), handler) as addr:
+        stream = await _hello_with_name(addr.port, "a b.test")
+        await stream.send_all(b"ping")
+        assert await stream.receive_some() == b"ping"
+        await stream.aclose()
+        conn = seen[0]
+        with pytest.raises(ClientHelloError, match="not printable ASCII"):
+            conn.tls.server_name  # noqa: B018
+        with pytest.raises(ClientHelloError, match="not printable ASCII"):
+            conn.handshake.hello  # noqa: B018
+        assert "server_name=None" in repr(conn.tls)  # a repr does not raise
+        assert conn.tls.alpn is None
+        assert conn.tls.version == "TLSv1.3"
+        # a good name is decoded when asked for, lower-cased
+        stream = await _hello_with_name(addr.port, "Good.Test")
+        await stream.send_all(b"ping")
+        assert await stream.receive_some() == b"ping"
+        await stream.aclose()
+        assert seen[1].tls.server_name == "good.test"
+        assert "server_name='good.test'" in repr(seen[1].tls)
+
+    names: list[str] = []
+
+    class Names:
+        @conduit.hookimpl
+        async def conduit_tls_servername(self, handshake: TLSHandshake, server_name: str) -> None:
+            names.append(server_name)
+
+    async with (
+        conduit.open_pool() as pool,
+        serving(pool, pki.server_url(), handler, plugins=[Names()]) as addr,
+    ):
+        with pytest.raises(trio.BrokenResourceError) as info:
+            await _hello_with_name(addr.port, "a b.test")
+        assert "DECODE_ERROR" in str(info.value.__cause__).upper()
+        stream = await _hello_with_name(addr.port, "Good.Test")
+        await stream.aclose()
+    assert names == ["good.test"]
+    assert len(seen) == 3  # the refused one never reached the handler
+    assert seen[2].tls.server_name == "good.test"

@@ -160,7 +160,8 @@ class TLSHandshake:
     """
 
     # Defaults as class attributes: a handshake sets only what it uses.
-    server_name: str | None = None
+    _server_name: str | None = None
+    _server_name_pending = False  # a server read the hello and has not decoded its name yet
     context: ssl.SSLContext | None = None
     certificate: Certificate | None = None
     alpn: tuple[str, ...] | None = None
@@ -170,7 +171,7 @@ class TLSHandshake:
     connection: TLSConnection | None = None
     _hello: ClientHello | None = None
     _hello_message: bytes | None = None
-    _hello_raw = b""
+    _hello_reader: ClientHelloReader | None = None
     _stash: Stash | None = None
     _context_used: ssl.SSLContext | None = None
     _finished = False
@@ -219,8 +220,38 @@ class TLSHandshake:
         :class:`ClientHelloError` here).
         """
         if self._hello is None and self._hello_message is not None:
-            self._hello = parse_client_hello_untrusted(self._hello_message, self._hello_raw)
+            reader = self._hello_reader
+            raw = reader.raw if reader is not None else b""
+            self._hello = parse_client_hello_untrusted(self._hello_message, raw)
         return self._hello
+
+    @property
+    def server_name(self) -> str | None:
+        """The SNI: the name to send (a client; hooks may change it), or the one received.
+
+        A server decodes it from the hello when first asked for, unless a hook
+        needed the hello parsed before (a name our parser refuses, in a hello
+        OpenSSL accepted, then raises :class:`ClientHelloError` here).
+        """
+        if self._server_name_pending:
+            hello = self._hello
+            message = self._hello_message
+            assert message is not None
+            self._server_name = hello.server_name if hello is not None else server_name_untrusted(message)
+            self._server_name_pending = False
+        return self._server_name
+
+    @server_name.setter
+    def server_name(self, name: str | None) -> None:
+        self._server_name = name
+        self._server_name_pending = False
+
+    def _valid_server_name(self) -> str | None:
+        """``server_name``, or ``None`` where it is malformed (for logs and trace matching)."""
+        try:
+            return self.server_name
+        except ClientHelloError:
+            return None
 
     # -- decisions ------------------------------------------------------------
     def reject(self, reason: str = "rejected by a hook") -> NoReturn:
@@ -452,7 +483,7 @@ def _trace_done(hs: TLSHandshake, info: TLSInfo) -> None:
             info.version,
             info.cipher,
             info.alpn or "-",
-            info.server_name or "-",
+            hs._valid_server_name() or "-",
             "resumed" if info.session_reused else "new",
             info.handshake_seconds * 1000,
         )
@@ -592,11 +623,12 @@ _BEFORE_OPENSSL: Final = _HELLO_HOOKS | {"conduit_tls_start"}
 
 
 async def _read_hello(hs: TLSHandshake, parse: bool) -> bytes:
-    """Read the ClientHello into ``hs`` (and its server name); every byte read so far.
+    """Read the ClientHello into ``hs``; every byte read so far.
 
     It is parsed whole at once when ``parse`` (a hook will want it); otherwise
-    only its records and server name are checked now (OpenSSL checks the
-    rest), and the parse waits until something asks for ``hs.hello``.
+    only its records are checked now (OpenSSL checks the rest), and the parse
+    waits until something asks for ``hs.hello`` (or only the server name
+    scan, for ``hs.server_name``).
     """
     reader = ClientHelloReader(hs.config.max_hello_size)
     try:
@@ -613,13 +645,10 @@ async def _read_hello(hs: TLSHandshake, parse: bool) -> bytes:
                 reader.feed_eof()
             message = reader.feed_message_untrusted(data)
             if message is not None:
-                hs._hello_message, hs._hello_raw = message, reader.raw
+                hs._hello_message, hs._hello_reader = message, reader
+                hs._server_name_pending = True
                 if parse:
-                    hello = hs.hello
-                    assert hello is not None
-                    hs.server_name = hello.server_name
-                else:
-                    hs.server_name = server_name_untrusted(message)
+                    hs.hello  # noqa: B018 - parsed (and refused if malformed) before the hooks run
                 return reader.buffered
     except ClientHelloError as exc:
         exc.peer = hs.peer
@@ -653,7 +682,7 @@ async def _server_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConn
         await ssl_stream.do_handshake()
     except (trio.BrokenResourceError, ssl.SSLError) as exc:
         await _handshake_failed(shim, hs, exc)
-    info = TLSInfo.from_ssl_object(obj, "server", hs.server_name, hs.elapsed, hs)
+    info = TLSInfo.from_ssl_object(obj, "server", None, hs.elapsed, hs)
     tls_conn = TLSConnection(
         hs.conn,
         ssl_stream,
@@ -661,7 +690,7 @@ async def _server_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConn
         hs,
         transport_name=transport_name,
         record_size=config.record_size,
-        trace=bool(config.trace) and trace_matches(config.trace, hs.remote, hs.server_name),
+        trace=bool(config.trace) and trace_matches(config.trace, hs.remote, hs._valid_server_name()),
     )
     await _after_handshake(hs, tls_conn)
     return tls_conn
@@ -733,8 +762,9 @@ def _server_context(hs: TLSHandshake) -> ssl.SSLContext:
             )
         config = config.replace(alpn=hs.alpn)
     if not config.has_certificate():
+        name = hs._valid_server_name() or "-"
         raise TLSError(
-            f"TLS handshake with {hs.peer} failed: no certificate for server name {hs.server_name!r} "
+            f"TLS handshake with {hs.peer} failed: no certificate (server name {name}) "
             "(give the listener certfile= or a certificate, or a conduit_tls_certificate hook)",
             reason="NO_CERTIFICATE",
             peer=hs.peer,

@@ -214,7 +214,8 @@ class TLSInfo:
     ``cipher`` and ``cipher_bits`` what was negotiated; ``alpn`` the
     protocol agreed by ALPN, if any; ``server_name`` the SNI the client sent
     (on a client: what we sent, ``None`` for an IP address; on a server: what
-    we received); ``session_reused`` whether an earlier session was resumed
+    we received, decoded when first asked for unless a hook needed it before:
+    see :attr:`TLSHandshake.server_name`); ``session_reused`` whether an earlier session was resumed
     (the cache-hit flag); ``handshake_seconds`` from the start of the TLS
     setup (hooks included) to its end; ``client_hello`` the parsed hello, on
     a server. The peer's certificate is ``peer_certificate`` and the chain
@@ -274,23 +275,47 @@ class TLSInfo:
         seconds: float,
         handshake: TLSHandshake | None = None,
     ) -> TLSInfo:
+        """The facts of ``obj``'s finished handshake. On a server with ``handshake``,
+        ``server_name`` is left to it (decoded from the hello when first asked for)."""
         name, _, bits = obj.cipher() or ("", "", 0)
         # What the frozen dataclass's __init__ does, in one call instead of one per field.
         info = object.__new__(TLSInfo)
-        vars(info).update(
+        facts = vars(info)
+        facts.update(
             side=side,
             version=obj.version() or "",
             cipher=name,
             cipher_bits=bits or 0,
             alpn=obj.selected_alpn_protocol(),
-            server_name=server_name,
             session_reused=obj.session_reused,
             handshake_seconds=seconds,
             peer_certificate_der=obj.getpeercert(binary_form=True),
             ssl_object=obj,
             _handshake=handshake,
         )
+        if side != "server" or handshake is None:
+            facts["server_name"] = server_name
         return info
+
+    if not TYPE_CHECKING:  # (for the type checker, server_name is the field it is)
+
+        def __getattr__(self, name: str) -> object:
+            # Only for an attribute not set: a server's server_name, until first asked for.
+            hs = self.__dict__.get("_handshake") if name == "server_name" else None
+            if hs is None:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            value = hs.server_name
+            self.__dict__["server_name"] = value
+            return value
+
+    def __repr__(self) -> str:
+        hs = self._handshake
+        name = self.server_name if hs is None or "server_name" in vars(self) else hs._valid_server_name()
+        return (
+            f"TLSInfo(side={self.side!r}, version={self.version!r}, cipher={self.cipher!r}, "
+            f"cipher_bits={self.cipher_bits!r}, alpn={self.alpn!r}, server_name={name!r}, "
+            f"session_reused={self.session_reused!r}, handshake_seconds={self.handshake_seconds!r})"
+        )
 
 
 def _explained(exc: trio.BrokenResourceError) -> trio.BrokenResourceError:

@@ -98,7 +98,7 @@ async def run_tunnel(
             "TLS blind tunnel conn #%d from %s (SNI %s) to %s",
             conn.id,
             hs.peer,
-            hs.server_name or "-",
+            hs._valid_server_name() or "-",
             target,
         )
         if buffered:
