@@ -59,6 +59,11 @@ def _cpus() -> tuple[int, int]:
     return (cpus[0], cpus[1]) if len(cpus) >= 2 else (-1, -1)
 
 
+def one_cpu() -> int:
+    """The CPU a one-process benchmark pins itself to (the client's of :func:`pinned_pair`), or -1."""
+    return _cpus()[1]
+
+
 def pinned_pair(
     server: Callable[[int], list[str]], client: Callable[[int, int], list[str]]
 ) -> dict[str, float]:

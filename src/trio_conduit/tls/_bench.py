@@ -5,25 +5,33 @@
   (``pool.serve`` / ``pool.connect``) against ``trio.serve_ssl_over_tcp`` /
   ``trio.open_ssl_over_tcp_stream``.
 * ``tls_handshakes_per_s``: full handshakes (no session resumption on either
-  side), each connect + verify + 1 byte + close, one at a time.
+  side), each connect + verify + 1 byte + close, one at a time, after 20
+  untimed ones.
+* ``tls_handshakes_per_s_one_cpu``: the same with both sides in one process
+  on one CPU: what a handshake costs in CPU, client and server together,
+  without the wake-ups between two CPUs (which make the two-process figure
+  swing by several per cent from run to run on a shared machine).
 * ``tls_cli_pipe`` (with ``--cli``): ``conduit connect tls://`` piping N MiB
   into ``conduit listen tls://`` against ``ncat --ssl`` doing the same.
 
-Server and client run in two processes pinned to two CPUs; implementations
-alternate run by run. Certificates come from an :class:`EphemeralCA` made for
+Server and client run in two processes pinned to two CPUs (except the
+one-CPU figure); implementations alternate run by run. Certificates come from an :class:`EphemeralCA` made for
 the run. ``python -m trio_conduit.tls._bench server|client ...`` is one side.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -32,6 +40,8 @@ __all__ = ["run_tls_bench"]
 
 _WORKER = [sys.executable, "-m", "trio_conduit.tls._bench"]
 _CHUNK = 1024 * 1024
+#: Untimed handshakes before each timed run.
+_WARM_UP = 20
 
 
 # ---------------------------------------------------------------------------
@@ -67,27 +77,33 @@ async def _handle(stream: Any) -> None:
     await stream.aclose()
 
 
-async def _server(impl: str, certfile: str, keyfile: str) -> None:
+async def _serve(impl: str, certfile: str, keyfile: str, nursery: trio.Nursery, pool: Any) -> int:
+    """Start serving ``_handle`` in ``nursery`` (through ``pool`` for ``impl == "pool"``); the port."""
+
     async def handler(stream: Any) -> None:
         try:
             await _handle(stream)
         except trio.BrokenResourceError:
             pass
 
-    async with trio.open_nursery() as nursery:
-        if impl == "raw":
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.load_cert_chain(certfile, keyfile)
-            listeners = await nursery.start(trio.serve_ssl_over_tcp, handler, 0, ctx)
-            port = listeners[0].transport_listener.socket.getsockname()[1]
-            await _announce_and_wait(port)
-        else:
-            import trio_conduit
+    if impl == "raw":
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(certfile, keyfile)
+        listeners = await nursery.start(
+            functools.partial(trio.serve_ssl_over_tcp, handler, 0, ctx, host="127.0.0.1")
+        )
+        port: int = listeners[0].transport_listener.socket.getsockname()[1]
+        return port
+    url = f"tls://127.0.0.1:0?certfile={certfile}&keyfile={keyfile}"
+    address = await nursery.start(pool.serve, url, handler)
+    return int(address.port)
 
-            async with trio_conduit.open_pool() as pool:
-                url = f"tls://127.0.0.1:0?certfile={certfile}&keyfile={keyfile}"
-                address = await nursery.start(pool.serve, url, handler)
-                await _announce_and_wait(address.port)
+
+async def _server(impl: str, certfile: str, keyfile: str) -> None:
+    import trio_conduit
+
+    async with trio_conduit.open_pool() as pool, trio.open_nursery() as nursery:
+        await _announce_and_wait(await _serve(impl, certfile, keyfile, nursery, pool))
         nursery.cancel_scope.cancel()
 
 
@@ -96,22 +112,46 @@ async def _announce_and_wait(port: int) -> None:
     await trio.to_thread.run_sync(sys.stdin.read)
 
 
+def _connector(impl: str, port: int, cafile: str, pool: Any) -> Callable[[], Awaitable[Any]]:
+    """Connect (and handshake) to ``port``: raw trio, or ``pool.connect``."""
+    if impl == "raw":
+        ctx = ssl.create_default_context(cafile=cafile)
+
+        async def connect_raw() -> Any:
+            stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=ctx)
+            await stream.do_handshake()  # the pool's connect has done it: count it for both
+            return stream
+
+        return connect_raw
+    url = f"tls://127.0.0.1:{port}"
+
+    async def connect_pool() -> Any:
+        return await pool.connect(url, cafile=cafile, session_cache=False)
+
+    return connect_pool
+
+
+async def _handshakes(connect: Callable[[], Awaitable[Any]], amount: int) -> dict[str, float]:
+    """``amount`` full handshakes, one at a time, each with 1 byte and a close; after untimed warm-up
+    ones (the first builds each side's ``SSLContext``)."""
+    for _ in range(_WARM_UP):
+        stream = await connect()
+        await stream.send_all(b"x")
+        await stream.aclose()
+    start = time.perf_counter()
+    for _ in range(amount):
+        stream = await connect()
+        await stream.send_all(b"x")
+        await stream.aclose()
+    elapsed = time.perf_counter() - start
+    return {"seconds": elapsed, "per_s": amount / elapsed}
+
+
 async def _client(impl: str, mode: str, port: int, amount: int, cafile: str) -> dict[str, float]:
     import trio_conduit
 
     async with trio_conduit.open_pool() as pool:
-        if impl == "raw":
-            ctx = ssl.create_default_context(cafile=cafile)
-
-            async def connect() -> Any:
-                return await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=ctx)
-
-        else:
-            url = f"tls://127.0.0.1:{port}"
-
-            async def connect() -> Any:
-                return await pool.connect(url, cafile=cafile, session_cache=False)
-
+        connect = _connector(impl, port, cafile, pool)
         if mode == "bulk":
             block = memoryview(bytes(_CHUNK))
             start = time.perf_counter()
@@ -128,15 +168,18 @@ async def _client(impl: str, mode: str, port: int, amount: int, cafile: str) -> 
             if int.from_bytes(ack, "big") != amount:
                 raise RuntimeError(f"server counted {int.from_bytes(ack, 'big')} bytes, sent {amount}")
             return {"seconds": elapsed, "mb_per_s": amount / elapsed / 1e6}
-        start = time.perf_counter()
-        for _ in range(amount):
-            stream = await connect()
-            if impl == "raw":
-                await stream.do_handshake()  # the pool's connect has done it: count it for both
-            await stream.send_all(b"x")
-            await stream.aclose()
-        elapsed = time.perf_counter() - start
-        return {"seconds": elapsed, "per_s": amount / elapsed}
+        return await _handshakes(connect, amount)
+
+
+async def _one_cpu(impl: str, amount: int, certfile: str, keyfile: str, cafile: str) -> dict[str, float]:
+    """Handshakes with both sides in this process (one trio loop, one CPU): the CPU each costs."""
+    import trio_conduit
+
+    async with trio_conduit.open_pool() as pool, trio.open_nursery() as nursery:
+        port = await _serve(impl, certfile, keyfile, nursery, pool)
+        result = await _handshakes(_connector(impl, port, cafile, pool), amount)
+        nursery.cancel_scope.cancel()
+    return result
 
 
 def _pin(cpu: int) -> None:
@@ -152,6 +195,9 @@ def main(argv: list[str]) -> None:
     _pin(int(cpu))
     if role == "server":
         trio.run(_server, impl, argv[3], argv[4])
+    elif role == "one-cpu":
+        amount, cert, key, cafile = int(argv[3]), argv[4], argv[5], argv[6]
+        print(json.dumps(trio.run(_one_cpu, impl, amount, cert, key, cafile)), flush=True)
     else:
         mode, port, amount, cafile = argv[3], int(argv[4]), int(argv[5]), argv[6]
         print(json.dumps(trio.run(_client, impl, mode, port, amount, cafile)), flush=True)
@@ -171,11 +217,23 @@ def _one(impl: str, mode: str, amount: int, files: dict[str, str]) -> dict[str, 
     )
 
 
-def _pair(mode: str, amount: int, repeat: int, key: str, files: dict[str, str]) -> dict[str, Any]:
+def _one_cpu_run(impl: str, amount: int, files: dict[str, str]) -> dict[str, float]:
+    from ..cli.bench import one_cpu
+
+    argv = [*_WORKER, "one-cpu", impl, str(one_cpu()), str(amount), files["cert"], files["key"], files["ca"]]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True)
+    result: dict[str, float] = json.loads(out.stdout)
+    return result
+
+
+def _pair(
+    mode: str, amount: int, repeat: int, key: str, files: dict[str, str], *, one_cpu: bool = False
+) -> dict[str, Any]:
     runs: dict[str, list[float]] = {"raw": [], "pool": []}
     for i in range(repeat):
         for impl in ("raw", "pool") if i % 2 == 0 else ("pool", "raw"):
-            runs[impl].append(_one(impl, mode, amount, files)[key])
+            result = _one_cpu_run(impl, amount, files) if one_cpu else _one(impl, mode, amount, files)
+            runs[impl].append(result[key])
     raw, pool = statistics.median(runs["raw"]), statistics.median(runs["pool"])
     return {"raw_trio": raw, "pool": pool, "ratio": pool / raw, "runs": runs, "unit": key}
 
@@ -269,6 +327,7 @@ def run_tls_bench(
         results = {
             "tls_bulk_mb_per_s": _pair("bulk", bulk_mib * 1024 * 1024, repeat, "mb_per_s", files),
             "tls_handshakes_per_s": _pair("rate", connections, repeat, "per_s", files),
+            "tls_handshakes_per_s_one_cpu": _pair("rate", connections, repeat, "per_s", files, one_cpu=True),
         }
         if cli_mib:
             results["tls_cli_pipe"] = _cli(cli_mib, repeat, files)
