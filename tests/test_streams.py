@@ -286,6 +286,19 @@ async def test_info_tcp_ipv6() -> None:
         assert client.info.family == server.info.family == socket.AF_INET6
         assert client.info.remote[:2] == ("::1", listener.address.port)
         assert server.info.remote == client.info.local == client.socket.getsockname()
+        assert server.info.local == client.info.remote == server.socket.getsockname()
+
+
+async def test_info_local_of_a_connection_accepted_on_a_wildcard() -> None:
+    """Accepted on 0.0.0.0, a connection's local address is the one it came to, not the wildcard."""
+    async with conduit.open_pool() as pool:
+        listener = await pool.listen("tcp://0.0.0.0:0")
+        client = await pool.connect(f"tcp://127.0.0.1:{listener.address.port}")
+        server = await listener.accept()
+        assert server.info.local == ("127.0.0.1", listener.address.port) == server.socket.getsockname()
+        assert client.info.remote == server.info.local
+        await client.aclose()
+        await server.aclose()
 
 
 async def test_info_unix(sock_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Mapping, Sequence
 
@@ -71,11 +72,20 @@ class TCPTransport(Transport):
         bound = Address(ctx.address.scheme, host=host, port=port, query=ctx.address.query)
         options, tracer = ctx.options, ctx.tracer
         kind = socket_kind(sock)  # every accepted socket's
+        # and, bound to one address (not a wildcard), every accepted socket's local address
+        local = None if ipaddress.ip_address(host.partition("%")[0]).is_unspecified else sock.getsockname()
 
         def wrap(s: trio.socket.SocketType, remote: SockAddr, conn_id: int) -> Connection:
             _tune(s, options)
             return HalfCloseableSocketStream(
-                s, conn_id, transport="tcp", tracer=tracer, address=bound, remote=remote, kind=kind
+                s,
+                conn_id,
+                transport="tcp",
+                tracer=tracer,
+                address=bound,
+                remote=remote,
+                kind=kind,
+                local=local,
             )
 
         return SocketListener(sock, ctx, wrap, bound)

@@ -542,12 +542,15 @@ def socket_info(
     remote: SockAddr | None = None,
     peer_credentials: PeerCredentials | None = None,
     kind: SocketKind | None = None,
+    local: SockAddr | None = None,
 ) -> CommunicationInfo:
-    """The facts of a connected kernel socket; ``remote`` defaults to ``getpeername()``.
+    """The facts of a connected kernel socket; ``remote`` defaults to ``getpeername()``,
+    ``local`` to ``getsockname()``.
 
     ``kind`` spares asking the socket its family, type and protocol (each an enum
     conversion in Python's ``socket``), when they are known: an accepted socket's
-    are its listener's.
+    are its listener's. So does ``local`` a system call, for a socket accepted on a
+    listener bound to one address (not a wildcard): the listener's.
     """
     if remote is None:
         try:
@@ -560,7 +563,7 @@ def socket_info(
         family=family,
         socktype=socktype,
         protocol=proto,
-        local=_sockname(sock),
+        local=local if local is not None else _sockname(sock),
         remote=remote,
         peer_credentials=peer_credentials,
     )
@@ -582,7 +585,8 @@ class SocketStream(StreamConnection):
     ``socket`` is the trio socket, for options this library does not wrap.
     ``kind``: the socket's ``(family, type, proto)`` when the caller knows them
     (a listener's :func:`socket_kind`, shared by what it accepts), which
-    spares working them out again for each connection.
+    spares working them out again for each connection; ``local`` likewise its
+    local address (see :func:`socket_info`).
     ``receive_some()`` without a size reads up to ``receive_size`` bytes
     (256 KiB by default). ``send_size`` caps what one ``send()`` call carries
     (SCTP sends each call as one message, which must fit the send buffer).
@@ -601,6 +605,7 @@ class SocketStream(StreamConnection):
         receive_size: int = DEFAULT_RECEIVE_SIZE,
         send_size: int | None = None,
         kind: SocketKind | None = None,
+        local: SockAddr | None = None,
     ) -> None:
         super().__init__(conn_id, address)
         self._sock = sock
@@ -610,7 +615,7 @@ class SocketStream(StreamConnection):
         self._tracer = tracer
         self._receive_size = receive_size
         self._send_size = send_size
-        self._info = socket_info(sock, transport, remote, peer_credentials, kind)
+        self._info = socket_info(sock, transport, remote, peer_credentials, kind, local)
 
     @property
     def socket(self) -> trio.socket.SocketType:
