@@ -21,6 +21,7 @@ failure the connection is closed and a :class:`TLSError` says why.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import socket
@@ -65,6 +66,9 @@ _ALERT_GRACE: Final = 1.0
 #: Read size while waiting for a ClientHello (one record; longer hellos take more reads).
 _HELLO_READ: Final = 16384 + 5
 _CLOSE_GRACE: Final = 5.0
+#: Hooks a closing connection may await.
+_CLOSING_HOOKS: Final = frozenset(("conduit_tls_close", "conduit_tls_session_put"))
+_UNSCOPED: Final = contextlib.nullcontext()
 
 
 @final
@@ -301,23 +305,28 @@ class TLSHandshake:
             return await _guard(self, name, self.scope.acall_first(name, handshake=self, **kwargs))
         return None
 
-    def needs_finishing(self) -> bool:
-        """Whether :meth:`finished` has anything to do (a pending session, ``close`` hooks)."""
-        return not self._finished and (self.session_pending or self.scope.has_impls("conduit_tls_close"))
-
     async def finished(self, exc: BaseException | None) -> None:
         """Run the ``close`` hooks (once) and put a pending client session in the cache."""
         if self._finished:
             return
         self._finished = True
-        if not self.session_pending and not self.scope.has_impls("conduit_tls_close"):
+        impls = self.scope.implemented
+        store = self.session_pending and exc is None
+        if not store and "conduit_tls_close" not in impls:
             return
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_GRACE):
-            if self.session_pending and exc is None:
+        # Hooks run shielded (this may be a cancelled task closing up) and bounded; with none,
+        # nothing here awaits.
+        hooked = not impls.isdisjoint(_CLOSING_HOOKS)
+        with (
+            trio.CancelScope(shield=True, deadline=trio.current_time() + _CLOSE_GRACE)
+            if hooked
+            else _UNSCOPED
+        ):
+            if store:
                 session = self._current_session()
                 if session is not None and (session.has_ticket or not _is_tls13(self)):
                     await self._store_session(session)
-            if self.scope.has_impls("conduit_tls_close"):
+            if "conduit_tls_close" in impls:
                 await self.scope.notify("conduit_tls_close", handshake=self, exc=exc)
 
     # -- sessions ----------------------------------------------------------------

@@ -584,10 +584,10 @@ class TLSConnection(HalfCloseableStreamConnection):
                 await trio.aclose_forcefully(self._transport)
             raise
         finally:
-            if self._handshake.needs_finishing() or self._owner is not None:
-                with trio.CancelScope(shield=True):
-                    await self._handshake.finished(exc)
-                    await self._closed(exc)
+            # Even when cancelled: each shields what it has to await (close and
+            # connection_lost hooks, a session to store), and awaits nothing otherwise.
+            await self._handshake.finished(exc)
+            await self._closed(exc)
 
     async def unwrap(self) -> tuple[StreamConnection, bytes]:
         """End TLS (``close_notify`` both ways) and return the transport and any bytes read past it."""
