@@ -237,3 +237,28 @@ async def test_cancel_server_handshakes_mid_way(pki: PKI) -> None:
             await listener.aclose()
 
     await assert_cancel_safe(scenario, seed=5)
+
+
+async def test_max_handshakes_holds_new_handshakes_until_a_slot_frees(pki: PKI) -> None:
+    """With ``max_handshakes=1`` a client that stalls mid-hello holds the only slot: the next
+    client's handshake starts when the first is closed by its timeout, and then succeeds."""
+    timeout = 0.5
+    url = pki.server_url() + f"&handshake_timeout={timeout}&max_handshakes=1"
+    async with conduit.open_pool() as pool, serving(pool, url) as addr:
+        hello = openssl_hello("stall.test")
+        half = await trio.open_tcp_stream("127.0.0.1", port_of(addr))
+        await half.send_all(hello[: len(hello) // 2])
+        await trio.sleep(0.1)  # its handshake has the slot
+        start = trio.current_time()
+        conn = await pool.connect(f"tls://127.0.0.1:{addr.port}", cafile=pki.cafile, timeout=10)
+        waited = trio.current_time() - start
+        assert timeout - 0.1 - 0.05 <= waited < timeout + 3
+        assert await exchange(conn) == b"ping"
+        assert await read_all(half) == b""  # the stalled one was closed
+        # with the slot free again, a handshake starts at once
+        start = trio.current_time()
+        other = await pool.connect(f"tls://127.0.0.1:{addr.port}", cafile=pki.cafile)
+        assert trio.current_time() - start < timeout
+        await other.aclose()
+        await conn.aclose()
+        await half.aclose()
