@@ -498,6 +498,33 @@ def _trace_done(hs: TLSHandshake, info: TLSInfo) -> None:
         )
 
 
+async def _established(
+    hs: TLSHandshake,
+    ssl_stream: trio.SSLStream[trio.abc.Stream],
+    info: TLSInfo,
+    transport_name: str | None,
+    trace_name: str | None = None,
+) -> TLSConnection:
+    """The :class:`TLSConnection` of a finished handshake, checked (pins, ``verify_peer``)
+    and announced (``handshake_done``). A wire trace matches ``trace_name``, else the
+    handshake's server name (on a server decoded only when a trace is configured)."""
+    config = hs.config
+    trace = bool(config.trace) and trace_matches(
+        config.trace, hs.remote, trace_name or hs._valid_server_name()
+    )
+    tls_conn = TLSConnection(
+        hs.conn,
+        ssl_stream,
+        info,
+        hs,
+        transport_name=transport_name,
+        record_size=config.record_size,
+        trace=trace,
+    )
+    await _after_handshake(hs, tls_conn)
+    return tls_conn
+
+
 async def _after_handshake(hs: TLSHandshake, tls_conn: TLSConnection) -> None:
     info = tls_conn.tls
     _check_pins(hs, info)
@@ -582,16 +609,7 @@ async def _client_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConn
     sni = hs.server_name if hs.server_name and not _is_ip(hs.server_name) else None
     info = TLSInfo.from_ssl_object(obj, "client", sni, hs.elapsed)
     hs.session_pending = hs.session_key is not None
-    tls_conn = TLSConnection(
-        hs.conn,
-        ssl_stream,
-        info,
-        hs,
-        transport_name=transport_name,
-        record_size=config.record_size,
-        trace=bool(config.trace) and trace_matches(config.trace, hs.remote, sni or hs.server_name),
-    )
-    await _after_handshake(hs, tls_conn)
+    tls_conn = await _established(hs, ssl_stream, info, transport_name, sni)
     if hs.session_pending and info.version != "TLSv1.3":
         session = obj.session
         if session is not None:
@@ -692,17 +710,7 @@ async def _server_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConn
     except (trio.BrokenResourceError, ssl.SSLError) as exc:
         await _handshake_failed(shim, hs, exc)
     info = TLSInfo.from_ssl_object(obj, "server", None, hs.elapsed, hs)
-    tls_conn = TLSConnection(
-        hs.conn,
-        ssl_stream,
-        info,
-        hs,
-        transport_name=transport_name,
-        record_size=config.record_size,
-        trace=bool(config.trace) and trace_matches(config.trace, hs.remote, hs._valid_server_name()),
-    )
-    await _after_handshake(hs, tls_conn)
-    return tls_conn
+    return await _established(hs, ssl_stream, info, transport_name)
 
 
 async def _hooks_before_openssl(hs: TLSHandshake) -> bytes | TunnelPlan:
