@@ -68,12 +68,13 @@ class TCPTransport(Transport):
 
     async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
         sock = await ctx.listen_inet(socket.SOCK_STREAM)
-        host, port = sock.getsockname()[:2]
+        name = sock.getsockname()
+        host, port = name[:2]
         bound = Address(ctx.address.scheme, host=host, port=port, query=ctx.address.query)
         options, tracer = ctx.options, ctx.tracer
         kind = socket_kind(sock)  # every accepted socket's
         # and, bound to one address (not a wildcard), every accepted socket's local address
-        local = None if ipaddress.ip_address(host.partition("%")[0]).is_unspecified else sock.getsockname()
+        local = None if ipaddress.ip_address(host.partition("%")[0]).is_unspecified else name
 
         def wrap(s: trio.socket.SocketType, remote: SockAddr, conn_id: int) -> Connection:
             _tune(s, options)

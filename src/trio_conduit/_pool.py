@@ -135,31 +135,17 @@ class PoolListener(trio.abc.Listener[Any]):
             if registered is not None:
                 return registered
 
-    async def accept_unfinished(self) -> tuple[Connection, Callable[[], Awaitable[Any]]]:
-        """An accepted connection whose setup may not be done, and an async ``finish()``.
-
-        ``finish()`` completes the setup and returns the connection registered
-        with the pool, or ``None`` (it failed: traced and closed). A transport
-        listener that sets connections up in steps (TLS: ``accept_unfinished``)
-        leaves its handshake to ``finish()``, which ``serve()`` runs in the
-        connection's own handler task; for any other, the connection is ready.
-        """
-        raw, finish, register = await self._accept_in_steps()
-        if register is None:
-            return raw, finish
-
-        async def adopt() -> Any:
-            done = await finish()
-            return None if done is None else await register(done)
-
-        return raw, adopt
-
     async def _accept_in_steps(
         self,
     ) -> tuple[Connection, Callable[[], Awaitable[Any]], Callable[[Connection], Awaitable[Any]] | None]:
-        """``accept_unfinished`` in its parts: the connection, the transport's ``finish()``, and
-        the registering that must follow it (``None``: ``finish()`` returns it registered).
-        ``serve()`` awaits the two in turn, one coroutine frame less under each handshake step."""
+        """For ``serve()``: an accepted connection whose setup may not be done, the async
+        ``finish()`` that completes it, and the registering with the pool that must follow
+        (``None``: ``finish()`` returns the connection ready and registered).
+
+        A transport listener that sets connections up in steps (TLS: ``accept_unfinished``)
+        leaves its handshake to ``finish()``, which ``serve()`` runs in the connection's own
+        handler task; ``finish()`` returns ``None`` when that failed (traced and closed).
+        """
         steps = getattr(self._inner, "accept_unfinished", None)
         if steps is None:
             conn = await self.accept()
