@@ -174,8 +174,7 @@ class TLSHandshake:
     tunnel_target: object | None = None
     connection: TLSConnection | None = None
     _hello: ClientHello | None = None
-    _hello_message: bytes | None = None
-    _hello_reader: ClientHelloReader | None = None
+    _hello_reader: ClientHelloReader | None = None  # (a server's, once it holds the whole hello)
     _stash: Stash | None = None
     _context_used: ssl.SSLContext | None = None
     _finished = False
@@ -223,10 +222,9 @@ class TLSHandshake:
         first asked for (a malformed one OpenSSL accepted then raises
         :class:`ClientHelloError` here).
         """
-        if self._hello is None and self._hello_message is not None:
-            reader = self._hello_reader
-            raw = reader.raw if reader is not None else b""
-            self._hello = parse_client_hello_untrusted(self._hello_message, raw)
+        reader = self._hello_reader
+        if self._hello is None and reader is not None and reader.message is not None:
+            self._hello = parse_client_hello_untrusted(reader.message, reader.raw)
         return self._hello
 
     @property
@@ -238,9 +236,8 @@ class TLSHandshake:
         OpenSSL accepted, then raises :class:`ClientHelloError` here).
         """
         if self._server_name_pending:
-            hello = self._hello
-            message = self._hello_message
-            assert message is not None
+            hello, message = self._hello, self._hello_reader.message if self._hello_reader else None
+            assert message is not None  # pending only once the whole hello is in
             self._server_name = hello.server_name if hello is not None else server_name_untrusted(message)
             self._server_name_pending = False
         return self._server_name
@@ -672,7 +669,7 @@ async def _read_hello(hs: TLSHandshake, parse: bool) -> bytes:
                 reader.feed_eof()
             message = reader.feed_message_untrusted(data)
             if message is not None:
-                hs._hello_message, hs._hello_reader = message, reader
+                hs._hello_reader = reader
                 hs._server_name_pending = True
                 if parse:
                     hs.hello  # noqa: B018 - parsed (and refused if malformed) before the hooks run

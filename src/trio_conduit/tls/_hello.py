@@ -483,6 +483,12 @@ class ClientHelloReader:
         return bytes(self._buf)
 
     @property
+    def message(self) -> bytes | None:
+        """The ClientHello handshake message once its records are all in (what
+        :meth:`feed_message_untrusted` returned), else ``None``."""
+        return self._complete
+
+    @property
     def raw(self) -> bytes:
         """The bytes up to the end of the record that completed the hello (see :attr:`ClientHello.raw`)."""
         return bytes(self._buf[: self._pos])

@@ -309,8 +309,9 @@ class TLSInfo:
             return value
 
     def __repr__(self) -> str:
-        hs = self._handshake
-        name = self.server_name if hs is None or "server_name" in vars(self) else hs._valid_server_name()
+        facts, hs = vars(self), self._handshake
+        # not decoded yet (a server's): decoded now, shown as None if malformed
+        name = facts["server_name"] if "server_name" in facts or hs is None else hs._valid_server_name()
         return (
             f"TLSInfo(side={self.side!r}, version={self.version!r}, cipher={self.cipher!r}, "
             f"cipher_bits={self.cipher_bits!r}, alpn={self.alpn!r}, server_name={name!r}, "
