@@ -91,13 +91,25 @@ async def _client(impl: str, mode: str, port: int, amount: int) -> dict[str, flo
             if int.from_bytes(ack, "big") != amount:
                 raise RuntimeError(f"server counted {int.from_bytes(ack, 'big')} bytes, sent {amount}")
             return {"seconds": elapsed, "mb_per_s": amount / elapsed / 1e6}
-        start = time.perf_counter()
-        for _ in range(amount):
-            stream = await connect()
-            await stream.send_all(b"x")
-            await stream.aclose()
-        elapsed = time.perf_counter() - start
-        return {"seconds": elapsed, "per_s": amount / elapsed}
+        return await connection_rate(connect, amount)
+
+
+async def connection_rate(
+    connect: Callable[[], Awaitable[trio.abc.Stream]], amount: int, warm_up: int = 0
+) -> dict[str, float]:
+    """``amount`` connections one at a time, each with 1 byte and a close (the ``rate``
+    figures; TLS counts its handshakes so), timed after ``warm_up`` untimed ones."""
+    for _ in range(warm_up):
+        stream = await connect()
+        await stream.send_all(b"x")
+        await stream.aclose()
+    start = time.perf_counter()
+    for _ in range(amount):
+        stream = await connect()
+        await stream.send_all(b"x")
+        await stream.aclose()
+    elapsed = time.perf_counter() - start
+    return {"seconds": elapsed, "per_s": amount / elapsed}
 
 
 def main(argv: list[str]) -> None:

@@ -36,11 +36,13 @@ from typing import Any
 
 import trio
 
+from ..cli._benchworker import connection_rate
+
 __all__ = ["run_tls_bench"]
 
 _WORKER = [sys.executable, "-m", "trio_conduit.tls._bench"]
 _CHUNK = 1024 * 1024
-#: Untimed handshakes before each timed run.
+#: Untimed handshakes before each timed run (the first builds each side's ``SSLContext``).
 _WARM_UP = 20
 
 
@@ -131,22 +133,6 @@ def _connector(impl: str, port: int, cafile: str, pool: Any) -> Callable[[], Awa
     return connect_pool
 
 
-async def _handshakes(connect: Callable[[], Awaitable[Any]], amount: int) -> dict[str, float]:
-    """``amount`` full handshakes, one at a time, each with 1 byte and a close; after untimed warm-up
-    ones (the first builds each side's ``SSLContext``)."""
-    for _ in range(_WARM_UP):
-        stream = await connect()
-        await stream.send_all(b"x")
-        await stream.aclose()
-    start = time.perf_counter()
-    for _ in range(amount):
-        stream = await connect()
-        await stream.send_all(b"x")
-        await stream.aclose()
-    elapsed = time.perf_counter() - start
-    return {"seconds": elapsed, "per_s": amount / elapsed}
-
-
 async def _client(impl: str, mode: str, port: int, amount: int, cafile: str) -> dict[str, float]:
     import trio_conduit
 
@@ -168,7 +154,7 @@ async def _client(impl: str, mode: str, port: int, amount: int, cafile: str) -> 
             if int.from_bytes(ack, "big") != amount:
                 raise RuntimeError(f"server counted {int.from_bytes(ack, 'big')} bytes, sent {amount}")
             return {"seconds": elapsed, "mb_per_s": amount / elapsed / 1e6}
-        return await _handshakes(connect, amount)
+        return await connection_rate(connect, amount, _WARM_UP)
 
 
 async def _one_cpu(impl: str, amount: int, certfile: str, keyfile: str, cafile: str) -> dict[str, float]:
@@ -177,7 +163,7 @@ async def _one_cpu(impl: str, amount: int, certfile: str, keyfile: str, cafile: 
 
     async with trio_conduit.open_pool() as pool, trio.open_nursery() as nursery:
         port = await _serve(impl, certfile, keyfile, nursery, pool)
-        result = await _handshakes(_connector(impl, port, cafile, pool), amount)
+        result = await connection_rate(_connector(impl, port, cafile, pool), amount, _WARM_UP)
         nursery.cancel_scope.cancel()
     return result
 
