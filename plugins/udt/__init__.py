@@ -23,6 +23,7 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import pluggy
 import trio
 
 from trio_conduit import (
@@ -97,6 +98,7 @@ __all__ = [
     "UDTStream",
     "UDTTimeout",
     "UDTTransport",
+    "conduit_addhooks",
     "conduit_congestion_controls",
     "conduit_transports",
 ]
@@ -461,6 +463,13 @@ def congestion_controls(ctx: Context) -> dict[str, CongestionControlFactory]:
             table[name] = factory
             owner[name] = impl.plugin_name
     return table
+
+
+@hookimpl
+def conduit_addhooks(pluginmanager: pluggy.PluginManager) -> None:
+    from . import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 @hookimpl

@@ -40,6 +40,8 @@ _ASYNC_HOOKS: Final = frozenset(
 def _new_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
+    # Historic: every plugin registered later is called at once and may add its own specs.
+    pm.hook.conduit_addhooks.call_historic(kwargs={"pluginmanager": pm})
     return pm
 
 

@@ -5,8 +5,8 @@ after the spec. Implementations may take any subset of the spec's parameters.
 
 Two calling conventions:
 
-* **Registration hooks** (``conduit_transports``, ``conduit_proxy_types``,
-  ``conduit_congestion_controls``) are called synchronously,
+* **Registration hooks** (``conduit_addhooks``, ``conduit_transports``,
+  ``conduit_proxy_types``, ``conduit_benchmarks``) are called synchronously,
   once, when a pool or listener builds its registry. They return objects.
 * **Lifecycle hooks** (everything else) are *awaited* by trio-conduit's own
   dispatcher: an implementation may be ``async def`` and may take its time.
@@ -25,7 +25,7 @@ the hooks of the wider ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -49,6 +49,20 @@ hookspec = pluggy.HookspecMarker("trio_conduit")
 # --------------------------------------------------------------------------
 
 
+@hookspec(historic=True)
+def conduit_addhooks(pluginmanager: pluggy.PluginManager) -> None:
+    """Add this plugin's own hook specifications: ``pluginmanager.add_hookspecs(module)``.
+
+    Called once for each plugin manager the plugin is registered with (the
+    global one and each narrower scope's), as soon as the plugin is
+    registered, so implementations of the new hooks in any plugin are checked
+    against them. The hooks a plugin adds this way are its own to call
+    (``ctx.scope.pm.hook.NAME()``); they are synchronous. The ``udt://``
+    plugin adds ``conduit_congestion_controls`` this way. (pytest's
+    ``pytest_addhooks``.) Synchronous.
+    """
+
+
 @hookspec
 def conduit_transports() -> Sequence[Transport]:  # type: ignore[empty-body]
     """Return the transports this plugin provides.
@@ -57,21 +71,6 @@ def conduit_transports() -> Sequence[Transport]:  # type: ignore[empty-body]
     (stream or datagram), its capabilities and options, an availability probe,
     and async ``connect``/``listen``. Two plugins registering the same scheme
     is a :class:`~trio_conduit.PluginError`. Synchronous.
-    """
-
-
-@hookspec
-def conduit_congestion_controls() -> Mapping[str, Callable[..., object]]:  # type: ignore[empty-body]
-    """Return congestion-control algorithms this plugin provides, by name.
-
-    Transports that do their own congestion control (``udt://``) look a name
-    up here when a connection asks for one (``?congestion=NAME``, or
-    ``NAME:key=value,...`` to pass keyword arguments). Each value is a
-    factory called once per connection, with those keyword arguments as
-    strings, returning a controller of the kind that transport documents —
-    for ``udt://`` a ``trio_conduit_plugins.udt.CongestionControl``. A name
-    provided by two plugins is a :class:`~trio_conduit.PluginError` when it is
-    looked up. Synchronous.
     """
 
 
