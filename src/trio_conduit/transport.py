@@ -9,6 +9,7 @@ A kernel-socket transport needs little more than these: parse the URL with
 from ._address import parse_bool as parse_bool
 from ._address import parse_host_port as parse_host_port
 from ._address import parse_unix_path as parse_unix_path
+from ._util import ConflictDetector as ConflictDetector
 from ._connection import SockAddr as SockAddr
 from ._errors import connect_error_from_oserror as connect_error_from_oserror
 from ._errors import unavailable_reason as unavailable_reason
