@@ -136,7 +136,8 @@ def imports(known: dict[str, Path]) -> Iterator[Import]:
                 private = tuple(
                     alias.name
                     for alias in node.names
-                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                    if alias.name.startswith("_")
+                    and not alias.name.startswith("__")
                     and f"{source}.{alias.name}" not in known
                 )
                 if private and source.split(".")[0] in OURS and source != module:
@@ -241,7 +242,9 @@ def violations() -> list[str]:
                         f"the plugin-author API ({', '.join(sorted(PLUGIN_API))})"
                     )
             elif not (imp.imported == plugin or imp.imported.startswith(plugin + ".")):
-                problems.append(f"{where}: plugin module {imp.importer} imports {imp.imported}, another plugin")
+                problems.append(
+                    f"{where}: plugin module {imp.importer} imports {imp.imported}, another plugin"
+                )
     problems.extend(f"import cycle: {' <-> '.join(cycle)}" for cycle in _cycles(edges))
     return problems
 

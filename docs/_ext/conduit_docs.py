@@ -6,6 +6,7 @@
 * ``.. conduit-errno-table::`` -- errno -> exception type, as ``connect_error_from_oserror`` maps it.
 * ``.. conduit-help:: [SUBCOMMAND]`` -- ``conduit [SUBCOMMAND] --help``, run at build time.
 * ``.. conduit-output:: ARGS`` -- ``conduit ARGS``, run at build time (it must succeed).
+* ``.. conduit-layers::`` -- the layer order of ``tools/layers.py``, which the test suite enforces.
 """
 
 from __future__ import annotations
@@ -32,12 +33,16 @@ def _transports() -> list[Any]:
     plugin, so that third-party packages installed alongside do not change
     the docs.
     """
+    from trio_conduit._plugins import global_scope
+
     out: list[Any] = []
     dist = importlib.metadata.distribution("trio-conduit")
     for entry in sorted(dist.entry_points.select(group="trio_conduit"), key=lambda e: e.name):
         hook = getattr(entry.load(), "conduit_transports", None)  # a plugin may register no transport
         if hook is not None:
             out.extend(hook())
+    for transport in out:
+        transport.scope = global_scope()  # as the registry does: a layer (tls://) finds tcp:// there
     return out
 
 
@@ -98,7 +103,7 @@ class CoreOptionsDirective(_TableDirective):
     def run(self) -> list[nodes.Node]:
         from trio_conduit import _pool
 
-        return self.emit(_options_table(list(_pool._CORE_OPTIONS.values())))
+        return self.emit(_options_table(list(_pool.CORE_OPTIONS.values())))
 
 
 class TransportOptionsDirective(_TableDirective):
@@ -177,6 +182,44 @@ class OutputDirective(SphinxDirective):
         return [_run_conduit(self, self.arguments[0].split())]
 
 
+def _layers() -> Any:
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "layers.py")
+    spec = importlib.util.spec_from_file_location("conduit_layers", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class LayersDirective(_TableDirective):
+    """The layers, top first, with the modules each holds (read from the source tree)."""
+
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        layers = _layers()
+        held: dict[int, list[str]] = {}
+        for module in layers.modules():
+            index = layers.layer_of(module)
+            if index is not None:
+                held.setdefault(index, []).append(module)
+        width = max(len(name) for name, _, _ in layers.LAYERS)
+        diagram = [".. code-block:: text", ""]
+        for index in reversed(range(len(layers.LAYERS))):
+            name, _prefixes, doc = layers.LAYERS[index]
+            diagram.append(f"   {name:>{width}}  {doc}")
+            if index:
+                diagram.append(f"   {'│':>{width}}")
+        rows = [
+            (name, doc, ", ".join(f"``{m}``" for m in sorted(held.get(index, []))))
+            for index, (name, _prefixes, doc) in reversed(list(enumerate(layers.LAYERS)))
+        ]
+        return self.emit([*diagram, "", *_list_table(("layer", "what", "modules"), rows, "15 30 55")])
+
+
 def setup(app: Sphinx) -> dict[str, object]:
     app.add_directive("conduit-transports", TransportsDirective)
     app.add_directive("conduit-core-options", CoreOptionsDirective)
@@ -184,4 +227,5 @@ def setup(app: Sphinx) -> dict[str, object]:
     app.add_directive("conduit-errno-table", ErrnoTableDirective)
     app.add_directive("conduit-help", HelpDirective)
     app.add_directive("conduit-output", OutputDirective)
+    app.add_directive("conduit-layers", LayersDirective)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

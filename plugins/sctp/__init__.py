@@ -30,28 +30,22 @@ from typing import Final, final
 
 import trio
 
-from trio_conduit import (
-    Address,
-    AddressError,
-    Availability,
-    Capabilities,
-    Connection,
-    Context,
-    Kind,
-    MessageTooLarge,
-    Option,
-    SocketRole,
-    Transport,
-    URLParts,
-    hookimpl,
-)
+from trio_conduit import Address, AddressError, Connection, Kind, MessageTooLarge
 from trio_conduit.transport import (
     DEFAULT_DATAGRAM_SIZE,
+    Availability,
+    Capabilities,
+    ConflictDetector,
+    Context,
     MessageSocketChannel,
+    Option,
     SockAddr,
-    SocketListener,
+    SocketHolder,
     SocketStream,
+    Transport,
+    URLParts,
     connect_error_from_oserror,
+    hookimpl,
     parse_host_port,
     probe_socket,
 )
@@ -292,7 +286,7 @@ class SCTPMessageChannel(MessageSocketChannel):
         self._broken: str | None = None
         self._partial: list[bytes] = []  # a message delivered in parts, kept across cancellation
         self._partial_size = 0
-        self._receiving = False
+        self._receive_conflict = ConflictDetector("another task is already receiving on this channel")
         try:
             sock.getsockopt(SOL_SCTP, SCTP_RECVRCVINFO)
             self._sndinfo = True
@@ -328,13 +322,8 @@ class SCTPMessageChannel(MessageSocketChannel):
 
     async def receive_message(self) -> SCTPMessage:
         """The next whole message with its stream number and payload protocol id."""
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this channel")
-        self._receiving = True
-        try:
+        with self._receive_conflict:
             return await self._receive_message()
-        finally:
-            self._receiving = False
 
     async def _receive_message(self) -> SCTPMessage:
         while True:
@@ -383,18 +372,13 @@ def _message(data: bytes, ancdata: list[tuple[int, int, bytes]]) -> SCTPMessage:
     return SCTPMessage(data, None, None)
 
 
-class SCTPMessageListener(trio.abc.Listener[Connection]):
+class SCTPMessageListener(SocketHolder, trio.abc.Listener[Connection]):
     """A one-to-many socket that accepts associations by peeling each off when it comes up."""
 
     def __init__(self, sock: trio.socket.SocketType, ctx: Context, address: Address) -> None:
         self._sock = sock
         self._ctx = ctx
         self.address = address
-        self._is_closed = False
-
-    @property
-    def socket(self) -> trio.socket.SocketType:
-        return self._sock
 
     async def accept(self) -> Connection:
         ctx = self._ctx
@@ -415,14 +399,7 @@ class SCTPMessageListener(trio.abc.Listener[Connection]):
                 continue  # the association is already gone
             try:
                 _subscribe(sock)
-                if ctx.scope.has_impls("conduit_socket_created"):
-                    await ctx.scope.acall(
-                        "conduit_socket_created",
-                        sock=sock,
-                        transport=ctx.transport,
-                        address=ctx.address,
-                        role=SocketRole.ACCEPTED,
-                    )
+                await ctx.socket_accepted(sock)
                 return SCTPMessageChannel(
                     sock, ctx.new_conn_id(), ctx, change, address=self.address, remote=remote
                 )
@@ -431,9 +408,7 @@ class SCTPMessageListener(trio.abc.Listener[Connection]):
                 raise
 
     async def aclose(self) -> None:
-        if not self._is_closed:
-            self._is_closed = True
-            self._sock.close()
+        self._close_socket()
         await trio.lowlevel.checkpoint()
 
 
@@ -483,7 +458,7 @@ class SCTPTransport(Transport):
         def wrap(s: trio.socket.SocketType, remote: SockAddr, conn_id: int) -> Connection:
             return SCTPStream(s, conn_id, ctx, address=bound, remote=remote)
 
-        return SocketListener(sock, ctx, wrap, bound)
+        return ctx.stream_listener(sock, bound, wrap)
 
     def availability(self) -> Availability:
         probe = probe_socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP)

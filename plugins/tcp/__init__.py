@@ -8,22 +8,16 @@ from collections.abc import Mapping, Sequence
 
 import trio
 
-from trio_conduit import (
-    Address,
+from trio_conduit import Address, Connection, Kind
+from trio_conduit.transport import (
     Availability,
     Capabilities,
-    Connection,
     Context,
-    Kind,
     Option,
+    SockAddr,
     Transport,
     URLParts,
     hookimpl,
-)
-from trio_conduit.transport import (
-    HalfCloseableSocketStream,
-    SockAddr,
-    SocketListener,
     parse_host_port,
     probe_socket,
     socket_kind,
@@ -62,34 +56,23 @@ class TCPTransport(Transport):
         except BaseException:
             sock.close()
             raise
-        return HalfCloseableSocketStream(
-            sock, ctx.conn_id, transport="tcp", tracer=ctx.tracer, address=ctx.address
-        )
+        return ctx.stream(sock)
 
     async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
         sock = await ctx.listen_inet(socket.SOCK_STREAM)
         name = sock.getsockname()
         host, port = name[:2]
         bound = Address(ctx.address.scheme, host=host, port=port, query=ctx.address.query)
-        options, tracer = ctx.options, ctx.tracer
+        options = ctx.options
         kind = socket_kind(sock)  # every accepted socket's
         # and, bound to one address (not a wildcard), every accepted socket's local address
         local = None if ipaddress.ip_address(host.partition("%")[0]).is_unspecified else name
 
         def wrap(s: trio.socket.SocketType, remote: SockAddr, conn_id: int) -> Connection:
             _tune(s, options)
-            return HalfCloseableSocketStream(
-                s,
-                conn_id,
-                transport="tcp",
-                tracer=tracer,
-                address=bound,
-                remote=remote,
-                kind=kind,
-                local=local,
-            )
+            return ctx.stream(s, conn_id=conn_id, address=bound, remote=remote, kind=kind, local=local)
 
-        return SocketListener(sock, ctx, wrap, bound)
+        return ctx.stream_listener(sock, bound, wrap)
 
     def availability(self) -> Availability:
         return probe_socket(socket.AF_INET, socket.SOCK_STREAM)

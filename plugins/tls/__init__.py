@@ -1,108 +1,43 @@
 """``tls://host:port`` (TLS over tcp) and ``tls+sctp://host:port`` (TLS over sctp).
 
-A TLS transport is another stream transport, found in the registry when a
-connection is made (the core imports no transport), with TLS on top. The
-URL's query and the keywords take the TLS options
-(:class:`trio_conduit.tls.TLSConfig`'s fields, e.g. ``?cafile=ca.pem&alpn=h2``)
-and the inner transport's own (``nodelay``, ...); ``tls=`` takes a whole
-``TLSConfig`` (or an ``ssl.SSLContext``) that the other options then amend.
+A TLS transport is a layer (``Transport.layered_over``) over another stream
+transport, found in the scope of each connect or listen (the pool's, a
+listener's), with TLS on top. The URL's query and the keywords take the TLS
+options (:data:`trio_conduit.tls.TLS_OPTIONS`: :class:`~trio_conduit.tls.TLSConfig`'s
+fields, e.g. ``?cafile=ca.pem&alpn=h2``) and the inner transport's own
+(``nodelay``, ...: the scope adds those, and says whether the inner transport is
+available); ``tls=`` takes a whole ``TLSConfig`` (or an ``ssl.SSLContext``)
+that the other options then amend.
+
+Written as a third-party plugin must be: it imports ``trio_conduit``,
+``trio_conduit.transport`` and ``trio_conduit.tls`` only, the last one when
+first needed (importing the TLS layer costs start-up time a plain ``tcp://``
+user should not pay).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from trio_conduit import (
-    Address,
+from trio_conduit import Address, Connection, Kind, TransportUnavailable
+from trio_conduit.transport import (
     Availability,
     Capabilities,
-    Connection,
     Context,
-    Kind,
     Option,
     Transport,
-    TransportUnavailable,
     URLParts,
     hookimpl,
+    parse_host_port,
 )
-from trio_conduit.transport import parse_host_port
 
 if TYPE_CHECKING:
     from trio_conduit.tls import TLSConfig
-
-# The TLS options a URL or keywords may set, with a line each (the docs list them).
-_TLS_OPTIONS: Final = {
-    "verify": "verify the peer's certificate (default on; 0 only when you mean it)",
-    "cafile": "CA certificates to trust, a PEM file (default: the system's)",
-    "capath": "a directory of CA certificates",
-    "cadata": "CA certificates as PEM text",
-    "certfile": "our certificate chain, PEM (a server's, or a client's for mutual TLS)",
-    "keyfile": "its private key, PEM (default: in certfile)",
-    "password": "the private key's password",
-    "certificate": "our certificate and key in memory (a trio_conduit.tls.Certificate; keyword only)",
-    "server_hostname": "the name to send (SNI) and verify (default: the URL's host)",
-    "min_version": "lowest TLS version (1.2 by default)",
-    "max_version": "highest TLS version",
-    "ciphers": "OpenSSL cipher list (TLS 1.2 and below)",
-    "alpn": "ALPN protocols, comma-separated (h2,http/1.1)",
-    "pin_sha256": "accepted peer certificate SHA-256 fingerprints, comma-separated",
-    "session": "a TLS session to resume (an ssl.SSLSession; keyword only)",
-    "session_cache": "resume sessions from the client session cache (default on)",
-    "keylog_file": "append TLS secrets here, SSLKEYLOGFILE format (default: $SSLKEYLOGFILE)",
-    "trace": "peers (addresses, networks, server names) whose plaintext is logged at DEBUG_ALL",
-    "record_size": "TLS record sizing: dynamic, off (default) or a size in bytes",
-    "handshake_timeout": "seconds for the whole TLS setup, hooks included (default 30)",
-    "client_auth": "server: ask for client certificates: none (default), optional, required",
-    "allow_renegotiation": "server: allow client-initiated renegotiation on TLS 1.2 (default off)",
-    "ragged_eof": "treat a close without close_notify as an end of stream (default off)",
-    "max_hello_size": "server: largest ClientHello accepted, bytes (default 32768)",
-    "max_handshakes": "server: handshakes run at once per listener (default 256)",
-    "context": "an ssl.SSLContext to use as it is (keyword only)",
-}
-
-
-# How the docs' option tables name each option's type (by the parser's name, as the core's).
-_KIND_NAMES: Final = {
-    "verify": "parse_bool",
-    "session_cache": "parse_bool",
-    "allow_renegotiation": "parse_bool",
-    "ragged_eof": "parse_bool",
-    "handshake_timeout": "_parse_seconds",
-    "max_hello_size": "_parse_count",
-    "max_handshakes": "_parse_count",
-}
-
-
-def _parser(name: str) -> Callable[[str], object]:
-    def parse(text: str) -> object:
-        from trio_conduit.tls._config import normalize_option
-
-        if name in ("certificate", "session", "context", "tls"):
-            raise ValueError(f"{name} can only be given as a keyword argument")
-        return normalize_option(name, text)
-
-    parse.__name__ = _KIND_NAMES.get(
-        name, "str" if name not in ("certificate", "session", "context", "tls") else "object"
-    )
-    return parse
-
-
-def _tls_option_objects() -> tuple[Option, ...]:
-    opts = [Option(name, _parser(name), None, doc) for name, doc in _TLS_OPTIONS.items()]
-    opts.append(
-        Option("tls", _parser("context"), None, "a whole TLSConfig (or ssl.SSLContext); keyword only")
-    )
-    return tuple(opts)
-
-
-_OPTIONS: Final = _tls_option_objects()
-_NAMES: Final = frozenset(_TLS_OPTIONS)
-
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -113,12 +48,6 @@ def _remember(cache: dict[K, V], key: K, value: V) -> None:
     if len(cache) >= 256:
         cache.clear()
     cache[key] = value
-
-
-def _global_transport(scheme: str) -> Transport | None:
-    from trio_conduit._plugins import global_scope
-
-    return global_scope().transport_for(scheme)
 
 
 class TLSTransport(Transport):
@@ -142,22 +71,27 @@ class TLSTransport(Transport):
         self.description = description
 
     # -- options and addresses ------------------------------------------------
+    def _below(self) -> Transport | None:
+        """The transport beneath, as the scope that registered this one has it."""
+        return self.scope.transport_for(self.inner_scheme) if self.scope is not None else None
+
     @property
-    def options(self) -> tuple[Option, ...]:  # type: ignore[override]  # the inner transport's, at use
+    def options(self) -> tuple[Option, ...]:  # type: ignore[override]  # with the inner transport's
         if self._options is None:
-            inner = _global_transport(self.inner_scheme)
+            from trio_conduit.tls import TLS_OPTIONS
+
+            inner = self._below()
             if inner is None:
-                return _OPTIONS  # not cached: the inner transport may be registered later
-            self._options = _OPTIONS + tuple(
-                o for o in inner.options if o.name not in _NAMES and o.name != "tls"
-            )
+                return TLS_OPTIONS
+            names = {o.name for o in TLS_OPTIONS}
+            self._options = TLS_OPTIONS + tuple(o for o in inner.options if o.name not in names)
         return self._options
 
     def parse_address(self, parts: URLParts, *, listening: bool) -> Address:
         return parse_host_port(parts, listening=listening)
 
     def availability(self) -> Availability:
-        inner = _global_transport(self.inner_scheme)
+        inner = self._below()
         if inner is None:
             return Availability(
                 False, f"needs the {self.inner_scheme}:// transport, which no plugin registers"
@@ -211,13 +145,13 @@ class TLSTransport(Transport):
 
     def config(self, ctx: Context) -> TLSConfig:
         """The TLS options for this connect/listen: ``tls=`` amended by the other TLS options."""
-        from trio_conduit.tls import TLSConfig
+        from trio_conduit.tls import TLS_OPTION_NAMES, TLSConfig
 
         known = self._config_by_options.get(id(ctx.options))
         if known is not None:
             return known[1]
         base: Any = ctx.options.get("tls")
-        changes = {k: v for k, v in ctx.options.items() if k in _NAMES and v is not None}
+        changes = {k: v for k, v in ctx.options.items() if k in TLS_OPTION_NAMES and v is not None}
         try:
             key: Any = (id(base) if base is not None else None, tuple(sorted(changes.items())))
             hash(key)
@@ -242,7 +176,7 @@ class TLSTransport(Transport):
         return await self._handshake(conn, ctx, self.config(ctx))
 
     async def _handshake(self, conn: Connection, ctx: Context, config: TLSConfig) -> Connection:
-        from trio_conduit.tls._api import tls_client
+        from trio_conduit.tls import tls_client
 
         return await tls_client(conn, config, ctx, transport_name=self.schemes[0])
 
@@ -252,7 +186,7 @@ class TLSTransport(Transport):
         return await self._handshake(await inner.connect(inner_ctx), ctx, config)
 
     async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
-        from trio_conduit.tls._api import tls_listener
+        from trio_conduit.tls import tls_listener
 
         config = self.config(ctx)
         inner, inner_ctx = self._inner(ctx)

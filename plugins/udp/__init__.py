@@ -7,20 +7,18 @@ from collections.abc import Sequence
 
 import trio
 
-from trio_conduit import (
-    Address,
+from trio_conduit import Address, Connection, Kind, PermissionDenied
+from trio_conduit.transport import (
     Availability,
     Capabilities,
-    Connection,
     Context,
-    Kind,
     Option,
-    PermissionDenied,
     Transport,
     URLParts,
     hookimpl,
+    parse_host_port,
+    probe_socket,
 )
-from trio_conduit.transport import DatagramListener, SocketChannel, parse_host_port, probe_socket
 
 
 class UDPTransport(Transport):
@@ -56,47 +54,22 @@ class UDPTransport(Transport):
                     f"{exc.strerror} (a broadcast address needs broadcast=True)",
                     address=str(ctx.address),
                 ) from exc
-            return SocketChannel(
-                sock,
-                ctx.conn_id,
-                transport="udp",
-                tracer=ctx.tracer,
-                address=ctx.address,
-                remote=sock.getpeername(),
-                max_size=max_size,
-            )
+            return ctx.channel(sock, remote=sock.getpeername(), max_size=max_size)
         family, peer = (await ctx.resolve_inet(socket.SOCK_DGRAM))[0]
         sock = await ctx.make_socket(family, socket.SOCK_DGRAM)
         if ctx.socket_options.local is None:
             # Bind an ephemeral port now: info.local is then real, and peers can send first.
-            try:
-                await sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-            except BaseException:
-                sock.close()
-                raise
-        return SocketChannel(
-            sock,
-            ctx.conn_id,
-            transport="udp",
-            tracer=ctx.tracer,
-            address=ctx.address,
-            remote=peer,
-            max_size=max_size,
-            connected=False,
-        )
+            await ctx.bind_socket(
+                sock, ("::" if family == socket.AF_INET6 else "0.0.0.0", 0), action="bind for"
+            )
+        return ctx.channel(sock, remote=peer, max_size=max_size, connected=False)
 
     async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
-        assert ctx.nursery is not None
         sock = await ctx.listen_inet(socket.SOCK_DGRAM)
         host, port = sock.getsockname()[:2]
         bound = Address(ctx.address.scheme, host=host, port=port, query=ctx.address.query)
-        return DatagramListener(
-            sock,
-            ctx,
-            bound,
-            nursery=ctx.nursery,
-            queue=ctx.int_option("queue"),
-            max_size=ctx.int_option("max_size"),
+        return ctx.datagram_listener(
+            sock, bound, queue=ctx.int_option("queue"), max_size=ctx.int_option("max_size")
         )
 
     def availability(self) -> Availability:

@@ -19,28 +19,17 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from trio_conduit import (
-    Address,
-    AddressInUse,
+from trio_conduit import Address, AddressInUse, ConnectError, Connection, ConnectionRefused, Kind
+from trio_conduit.transport import (
     Availability,
     Capabilities,
-    Connection,
-    ConnectionRefused,
     Context,
-    Kind,
     Option,
+    SockAddr,
     SocketRole,
     Transport,
     URLParts,
     hookimpl,
-)
-from trio_conduit.transport import (
-    DatagramListener,
-    HalfCloseableSocketStream,
-    SockAddr,
-    SocketChannel,
-    SocketListener,
-    connect_error_from_oserror,
     parse_unix_path,
     peer_credentials,
     probe_socket,
@@ -95,17 +84,10 @@ def _clear_stale(path: str, type: int, where: str) -> None:
 async def _bind_listener(ctx: Context, type: int) -> tuple[trio.socket.SocketType, Callable[[], None]]:
     path = ctx.address.path
     assert path is not None
-    where = str(ctx.address)
-    _clear_stale(path, type, where)
+    _clear_stale(path, type, str(ctx.address))
     sock = await ctx.make_socket(socket.AF_UNIX, type, role=SocketRole.LISTEN)
+    await ctx.bind_socket(sock, sockaddr(path), listen=type == socket.SOCK_STREAM)
     try:
-        try:
-            await sock.bind(sockaddr(path))
-            if type == socket.SOCK_STREAM:
-                backlog = ctx.socket_options.backlog
-                sock.listen(socket.SOMAXCONN if backlog is None else backlog)
-        except OSError as exc:
-            raise connect_error_from_oserror(exc, action="listen on", address=where) from exc
         ino = None if path.startswith("@") else os.lstat(path).st_ino
     except BaseException:
         sock.close()
@@ -116,20 +98,15 @@ async def _bind_listener(ctx: Context, type: int) -> tuple[trio.socket.SocketTyp
 async def _connect(ctx: Context, sock: trio.socket.SocketType) -> None:
     path = ctx.address.path
     assert path is not None
-    try:
-        await sock.connect(sockaddr(path))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.ENOENT:
-            raise ConnectionRefused(
-                errno.ENOENT,
-                f"cannot connect to {ctx.address}: no socket at {path}",
-                address=str(ctx.address),
-            ) from exc
-        raise connect_error_from_oserror(exc, action="connect to", address=str(ctx.address)) from exc
-    except BaseException:
-        sock.close()
-        raise
+
+    def explain(exc: OSError) -> ConnectError | None:
+        if exc.errno != errno.ENOENT:
+            return None
+        return ConnectionRefused(
+            errno.ENOENT, f"cannot connect to {ctx.address}: no socket at {path}", address=str(ctx.address)
+        )
+
+    await ctx.connect_socket(sock, sockaddr(path), explain=explain)
 
 
 class UnixStreamTransport(Transport):
@@ -145,31 +122,18 @@ class UnixStreamTransport(Transport):
     async def connect(self, ctx: Context) -> Connection:
         sock = await ctx.make_socket(socket.AF_UNIX, socket.SOCK_STREAM)
         await _connect(ctx, sock)
-        return HalfCloseableSocketStream(
-            sock,
-            ctx.conn_id,
-            transport="unix",
-            tracer=ctx.tracer,
-            address=ctx.address,
-            peer_credentials=peer_credentials(sock),
-        )
+        return ctx.stream(sock, peer_credentials=peer_credentials(sock))
 
     async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
         sock, cleanup = await _bind_listener(ctx, socket.SOCK_STREAM)
-        tracer, bound = ctx.tracer, ctx.address
+        bound = ctx.address
 
         def wrap(s: trio.socket.SocketType, remote: SockAddr, conn_id: int) -> Connection:
-            return HalfCloseableSocketStream(
-                s,
-                conn_id,
-                transport="unix",
-                tracer=tracer,
-                address=bound,
-                remote=remote,
-                peer_credentials=peer_credentials(s),
+            return ctx.stream(
+                s, conn_id=conn_id, address=bound, remote=remote, peer_credentials=peer_credentials(s)
             )
 
-        return SocketListener(sock, ctx, wrap, bound, on_close=cleanup)
+        return ctx.stream_listener(sock, bound, wrap, on_close=cleanup)
 
     def availability(self) -> Availability:
         return probe_socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -215,25 +179,15 @@ class UnixDatagramTransport(Transport):
             if cleanup is not None:
                 cleanup()
             raise
-        return SocketChannel(
-            sock,
-            ctx.conn_id,
-            transport="unix+dgram",
-            tracer=ctx.tracer,
-            address=ctx.address,
-            remote=sock.getpeername(),
-            on_close=cleanup,
-            max_size=ctx.int_option("max_size"),
+        return ctx.channel(
+            sock, remote=sock.getpeername(), on_close=cleanup, max_size=ctx.int_option("max_size")
         )
 
     async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
-        assert ctx.nursery is not None
         sock, cleanup = await _bind_listener(ctx, socket.SOCK_DGRAM)
-        return DatagramListener(
+        return ctx.datagram_listener(
             sock,
-            ctx,
             ctx.address,
-            nursery=ctx.nursery,
             on_close=cleanup,
             queue=ctx.int_option("queue"),
             max_size=ctx.int_option("max_size"),

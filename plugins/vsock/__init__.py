@@ -21,6 +21,7 @@ import fcntl
 import socket
 import struct
 from collections.abc import Sequence
+from functools import partial
 from typing import Final
 
 import trio
@@ -28,28 +29,23 @@ import trio
 from trio_conduit import (
     Address,
     AddressError,
-    Availability,
-    Capabilities,
+    ConnectError,
     Connection,
     ConnectionRefused,
-    Context,
     Kind,
-    Option,
-    SocketRole,
-    Transport,
     TransportUnavailable,
-    URLParts,
-    hookimpl,
 )
 from trio_conduit.transport import (
     DEFAULT_DATAGRAM_SIZE,
-    DatagramListener,
-    HalfCloseableSocketStream,
-    MessageSocketChannel,
+    Availability,
+    Capabilities,
+    Context,
+    Option,
     SockAddr,
-    SocketChannel,
-    SocketListener,
-    connect_error_from_oserror,
+    SocketRole,
+    Transport,
+    URLParts,
+    hookimpl,
     probe_socket,
 )
 
@@ -151,27 +147,36 @@ async def _connect(ctx: Context, type: int) -> trio.socket.SocketType:
     cid, port = _sockaddr(ctx.address)
     _check_reachable(ctx, cid)
     sock = await ctx.make_socket(socket.AF_VSOCK, type)
-    try:
-        await sock.connect((cid, port))
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.ECONNRESET:  # vsock's answer when nothing listens on the port
-            raise ConnectionRefused(
-                errno.ECONNREFUSED,
-                f"cannot connect to {ctx.address}: nothing listens there (the connection request was reset)",
-                address=str(ctx.address),
-            ) from exc
-        if exc.errno == errno.ENODEV:
-            raise TransportUnavailable(
-                errno.ENODEV,
-                f"cannot connect to {ctx.address}: no vsock transport reaches CID {cid}",
-                address=str(ctx.address),
-            ) from exc
-        raise connect_error_from_oserror(exc, action="connect to", address=str(ctx.address)) from exc
-    except BaseException:
-        sock.close()
-        raise
+    await ctx.connect_socket(sock, (cid, port), explain=partial(_explain_connect, ctx, cid))
     return sock
+
+
+def _explain_connect(ctx: Context, cid: int, exc: OSError) -> ConnectError | None:
+    """vsock's own errnos on connect: a reset is a refusal, ENODEV an unreachable CID."""
+    where = str(ctx.address)
+    if exc.errno == errno.ECONNRESET:  # vsock's answer when nothing listens on the port
+        return ConnectionRefused(
+            errno.ECONNREFUSED,
+            f"cannot connect to {where}: nothing listens there (the connection request was reset)",
+            address=where,
+        )
+    if exc.errno == errno.ENODEV:
+        return TransportUnavailable(
+            errno.ENODEV, f"cannot connect to {where}: no vsock transport reaches CID {cid}", address=where
+        )
+    return None
+
+
+def _explain_bind(ctx: Context, type: int, sockaddr: tuple[int, int], exc: OSError) -> ConnectError | None:
+    """A kernel without a datagram or loopback transport says so at bind."""
+    where = str(ctx.address)
+    if exc.errno == errno.ENODEV and type == socket.SOCK_DGRAM:
+        return TransportUnavailable(errno.ENODEV, f"cannot bind for {where}: {NO_DATAGRAMS}", address=where)
+    if exc.errno == errno.EADDRNOTAVAIL and sockaddr[0] == CID_LOCAL:
+        return TransportUnavailable(
+            errno.EADDRNOTAVAIL, f"cannot listen on {where}: {NO_LOOPBACK}", address=where
+        )
+    return None
 
 
 async def _bind(ctx: Context, type: int, role: SocketRole) -> trio.socket.SocketType:
@@ -185,26 +190,13 @@ async def _bind(ctx: Context, type: int, role: SocketRole) -> trio.socket.Socket
         raise TransportUnavailable(
             errno.ENODEV, f"cannot use {where}: {NO_DATAGRAMS}", address=where
         ) from exc
-    try:
-        sockaddr = _sockaddr(ctx.address) if role is SocketRole.LISTEN else (CID_ANY, PORT_ANY)
-        try:
-            await sock.bind(sockaddr)
-            if role is SocketRole.LISTEN and type != socket.SOCK_DGRAM:
-                backlog = ctx.socket_options.backlog
-                sock.listen(socket.SOMAXCONN if backlog is None else backlog)
-        except OSError as exc:
-            if exc.errno == errno.ENODEV and type == socket.SOCK_DGRAM:
-                raise TransportUnavailable(
-                    errno.ENODEV, f"cannot bind for {where}: {NO_DATAGRAMS}", address=where
-                ) from exc
-            if exc.errno == errno.EADDRNOTAVAIL and sockaddr[0] == CID_LOCAL:
-                raise TransportUnavailable(
-                    errno.EADDRNOTAVAIL, f"cannot listen on {where}: {NO_LOOPBACK}", address=where
-                ) from exc
-            raise connect_error_from_oserror(exc, action="listen on", address=where) from exc
-    except BaseException:
-        sock.close()
-        raise
+    sockaddr = _sockaddr(ctx.address) if role is SocketRole.LISTEN else (CID_ANY, PORT_ANY)
+    await ctx.bind_socket(
+        sock,
+        sockaddr,
+        listen=role is SocketRole.LISTEN and type != socket.SOCK_DGRAM,
+        explain=partial(_explain_bind, ctx, type, sockaddr),
+    )
     return sock
 
 
@@ -245,18 +237,10 @@ class VsockTransport(Transport):
         remote: SockAddr | None = None,
     ) -> Connection:
         if sock.type == socket.SOCK_SEQPACKET:
-            return MessageSocketChannel(
-                sock,
-                conn_id,
-                transport="vsock",
-                tracer=ctx.tracer,
-                address=address,
-                remote=remote,
-                max_size=ctx.int_option("max_size"),
+            return ctx.message_channel(
+                sock, conn_id=conn_id, address=address, remote=remote, max_size=ctx.int_option("max_size")
             )
-        return HalfCloseableSocketStream(
-            sock, conn_id, transport="vsock", tracer=ctx.tracer, address=address, remote=remote
-        )
+        return ctx.stream(sock, conn_id=conn_id, address=address, remote=remote)
 
     def _type(self, ctx: Context) -> int:
         mode = ctx.options["mode"]
@@ -275,7 +259,7 @@ class VsockTransport(Transport):
         def wrap(s: trio.socket.SocketType, remote: SockAddr, conn_id: int) -> Connection:
             return self._wrap(ctx, s, conn_id, bound, remote)
 
-        return SocketListener(sock, ctx, wrap, bound)
+        return ctx.stream_listener(sock, bound, wrap)
 
     def availability(self) -> Availability:
         return loopback_availability()
@@ -302,34 +286,13 @@ class VsockDatagramTransport(Transport):
         cid, port = _sockaddr(ctx.address)
         _check_reachable(ctx, cid)
         sock = await _bind(ctx, socket.SOCK_DGRAM, SocketRole.CONNECT)
-        try:
-            await sock.connect((cid, port))
-        except OSError as exc:
-            sock.close()
-            raise connect_error_from_oserror(exc, action="connect to", address=str(ctx.address)) from exc
-        except BaseException:
-            sock.close()
-            raise
-        return SocketChannel(
-            sock,
-            ctx.conn_id,
-            transport="vsock+dgram",
-            tracer=ctx.tracer,
-            address=ctx.address,
-            remote=(cid, port),
-            max_size=ctx.int_option("max_size"),
-        )
+        await ctx.connect_socket(sock, (cid, port))
+        return ctx.channel(sock, remote=(cid, port), max_size=ctx.int_option("max_size"))
 
     async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
-        assert ctx.nursery is not None
         sock = await _bind(ctx, socket.SOCK_DGRAM, SocketRole.LISTEN)
-        return DatagramListener(
-            sock,
-            ctx,
-            _bound(ctx, sock),
-            nursery=ctx.nursery,
-            queue=ctx.int_option("queue"),
-            max_size=ctx.int_option("max_size"),
+        return ctx.datagram_listener(
+            sock, _bound(ctx, sock), queue=ctx.int_option("queue"), max_size=ctx.int_option("max_size")
         )
 
     def availability(self) -> Availability:

@@ -43,11 +43,11 @@ from ._plugins import unregister_plugin as unregister_plugin
 from ._pool import Pool as Pool
 from ._pool import PoolListener as PoolListener
 from ._pool import open_pool as open_pool
+from ._sockets import SocketOptions as SocketOptions
+from ._sockets import SocketRole as SocketRole
 from ._trace import DEBUG_ALL as DEBUG_ALL
 from ._transport import Availability as Availability
 from ._transport import Capabilities as Capabilities
 from ._transport import Context as Context
-from ._transport import SocketOptions as SocketOptions
-from ._transport import SocketRole as SocketRole
 from ._transport import Transport as Transport
 from ._version import __version__ as __version__

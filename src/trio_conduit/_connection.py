@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ._address import Address
 
 __all__ = [
+    "Buffer",
     "CommunicationInfo",
     "Connection",
     "DatagramConnection",
@@ -29,6 +30,9 @@ __all__ = [
     "SockAddr",
     "StreamConnection",
 ]
+
+#: What trio's ``send_all``/``send`` accept.
+Buffer = bytes | bytearray | memoryview
 
 #: A socket address as Python's ``socket`` module gives it: ``(host, port)``,
 #: ``(host, port, flowinfo, scope_id)``, a unix path (``str``), an abstract
@@ -92,7 +96,13 @@ class CommunicationInfo:
 
 
 class _Owner(Protocol):
+    """What owns a connection (the pool): told when it closes, and the way to the TLS layer."""
+
     async def connection_closed(self, conn: Connection, exc: BaseException | None) -> None: ...
+
+    async def start_tls(
+        self, conn: StreamConnection, tls: object, server_side: bool, options: dict[str, object]
+    ) -> StreamConnection: ...
 
 
 class Connection(trio.abc.AsyncResource):
@@ -155,9 +165,13 @@ class StreamConnection(Connection, trio.abc.Stream):
         it closes this one). On failure this connection is closed and a
         :class:`~trio_conduit.tls.TLSError` says why.
         """
-        from .tls._api import start_tls
-
-        return await start_tls(self, tls, server_side=server_side, **options)
+        # The TLS layer sits above this one: the owner (the pool) reaches it.
+        owner = self._owner
+        if owner is None:
+            raise RuntimeError(
+                f"{self!r} belongs to no pool: upgrade it with trio_conduit.tls.start_tls(conn, ...)"
+            )
+        return await owner.start_tls(self, tls, server_side, options)
 
 
 class HalfCloseableStreamConnection(StreamConnection, trio.abc.HalfCloseableStream):

@@ -2,9 +2,10 @@
 
 Every connect failure is a :class:`ConnectError` and *also* an instance of the
 built-in exception a caller would catch without knowing about us
-(``ConnectionRefusedError``, ``TimeoutError``, ...). Stream errors during
-``send``/``receive`` follow trio's contract instead (``trio.BrokenResourceError``
-etc.); that translation lives in ``_sockets.py``.
+(``ConnectionRefusedError``, ``TimeoutError``, ...). Errors during
+``send``/``receive`` on an established socket follow trio's contract instead
+(``trio.BrokenResourceError`` etc.): :class:`SocketErrors` is that boundary,
+for streams, message sockets and datagram sockets alike.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import errno as _errno
 import os
 from typing import Any, Final
+
+import trio
 
 __all__ = [
     "AddressError",
@@ -33,6 +36,7 @@ __all__ = [
     "ProxyTargetRefused",
     "ProxyTargetUnreachable",
     "ProxyTimeout",
+    "SocketErrors",
     "TransportUnavailable",
     "connect_error_from_oserror",
 ]
@@ -251,3 +255,73 @@ class ProxyTimeout(ProxyError, ConnectTimeout):
     """No answer in time: the caller's ``timeout`` ran out while this hop was being
     set up (the message says what it was waiting for), or the proxy reports that the
     target did not answer (SOCKS5 reply 6, HTTP 504)."""
+
+
+# Errors a datagram socket reports for an earlier datagram (ICMP) or its route.
+_DATAGRAM_REACH: Final = frozenset(
+    {
+        _errno.ECONNREFUSED,
+        _errno.EHOSTUNREACH,
+        _errno.ENETUNREACH,
+        _errno.EHOSTDOWN,
+        _errno.ENETDOWN,
+        _errno.ETIMEDOUT,
+    }
+)
+
+
+class SocketErrors:
+    r"""``with SocketErrors(...):`` around a send or receive on an established socket: the one
+    place where its ``OSError`` becomes trio's error or ours (``raise ... from exc``).
+
+    Always: ``EBADF`` (closed under us) is ``trio.ClosedResourceError``; anything
+    not listed below is ``trio.BrokenResourceError``. ``messages=True`` (message
+    and datagram sockets): ``EMSGSIZE`` is :class:`MessageTooLarge`, the socket
+    stays usable. ``peer`` given (datagram sockets, WSAConnect / nsock semantics):
+    ``ECONNREFUSED`` and the other reachability errors (an ICMP error for an
+    earlier datagram) are typed :class:`ConnectError`\ s reported on the next
+    call, ``EACCES`` is a broadcast without ``broadcast=True``.
+
+    A class, not ``@contextmanager``: it wraps every send and receive, and a
+    generator-based manager costs several times as much per use. Managers
+    without a peer are shared: :data:`STREAM_ERRORS`, :data:`MESSAGE_ERRORS`.
+    """
+
+    __slots__ = ("datagram", "messages", "peer")
+
+    def __init__(self, peer: object = None, *, messages: bool = False, datagram: bool = False) -> None:
+        self.peer = peer
+        self.messages = messages or datagram
+        self.datagram = datagram
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if not isinstance(exc, OSError):
+            return
+        err = exc.errno
+        if err == _errno.EBADF:
+            raise trio.ClosedResourceError(
+                "this channel was closed" if self.messages else "this connection was closed"
+            ) from None
+        peer = self.peer
+        if self.messages and err == _errno.EMSGSIZE:
+            what = "datagram" if self.datagram else "message"
+            raise MessageTooLarge(f"{what} too large for {peer}: {exc.strerror}") from exc
+        if self.datagram:
+            if err == _errno.EACCES:
+                raise PermissionDenied(
+                    err,
+                    f"sending to {peer} was refused (EACCES): a broadcast address needs broadcast=True",
+                    address=str(peer),
+                ) from exc
+            if err in _DATAGRAM_REACH:
+                raise connect_error_from_oserror(exc, action="reach", address=str(peer)) from exc
+            raise trio.BrokenResourceError(f"datagram socket broken: {exc}") from exc
+        raise trio.BrokenResourceError(f"connection broken: {exc}") from exc
+
+
+#: The translation for stream sockets, and for connected message sockets (no peer to name).
+STREAM_ERRORS: Final = SocketErrors()
+MESSAGE_ERRORS: Final = SocketErrors(messages=True)

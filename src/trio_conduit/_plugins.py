@@ -121,6 +121,7 @@ class HookScope:
             result = cast("Iterable[Transport] | None", impl.function())
             for transport in result or ():
                 transport.plugin_name = impl.plugin_name
+                transport.scope = self
                 for scheme in transport.schemes:
                     other = table.get(scheme)
                     if other is not None and other is not transport:

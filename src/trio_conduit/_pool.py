@@ -19,11 +19,12 @@ from typing import Any, Final, final
 import trio
 
 from ._address import Address, Option, resolve_options, split_url
-from ._connection import Connection
+from ._connection import Connection, StreamConnection
 from ._errors import AddressError, ConduitError, ConnectError, ConnectTimeout
 from ._plugins import HookScope, global_scope
+from ._sockets import SocketOptions, SocketRole
 from ._trace import Tracer
-from ._transport import Context, SocketOptions, SocketRole, Transport
+from ._transport import Context, Transport
 from .proxy._chain import ProxyChain
 from .proxy._url import ProxyURL
 
@@ -38,7 +39,7 @@ Handler = Callable[[Any], Awaitable[object]]
 CLOSE_GRACE: Final = 5.0
 
 # Options every kernel-socket transport takes from the URL too (keywords win).
-_CORE_OPTIONS: Final = {
+CORE_OPTIONS: Final = {
     o.name: o
     for o in (
         Option.text("local", None, "local address to bind before connecting"),
@@ -64,7 +65,7 @@ def _known_options(transport: Transport) -> Mapping[str, Option]:
     hit = _KNOWN.get(transport)
     if hit is not None and hit[0] is options:  # the same tuple object: unchanged
         return hit[1]
-    known = dict(_CORE_OPTIONS)
+    known = dict(CORE_OPTIONS)
     known.update((o.name, o) for o in options)
     _KNOWN[transport] = (options, known)
     return known
@@ -90,6 +91,14 @@ class _Owner:
     @property
     def tracer(self) -> Tracer:
         return self.pool.tracer
+
+    async def start_tls(
+        self, conn: StreamConnection, tls: object, server_side: bool, options: dict[str, object]
+    ) -> StreamConnection:
+        """``conn.start_tls(...)``: the connection reaches the TLS layer through its owner."""
+        from .tls._api import start_tls
+
+        return await start_tls(conn, tls, server_side=server_side, **options)
 
     def replace(self, old: Connection, new: Connection) -> None:
         """``new`` takes ``old``'s place under the same id (``start_tls`` upgraded ``old``)."""
@@ -275,7 +284,12 @@ class Pool:
         key: tuple[object, ...] | None = None
         hit = None
         if all(type(value) in _PLAIN for value in given.values()):
-            key = (transport, id(address), *[(name, type(value), value) for name, value in given.items()])
+            key = (
+                transport,
+                scope,
+                id(address),
+                *[(name, type(value), value) for name, value in given.items()],
+            )
             hit = self._resolved.get(key)
         if hit is not None:  # (the entry keeps the address alive: its id is not reused)
             opts, sockopts = hit[1], hit[2]

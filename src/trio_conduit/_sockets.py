@@ -2,93 +2,90 @@
 
 * :func:`make_socket` — create, apply the core options, run the
   ``conduit_socket_created`` hooks.
+* :func:`connect_socket` / :func:`bind_socket` — connect, or bind (and
+  listen), closing the socket on failure and raising a typed error: every
+  transport's connect and bind goes through these two.
 * :func:`connect_inet` — resolve and connect with happy eyeballs (RFC 8305
   style, as trio's ``open_tcp_stream``), every attempt through ``make_socket``.
 * :func:`listen_inet` — resolve and bind a listening socket.
-* :class:`SocketStream` / :class:`HalfCloseableSocketStream`,
-  :class:`SocketListener`, :class:`SocketChannel`, :class:`DatagramListener` —
-  the wrappers; OS errors become trio's stream errors in :class:`_StreamErrors`
-  and :class:`_DatagramErrors`, the one boundary each.
+* :func:`socket_info` and friends — a socket's facts for ``conn.info``.
+
+The wrappers that make connections of sockets are one layer up
+(``_socket_stream.py``, ``_socket_channel.py``). ``ctx`` here is a
+:class:`~trio_conduit.transport.Context`, the layer above; this module uses it
+only through its attributes.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import ipaddress
-import logging
 import socket
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Final, final
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
 
 import trio
 
-from ._address import Address
-from ._connection import (
-    CommunicationInfo,
-    Connection,
-    DatagramConnection,
-    HalfCloseableStreamConnection,
-    PeerCredentials,
-    SockAddr,
-    StreamConnection,
-)
+from ._connection import CommunicationInfo, PeerCredentials, SockAddr
 from ._errors import (
     AddressError,
     ConnectError,
-    MessageTooLarge,
     NameResolutionError,
     PermissionDenied,
     connect_error_from_oserror,
 )
-from ._trace import DEBUG_ALL
 
 if TYPE_CHECKING:
-    from ._trace import Tracer
-    from ._transport import Context, SocketRole
+    from ._transport import Context
 
 __all__ = [
-    "DatagramListener",
-    "HalfCloseableSocketStream",
-    "MessageSocketChannel",
-    "SocketChannel",
-    "SocketListener",
-    "SocketStream",
+    "SocketOptions",
+    "SocketRole",
+    "bind_socket",
     "connect_inet",
+    "connect_socket",
     "listen_inet",
     "make_socket",
+    "resolve_inet",
 ]
 
 #: A transport's own socket options, applied by the shared path to each socket it makes
 #: (after the core options, before the ``conduit_socket_created`` hooks, before connect/bind).
 SocketPreparer = Callable[[trio.socket.SocketType], None]
 
-_log = logging.getLogger("trio_conduit")
+#: A transport's own reading of a failed connect or bind: a typed error, or ``None`` for the
+#: core's (:func:`~trio_conduit.transport.connect_error_from_oserror`).
+ErrorExplainer = Callable[[OSError], ConnectError | None]
 
-#: What trio's ``send_all``/``send`` accept.
-Buffer = bytes | bytearray | memoryview
-
-#: Bigger than trio's 64 KiB: fewer system calls per byte on bulk transfers.
-DEFAULT_RECEIVE_SIZE: Final = 256 * 1024
-DEFAULT_DATAGRAM_SIZE: Final = 65536
 HAPPY_EYEBALLS_DELAY: Final = 0.250
-# accept() errors that concern only the connection being accepted.
-_ACCEPT_SKIP: Final = frozenset(
-    {
-        errno.ECONNABORTED,
-        errno.EPROTO,
-        errno.EPERM,
-        errno.ENETDOWN,
-        errno.ENOPROTOOPT,
-        errno.EHOSTDOWN,
-        errno.ENONET,
-        errno.EHOSTUNREACH,
-        errno.EOPNOTSUPP,
-        errno.ENETUNREACH,
-    }
-)
-# accept() errors from running out of something: wait and retry.
-_ACCEPT_STARVED: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+class SocketRole(enum.Enum):
+    """What a socket made by the shared path is for."""
+
+    CONNECT = "connect"
+    LISTEN = "listen"
+    ACCEPTED = "accepted"
+
+
+@dataclass(frozen=True, slots=True)
+class SocketOptions:
+    """The options every kernel-socket transport honours (nsock's ``nsock_make_socket``).
+
+    ``local``: bind here before connecting (``"host:port"``, ``"host"``, a
+    sockaddr tuple, or a path for unix sockets). ``device``: ``SO_BINDTODEVICE``.
+    ``ip_options``: raw IPv4 options (``IP_OPTIONS``). ``broadcast``:
+    ``SO_BROADCAST`` (datagram sockets only; sending to a broadcast address
+    without it is ``EACCES``). ``backlog``: for listeners.
+    """
+
+    local: object | None = None
+    device: str | None = None
+    ip_options: bytes | None = None
+    broadcast: bool = False
+    backlog: int | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -170,8 +167,6 @@ async def make_socket(
     stream counts, which must be set before connect/listen). Any failure
     closes the socket and raises a typed error.
     """
-    from ._transport import SocketRole
-
     opts = ctx.socket_options
     where = str(ctx.address)
     try:
@@ -218,10 +213,7 @@ async def make_socket(
                 raise connect_error_from_oserror(
                     exc, action=f"set {ctx.transport.name} socket options for", address=where
                 ) from exc
-        if ctx.scope.has_impls("conduit_socket_created"):
-            await ctx.scope.acall(
-                "conduit_socket_created", sock=sock, transport=ctx.transport, address=ctx.address, role=role
-            )
+        await socket_created(ctx, sock, role)
     except BaseException:
         sock.close()
         raise
@@ -229,6 +221,15 @@ async def make_socket(
         "%s socket made (fd %d, %s) for %s", ctx.transport.name, sock.fileno(), role.value, where
     )
     return sock
+
+
+async def socket_created(ctx: Context, sock: trio.socket.SocketType, role: SocketRole) -> None:
+    """Run the ``conduit_socket_created`` hooks for ``sock`` (nothing to await when none is
+    implemented). The caller closes ``sock`` if this raises."""
+    if "conduit_socket_created" in ctx.scope.implemented:
+        await ctx.scope.acall(
+            "conduit_socket_created", sock=sock, transport=ctx.transport, address=ctx.address, role=role
+        )
 
 
 async def _resolve(
@@ -288,17 +289,8 @@ async def _connect_one(
     sockaddr: SockAddr,
     prepare: SocketPreparer | None = None,
 ) -> trio.socket.SocketType:
-    from ._transport import SocketRole
-
     sock = await make_socket(ctx, family, socktype, proto, role=SocketRole.CONNECT, prepare=prepare)
-    try:
-        await sock.connect(sockaddr)
-    except OSError as exc:
-        sock.close()
-        raise connect_error_from_oserror(exc, action="connect to", address=str(ctx.address)) from exc
-    except BaseException:
-        sock.close()
-        raise
+    await connect_socket(ctx, sock, sockaddr)
     return sock
 
 
@@ -396,8 +388,6 @@ async def listen_inet(
     An empty host listens on every interface: IPv6 ``::`` accepting IPv4 too
     where the kernel has IPv6, else ``0.0.0.0``.
     """
-    from ._transport import SocketRole
-
     host, port = ctx.address.host or "", ctx.address.port or 0
     where = str(ctx.address)
     if host:
@@ -410,18 +400,13 @@ async def listen_inet(
     else:
         family, sockaddr = socket.AF_INET, ("0.0.0.0", port)
     sock = await make_socket(ctx, family, socktype, proto, role=SocketRole.LISTEN, prepare=prepare)
-    try:
-        if family == socket.AF_INET6 and not host:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    if family == socket.AF_INET6 and not host:
         try:
-            await sock.bind(sockaddr)
-            if socktype in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET):
-                sock.listen(_backlog(ctx))
-        except OSError as exc:
-            raise connect_error_from_oserror(exc, action="listen on", address=where) from exc
-    except BaseException:
-        sock.close()
-        raise
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        except BaseException:
+            sock.close()
+            raise
+    await bind_socket(ctx, sock, sockaddr, listen=socktype in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET))
     return sock
 
 
@@ -440,87 +425,86 @@ def _ipv6_works() -> bool:
     return _IPV6
 
 
-def _backlog(ctx: Context) -> int:
-    backlog = ctx.socket_options.backlog
-    return socket.SOMAXCONN if backlog is None else max(0, backlog)
+async def connect_socket(
+    ctx: Context, sock: trio.socket.SocketType, sockaddr: SockAddr, *, explain: ErrorExplainer | None = None
+) -> None:
+    """Connect ``sock`` to ``sockaddr``; on failure (or cancellation) close it and raise.
 
-
-# ---------------------------------------------------------------------------
-# the error boundaries
-# ---------------------------------------------------------------------------
-
-
-class _StreamErrors:
-    """OS errors on an established stream → trio's stream errors (the one place).
-
-    A class, not ``@contextmanager``: it wraps every send and receive, and a
-    generator-based manager costs several times as much per use.
+    An ``OSError`` becomes a typed :class:`ConnectError` naming ``ctx.address``:
+    ``explain(exc)``'s, when the transport has its own reading of that errno
+    (vsock's ``ECONNRESET`` is a refusal), else the core's.
     """
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, OSError):
-            if exc.errno == errno.EBADF:
-                raise trio.ClosedResourceError("this connection was closed") from None
-            raise trio.BrokenResourceError(f"connection broken: {exc}") from exc
+    try:
+        await sock.connect(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise _typed(ctx, exc, "connect to", explain) from exc
+    except BaseException:
+        sock.close()
+        raise
 
 
-_stream_errors: Final = _StreamErrors()
+async def bind_socket(
+    ctx: Context,
+    sock: trio.socket.SocketType,
+    sockaddr: SockAddr,
+    *,
+    listen: bool = False,
+    action: str = "listen on",
+    explain: ErrorExplainer | None = None,
+) -> None:
+    """Bind ``sock`` to ``sockaddr`` and, with ``listen``, ``listen()`` with the ``backlog``
+    socket option (default ``SOMAXCONN``); on failure close it and raise a typed error
+    saying it could not ``action`` the address (``explain`` as in :func:`connect_socket`)."""
+    try:
+        await sock.bind(sockaddr)
+        if listen:
+            backlog = ctx.socket_options.backlog
+            sock.listen(socket.SOMAXCONN if backlog is None else max(0, backlog))
+    except OSError as exc:
+        sock.close()
+        raise _typed(ctx, exc, action, explain) from exc
+    except BaseException:
+        sock.close()
+        raise
 
 
-class _DatagramErrors:
-    """OS errors on a datagram socket → typed errors; the channel stays usable.
+def _typed(ctx: Context, exc: OSError, action: str, explain: ErrorExplainer | None) -> ConnectError:
+    typed = explain(exc) if explain is not None else None
+    return typed or connect_error_from_oserror(exc, action=action, address=str(ctx.address))
 
-    ``ECONNREFUSED`` (an ICMP port unreachable for an earlier datagram) is
-    reported as :class:`ConnectionRefused` on the next send/receive, as Winsock
-    and nsock do; ``EACCES`` is a broadcast without ``broadcast=True``.
-    """
 
-    __slots__ = ("peer",)
+class SocketHolder:
+    """Owns one kernel socket: a connection or listener made of it. ``socket`` is the trio
+    socket, for options this library does not wrap; :meth:`_close_socket` closes it once."""
 
-    def __init__(self, peer: object) -> None:
-        self.peer = peer
+    _sock: trio.socket.SocketType
+    _is_closed: bool = False
+    #: Called once when the socket is closed (a unix listener removes its file).
+    _on_close: Callable[[], None] | None = None
 
-    def __enter__(self) -> None:
-        return None
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        return self._sock
 
-    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        if not isinstance(exc, OSError):
-            return
-        peer = self.peer
-        err = exc.errno
-        if err == errno.EBADF:
-            raise trio.ClosedResourceError("this channel was closed") from None
-        if err == errno.EMSGSIZE:
-            raise MessageTooLarge(f"datagram too large for {peer}: {exc.strerror}") from exc
-        if err == errno.EACCES:
-            raise PermissionDenied(
-                err,
-                f"sending to {peer} was refused (EACCES): a broadcast address needs broadcast=True",
-                address=str(peer),
-            ) from exc
-        if err in (
-            errno.ECONNREFUSED,
-            errno.EHOSTUNREACH,
-            errno.ENETUNREACH,
-            errno.EHOSTDOWN,
-            errno.ENETDOWN,
-            errno.ETIMEDOUT,
-        ):
-            raise connect_error_from_oserror(exc, action="reach", address=str(peer)) from exc
-        raise trio.BrokenResourceError(f"datagram socket broken: {exc}") from exc
+    def _close_socket(self) -> bool:
+        """Close the socket (and run ``_on_close``) the first time; ``False`` if already closed."""
+        if self._is_closed:
+            return False
+        self._is_closed = True
+        self._sock.close()
+        if self._on_close is not None:
+            self._on_close()
+        return True
 
 
 # ---------------------------------------------------------------------------
-# streams
+# a socket's facts
 # ---------------------------------------------------------------------------
 
 
-def _sockname(sock: trio.socket.SocketType) -> SockAddr | None:
+def sockname(sock: trio.socket.SocketType) -> SockAddr | None:
+    """``getsockname()``, or ``None`` when the socket has none (closed)."""
     try:
         return sock.getsockname()  # type: ignore[no-any-return]
     except OSError:
@@ -563,7 +547,7 @@ def socket_info(
         family=family,
         socktype=socktype,
         protocol=proto,
-        local=local if local is not None else _sockname(sock),
+        local=local if local is not None else sockname(sock),
         remote=remote,
         peer_credentials=peer_credentials,
     )
@@ -577,616 +561,3 @@ def peer_credentials(sock: trio.socket.SocketType) -> PeerCredentials | None:
         return None
     pid, uid, gid = (int.from_bytes(raw[i : i + 4], "little", signed=True) for i in (0, 4, 8))
     return PeerCredentials(pid, uid, gid)
-
-
-class SocketStream(StreamConnection):
-    """A stream connection over a kernel socket (no half-close: e.g. SCTP).
-
-    ``socket`` is the trio socket, for options this library does not wrap.
-    ``kind``: the socket's ``(family, type, proto)`` when the caller knows them
-    (a listener's :func:`socket_kind`, shared by what it accepts), which
-    spares working them out again for each connection; ``local`` likewise its
-    local address (see :func:`socket_info`).
-    ``receive_some()`` without a size reads up to ``receive_size`` bytes
-    (256 KiB by default). ``send_size`` caps what one ``send()`` call carries
-    (SCTP sends each call as one message, which must fit the send buffer).
-    """
-
-    def __init__(
-        self,
-        sock: trio.socket.SocketType,
-        conn_id: int,
-        *,
-        transport: str,
-        tracer: Tracer,
-        address: Address | None = None,
-        remote: SockAddr | None = None,
-        peer_credentials: PeerCredentials | None = None,
-        receive_size: int = DEFAULT_RECEIVE_SIZE,
-        send_size: int | None = None,
-        kind: SocketKind | None = None,
-        local: SockAddr | None = None,
-    ) -> None:
-        super().__init__(conn_id, address)
-        self._sock = sock
-        self._send_busy = False
-        self._recv_busy = False
-        self._is_closed = False
-        self._tracer = tracer
-        self._receive_size = receive_size
-        self._send_size = send_size
-        self._info = socket_info(sock, transport, remote, peer_credentials, kind, local)
-
-    @property
-    def socket(self) -> trio.socket.SocketType:
-        return self._sock
-
-    @property
-    def info(self) -> CommunicationInfo:
-        return self._info
-
-    async def send_all(self, data: Buffer) -> None:
-        if self._send_busy:
-            raise trio.BusyResourceError("another task is already sending on this connection")
-        self._send_busy = True
-        try:
-            if self._is_closed:
-                raise trio.ClosedResourceError("this connection was closed")
-            if self._sock.did_shutdown_SHUT_WR:
-                raise trio.ClosedResourceError("cannot send data after send_eof()")
-            sock = self._sock
-            with _stream_errors, memoryview(data) as view:
-                total = len(view)
-                if not total:
-                    await trio.lowlevel.checkpoint()
-                else:
-                    step = self._send_size or total
-                    sent = await sock.send(view) if step >= total else 0
-                    while sent < total:
-                        with view[sent : sent + step] as rest:
-                            sent += await sock.send(rest)
-        finally:
-            self._send_busy = False
-        if self._tracer.log.isEnabledFor(DEBUG_ALL):
-            self._tracer.log.log(
-                DEBUG_ALL,
-                "write %d bytes to conn #%d event #%d",
-                total,
-                self.id,
-                self._tracer.next_event_id(),
-            )
-
-    async def wait_send_all_might_not_block(self) -> None:
-        if self._send_busy:
-            raise trio.BusyResourceError("another task is already sending on this connection")
-        self._send_busy = True
-        try:
-            if self._is_closed:
-                raise trio.ClosedResourceError("this connection was closed")
-            with _stream_errors:
-                await self._sock.wait_writable()
-        finally:
-            self._send_busy = False
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if max_bytes is None:
-            max_bytes = self._receive_size
-        elif max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
-        if self._recv_busy:
-            raise trio.BusyResourceError("another task is already receiving on this connection")
-        self._recv_busy = True
-        try:
-            if self._is_closed:
-                raise trio.ClosedResourceError("this connection was closed")
-            with _stream_errors:
-                data: bytes = await self._sock.recv(max_bytes)
-        finally:
-            self._recv_busy = False
-        if self._tracer.log.isEnabledFor(DEBUG_ALL):
-            self._tracer.log.log(
-                DEBUG_ALL,
-                "read %d bytes from conn #%d event #%d%s",
-                len(data),
-                self.id,
-                self._tracer.next_event_id(),
-                "" if data else " (end of stream)",
-            )
-        return data
-
-    async def aclose(self) -> None:
-        if not self._is_closed:
-            self._is_closed = True
-            self._sock.close()
-            await self._closed()
-        await trio.lowlevel.checkpoint()
-
-
-@final
-class HalfCloseableSocketStream(SocketStream, HalfCloseableStreamConnection):
-    """A stream connection over a kernel socket that can half-close (TCP, unix)."""
-
-    async def send_eof(self) -> None:
-        if self._send_busy:
-            raise trio.BusyResourceError("another task is already sending on this connection")
-        self._send_busy = True
-        try:
-            if self._is_closed:
-                raise trio.ClosedResourceError("this connection was closed")
-            await trio.lowlevel.checkpoint()
-            with _stream_errors:
-                try:
-                    self._sock.shutdown(socket.SHUT_WR)
-                except OSError as exc:
-                    if exc.errno != errno.ENOTCONN:
-                        raise
-        finally:
-            self._send_busy = False
-
-
-#: Builds a connection from an accepted socket: (sock, remote, conn_id) → connection.
-AcceptWrapper = Callable[[trio.socket.SocketType, SockAddr, int], Connection]
-
-
-@final
-class SocketListener(trio.abc.Listener[Connection]):
-    """Accepts stream connections on a listening kernel socket.
-
-    Errors that concern only the connection being accepted (``ECONNABORTED``
-    …) are skipped; running out of file descriptors or memory is logged and
-    retried after 100 ms rather than killing the listener.
-    """
-
-    def __init__(
-        self,
-        sock: trio.socket.SocketType,
-        ctx: Context,
-        wrap: AcceptWrapper,
-        address: Address,
-        on_close: Callable[[], None] | None = None,
-    ) -> None:
-        self._sock = sock
-        self._ctx = ctx
-        self._wrap = wrap
-        self.address = address
-        self._on_close = on_close
-        self._is_closed = False
-
-    @property
-    def socket(self) -> trio.socket.SocketType:
-        return self._sock
-
-    async def accept(self) -> Connection:
-        from ._transport import SocketRole
-
-        ctx = self._ctx
-        while True:
-            if self._is_closed:
-                raise trio.ClosedResourceError("this listener was closed")
-            try:
-                sock, remote = await self._sock.accept()
-            except OSError as exc:
-                if exc.errno == errno.EBADF or self._is_closed:
-                    raise trio.ClosedResourceError("this listener was closed") from None
-                if exc.errno in _ACCEPT_SKIP:
-                    continue
-                if exc.errno in _ACCEPT_STARVED:
-                    _log.error("accept on %s: %s; retrying in 100 ms", self.address, exc)
-                    await trio.sleep(0.1)
-                    continue
-                raise
-            try:
-                if ctx.scope.has_impls("conduit_socket_created"):
-                    await ctx.scope.acall(
-                        "conduit_socket_created",
-                        sock=sock,
-                        transport=ctx.transport,
-                        address=ctx.address,
-                        role=SocketRole.ACCEPTED,
-                    )
-                return self._wrap(sock, remote, ctx.new_conn_id())
-            except Exception:
-                # A plugin hook or the wrapper failed for this one connection: drop it
-                # (as a rejecting conduit_connection_made does); the listener goes on.
-                sock.close()
-                _log.exception("dropped a connection accepted on %s: setting it up raised", self.address)
-                continue
-            except BaseException:
-                sock.close()
-                raise
-
-    async def aclose(self) -> None:
-        if not self._is_closed:
-            self._is_closed = True
-            self._sock.close()
-            if self._on_close is not None:
-                self._on_close()
-        await trio.lowlevel.checkpoint()
-
-
-# ---------------------------------------------------------------------------
-# datagrams
-# ---------------------------------------------------------------------------
-
-
-class SocketChannel(DatagramConnection):
-    """A datagram channel over a kernel socket (WSAConnect / nsock semantics).
-
-    Connected (the usual case): ``send``/``receive`` talk to the default peer,
-    the kernel drops datagrams from anyone else, and an ICMP port unreachable
-    for an earlier datagram surfaces as :class:`ConnectionRefused` on the next
-    call (the channel stays usable). :meth:`set_peer` changes the peer.
-    Unconnected (``connected=False``): ``send`` goes to the default peer,
-    ``receive`` takes datagrams from anyone, and ``send_to``/``receive_from``
-    name the peer.
-    """
-
-    def __init__(
-        self,
-        sock: trio.socket.SocketType,
-        conn_id: int,
-        *,
-        transport: str,
-        tracer: Tracer,
-        address: Address | None = None,
-        remote: SockAddr | None = None,
-        max_size: int = DEFAULT_DATAGRAM_SIZE,
-        on_close: Callable[[], None] | None = None,
-        connected: bool = True,
-    ) -> None:
-        super().__init__(conn_id, address)
-        self._sock = sock
-        self._tracer = tracer
-        self._transport = transport
-        self._remote = remote
-        self._connected = connected
-        self._max_size = max_size
-        self._on_close = on_close
-        self._is_closed = False
-
-    @property
-    def socket(self) -> trio.socket.SocketType:
-        return self._sock
-
-    @property
-    def info(self) -> CommunicationInfo:
-        return CommunicationInfo(
-            transport=self._transport,
-            family=self._sock.family,
-            socktype=self._sock.type,
-            protocol=self._sock.proto,
-            local=_sockname(self._sock),
-            remote=self._remote,
-        )
-
-    @property
-    def peer(self) -> SockAddr | None:
-        """The current default peer (``None`` when unconnected)."""
-        return self._remote
-
-    def _check_open(self) -> None:
-        if self._is_closed:
-            raise trio.ClosedResourceError("this channel was closed")
-
-    def _trace(self, what: str, n: int, peer: object) -> None:
-        if self._tracer.log.isEnabledFor(DEBUG_ALL):
-            self._tracer.log.log(
-                DEBUG_ALL,
-                "%s datagram of %d bytes %s %s on conn #%d event #%d",
-                what,
-                n,
-                "to" if what == "sent" else "from",
-                peer,
-                self.id,
-                self._tracer.next_event_id(),
-            )
-
-    async def set_peer(self, peer: SockAddr) -> None:
-        """Connect to another peer (a sockaddr); datagrams from the old one are no longer accepted."""
-        self._check_open()
-        with _DatagramErrors(peer):
-            await self._sock.connect(peer)
-        self._remote = peer
-        self._connected = True
-
-    async def send(self, value: Buffer) -> None:
-        self._check_open()
-        if self._remote is None:
-            raise trio.BrokenResourceError("this channel has no default peer: use send_to()")
-        with _DatagramErrors(self._remote):
-            if self._connected:
-                n = await self._sock.send(value)
-            else:
-                n = await self._sock.sendto(value, self._remote)
-        self._trace("sent", n, self._remote)
-
-    async def receive(self) -> bytes:
-        self._check_open()
-        with _DatagramErrors(self._remote):
-            data: bytes
-            if self._connected:
-                data = await self._sock.recv(self._max_size)
-                peer = self._remote
-            else:
-                data, peer = await self._sock.recvfrom(self._max_size)
-        self._trace("received", len(data), peer)
-        return data
-
-    async def send_to(self, value: Buffer, peer: SockAddr) -> None:
-        """Send one datagram to ``peer`` (a sockaddr)."""
-        self._check_open()
-        with _DatagramErrors(peer):
-            n = await self._sock.sendto(value, peer)
-        self._trace("sent", n, peer)
-
-    async def receive_from(self) -> tuple[bytes, SockAddr]:
-        """Receive one datagram and the address it came from."""
-        self._check_open()
-        with _DatagramErrors(self._remote):
-            data, peer = await self._sock.recvfrom(self._max_size)
-        self._trace("received", len(data), peer)
-        return data, peer
-
-    async def aclose(self) -> None:
-        if not self._is_closed:
-            self._is_closed = True
-            self._sock.close()
-            if self._on_close is not None:
-                self._on_close()
-            await self._closed()
-        await trio.lowlevel.checkpoint()
-
-
-#: Ancillary data as ``socket.sendmsg``/``recvmsg`` give it: (level, type, data).
-AncData = list[tuple[int, int, bytes]]
-
-
-class MessageSocketChannel(DatagramConnection):
-    """Whole messages over a connected ``SOCK_SEQPACKET`` socket (vsock, SCTP, unix).
-
-    ``send`` sends one message, all of it (too big for the transport:
-    :class:`MessageTooLarge`, the channel stays usable). ``receive`` returns
-    one whole message; a message longer than ``max_size`` was cut by the
-    kernel (``MSG_TRUNC``) and raises :class:`MessageTooLarge`. Once the peer
-    has closed, ``receive`` raises ``trio.EndOfChannel``. A broken
-    connection is ``trio.BrokenResourceError``. Subclasses that need
-    ancillary data (SCTP's stream ids) use :meth:`_sendmsg` and :meth:`_recvmsg`.
-    """
-
-    def __init__(
-        self,
-        sock: trio.socket.SocketType,
-        conn_id: int,
-        *,
-        transport: str,
-        tracer: Tracer,
-        address: Address | None = None,
-        remote: SockAddr | None = None,
-        max_size: int = DEFAULT_DATAGRAM_SIZE,
-    ) -> None:
-        super().__init__(conn_id, address)
-        self._sock = sock
-        self._tracer = tracer
-        self._max_size = max_size
-        self._is_closed = False
-        self._info = socket_info(sock, transport, remote)
-
-    @property
-    def socket(self) -> trio.socket.SocketType:
-        return self._sock
-
-    @property
-    def info(self) -> CommunicationInfo:
-        return self._info
-
-    @property
-    def max_size(self) -> int:
-        """The largest message :meth:`receive` returns whole."""
-        return self._max_size
-
-    def _trace(self, what: str, n: int) -> None:
-        if self._tracer.log.isEnabledFor(DEBUG_ALL):
-            self._tracer.log.log(
-                DEBUG_ALL,
-                "%s message of %d bytes on conn #%d event #%d",
-                what,
-                n,
-                self.id,
-                self._tracer.next_event_id(),
-            )
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        if self._is_closed:
-            raise trio.ClosedResourceError("this channel was closed")
-        try:
-            yield
-        except OSError as exc:
-            if exc.errno == errno.EMSGSIZE:
-                raise MessageTooLarge(f"message too large for {self.info.remote!r}: {exc.strerror}") from exc
-            if exc.errno == errno.EBADF or self._is_closed:
-                raise trio.ClosedResourceError("this channel was closed") from None
-            raise trio.BrokenResourceError(f"connection broken: {exc}") from exc
-
-    async def _sendmsg(self, value: Buffer, ancdata: AncData | None = None) -> None:
-        """Send ``value`` as one message, with ``ancdata`` (a list of (level, type, bytes))."""
-        with self._errors():
-            n = await self._sock.sendmsg([value], ancdata or [])
-        self._trace("sent", n)
-
-    async def _recvmsg(self, bufsize: int, ancbufsize: int = 0) -> tuple[bytes, AncData, int]:
-        """One ``recvmsg``: (data, ancillary data, msg_flags). Errors translated, nothing interpreted."""
-        with self._errors():
-            data, ancdata, flags, _addr = await self._sock.recvmsg(bufsize, ancbufsize)
-        self._trace("received", len(data))
-        return data, ancdata, flags
-
-    async def send(self, value: Buffer) -> None:
-        await self._sendmsg(value)
-
-    async def receive(self) -> bytes:
-        data, _, flags = await self._recvmsg(self._max_size)
-        if flags & socket.MSG_TRUNC:
-            raise MessageTooLarge(f"a message longer than max_size={self._max_size} was cut short")
-        if not data:
-            raise trio.EndOfChannel
-        return data
-
-    async def aclose(self) -> None:
-        if not self._is_closed:
-            self._is_closed = True
-            self._sock.close()
-            await self._closed()
-        await trio.lowlevel.checkpoint()
-
-
-@final
-class PeerChannel(DatagramConnection):
-    """One peer of a datagram listener: its datagrams in, replies out through the shared socket."""
-
-    def __init__(self, listener: DatagramListener, peer: SockAddr, conn_id: int, queue: int) -> None:
-        super().__init__(conn_id, listener.address)
-        self._listener = listener
-        self._peer = peer
-        self._send_q, self._recv_q = trio.open_memory_channel[bytes](queue)
-        self._is_closed = False
-        self.dropped = 0
-
-    @property
-    def info(self) -> CommunicationInfo:
-        sock = self._listener.socket
-        return CommunicationInfo(
-            transport=self._listener.transport,
-            family=sock.family,
-            socktype=sock.type,
-            protocol=sock.proto,
-            local=_sockname(sock),
-            remote=self._peer,
-        )
-
-    @property
-    def peer(self) -> SockAddr:
-        return self._peer
-
-    def _deliver(self, data: bytes) -> None:
-        try:
-            self._send_q.send_nowait(data)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            self.dropped += 1
-
-    async def send(self, value: Buffer) -> None:
-        if self._is_closed:
-            raise trio.ClosedResourceError("this channel was closed")
-        if not self._peer:
-            raise trio.BrokenResourceError("this peer has no address (an unbound unix socket): cannot reply")
-        with _DatagramErrors(self._peer):
-            await self._listener.socket.sendto(value, self._peer)
-
-    async def receive(self) -> bytes:
-        if self._is_closed:
-            raise trio.ClosedResourceError("this channel was closed")
-        try:
-            return await self._recv_q.receive()
-        except trio.EndOfChannel:
-            raise trio.ClosedResourceError("the listener was closed") from None
-
-    async def aclose(self) -> None:
-        if not self._is_closed:
-            self._is_closed = True
-            self._recv_q.close()
-            self._send_q.close()
-            self._listener._forget(self)
-            await self._closed()
-        await trio.lowlevel.checkpoint()
-
-
-@final
-class DatagramListener(trio.abc.Listener[Connection]):
-    """Server side of a datagram transport: each new peer address becomes a channel.
-
-    A reader task (in the pool's nursery, ended with the listener) receives on
-    the one bound socket and routes each datagram to its peer's channel; a new
-    peer is queued for :meth:`accept` (``backlog`` of them at most; beyond,
-    its datagrams are dropped until there is room). A peer's channel holds up
-    to ``queue`` datagrams; more are dropped and counted. Closing a peer's
-    channel forgets it: its next datagram makes a new one.
-    """
-
-    def __init__(
-        self,
-        sock: trio.socket.SocketType,
-        ctx: Context,
-        address: Address,
-        *,
-        nursery: trio.Nursery,
-        queue: int = 256,
-        max_size: int = DEFAULT_DATAGRAM_SIZE,
-        on_close: Callable[[], None] | None = None,
-    ) -> None:
-        self._sock = sock
-        self._ctx = ctx
-        self.address = address
-        self.transport = ctx.address.scheme
-        self._queue = queue
-        self._max_size = max_size
-        self._on_close = on_close
-        self._peers: dict[SockAddr, PeerChannel] = {}
-        backlog = ctx.socket_options.backlog
-        self._new_send, self._new_recv = trio.open_memory_channel[PeerChannel](
-            128 if backlog is None else max(1, backlog)
-        )
-        self._is_closed = False
-        self._cancel = trio.CancelScope()
-        self.dropped = 0
-        nursery.start_soon(self._reader)
-
-    @property
-    def socket(self) -> trio.socket.SocketType:
-        return self._sock
-
-    def _forget(self, peer: PeerChannel) -> None:
-        if self._peers.get(peer.peer) is peer:
-            del self._peers[peer.peer]
-
-    async def _reader(self) -> None:
-        with self._cancel:
-            while True:
-                try:
-                    data, addr = await self._sock.recvfrom(self._max_size)
-                except OSError as exc:
-                    if exc.errno == errno.EBADF or self._is_closed:
-                        return
-                    # ICMP errors for earlier replies, truncation: not fatal to the listener.
-                    continue
-                except trio.ClosedResourceError:
-                    return
-                key = addr if addr else ""
-                peer = self._peers.get(key)
-                if peer is None:
-                    peer = PeerChannel(self, key, self._ctx.new_conn_id(), self._queue)
-                    try:
-                        self._new_send.send_nowait(peer)
-                    except trio.WouldBlock:
-                        self.dropped += 1
-                        continue
-                    self._peers[key] = peer
-                peer._deliver(data)
-
-    async def accept(self) -> Connection:
-        try:
-            return await self._new_recv.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise trio.ClosedResourceError("this listener was closed") from None
-
-    async def aclose(self) -> None:
-        if not self._is_closed:
-            self._is_closed = True
-            self._cancel.cancel()
-            self._sock.close()
-            self._new_send.close()
-            self._new_recv.close()
-            for peer in list(self._peers.values()):
-                peer._send_q.close()
-            if self._on_close is not None:
-                self._on_close()
-        await trio.lowlevel.checkpoint()

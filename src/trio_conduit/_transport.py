@@ -10,19 +10,24 @@ transports stay a screenful.
 from __future__ import annotations
 
 import abc
-import enum
-from collections.abc import Mapping
+import errno
+import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
 
+from . import _sockets
 from ._address import Address, Option, URLParts
-from ._connection import Connection, Kind, SockAddr
+from ._connection import Connection, Kind, PeerCredentials, SockAddr
+from ._errors import unavailable_reason
+from ._socket_channel import DEFAULT_DATAGRAM_SIZE, DatagramListener, MessageSocketChannel, SocketChannel
+from ._socket_stream import HalfCloseableSocketStream, SocketListener, SocketStream
+from ._sockets import ErrorExplainer, SocketOptions, SocketPreparer, SocketRole
 
 if TYPE_CHECKING:
     from ._plugins import HookScope
-    from ._sockets import SocketPreparer
     from ._trace import Tracer
 
 __all__ = [
@@ -34,14 +39,6 @@ __all__ = [
     "Transport",
     "probe_socket",
 ]
-
-
-class SocketRole(enum.Enum):
-    """What a socket made by the shared path is for."""
-
-    CONNECT = "connect"
-    LISTEN = "listen"
-    ACCEPTED = "accepted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,36 +72,13 @@ def probe_socket(family: int, type: int, proto: int = 0) -> Availability:
     Errors are reported with the errno name and a sentence
     (``EPROTONOSUPPORT``: "the kernel does not support this protocol ...").
     """
-    import errno as _errno
-    import socket as _socket
-
-    from ._errors import unavailable_reason
-
     try:
-        _socket.socket(family, type, proto).close()
+        socket.socket(family, type, proto).close()
     except OSError as exc:
         err = exc.errno or 0
-        name = _errno.errorcode.get(err, str(err))
+        name = errno.errorcode.get(err, str(err))
         return Availability(False, f"{name}: {unavailable_reason(err)}", err)
     return Availability(True)
-
-
-@dataclass(frozen=True, slots=True)
-class SocketOptions:
-    """The options every kernel-socket transport honours (nsock's ``nsock_make_socket``).
-
-    ``local``: bind here before connecting (``"host:port"``, ``"host"``, a
-    sockaddr tuple, or a path for unix sockets). ``device``: ``SO_BINDTODEVICE``.
-    ``ip_options``: raw IPv4 options (``IP_OPTIONS``). ``broadcast``:
-    ``SO_BROADCAST`` (datagram sockets only; sending to a broadcast address
-    without it is ``EACCES``). ``backlog``: for listeners.
-    """
-
-    local: object | None = None
-    device: str | None = None
-    ip_options: bytes | None = None
-    broadcast: bool = False
-    backlog: int | None = None
 
 
 @dataclass(eq=False)
@@ -153,9 +127,7 @@ class Context:
         core's and before the ``conduit_socket_created`` hooks (and so before
         connect/bind). ``OSError`` from it becomes a typed error.
         """
-        from ._sockets import make_socket
-
-        return await make_socket(self, family, type, proto, role=role or self.role, prepare=prepare)
+        return await _sockets.make_socket(self, family, type, proto, role=role or self.role, prepare=prepare)
 
     async def connect_inet(
         self, type: int, proto: int = 0, *, prepare: SocketPreparer | None = None
@@ -164,24 +136,155 @@ class Context:
 
         ``prepare`` is applied to every socket made for an attempt (see :meth:`make_socket`).
         """
-        from ._sockets import connect_inet
-
-        return await connect_inet(self, type, proto, prepare=prepare)
+        return await _sockets.connect_inet(self, type, proto, prepare=prepare)
 
     async def resolve_inet(self, type: int) -> list[tuple[int, SockAddr]]:
         """Resolve ``address`` to (family, sockaddr) pairs, in resolver order; typed errors."""
-        from ._sockets import resolve_inet
-
-        return await resolve_inet(self, type)
+        return await _sockets.resolve_inet(self, type)
 
     async def listen_inet(
         self, type: int, proto: int = 0, *, prepare: SocketPreparer | None = None
     ) -> trio.socket.SocketType:
         """Resolve ``address.host`` (empty: all interfaces) and bind; ``listen()`` for streams
         and ``SOCK_SEQPACKET``. ``prepare`` is applied before the bind (see :meth:`make_socket`)."""
-        from ._sockets import listen_inet
+        return await _sockets.listen_inet(self, type, proto, prepare=prepare)
 
-        return await listen_inet(self, type, proto, prepare=prepare)
+    async def connect_socket(
+        self, sock: trio.socket.SocketType, sockaddr: SockAddr, *, explain: ErrorExplainer | None = None
+    ) -> None:
+        """Connect ``sock``; on failure close it and raise a typed error naming this address.
+
+        ``explain(exc)``: the transport's own reading of an ``OSError`` (a typed error),
+        or ``None`` for the core's.
+        """
+        await _sockets.connect_socket(self, sock, sockaddr, explain=explain)
+
+    async def bind_socket(
+        self,
+        sock: trio.socket.SocketType,
+        sockaddr: SockAddr,
+        *,
+        listen: bool = False,
+        action: str = "listen on",
+        explain: ErrorExplainer | None = None,
+    ) -> None:
+        """Bind ``sock`` and, with ``listen``, ``listen()`` with the ``backlog`` option; on failure
+        close it and raise a typed error ("cannot ``action`` ADDRESS: ...")."""
+        await _sockets.bind_socket(self, sock, sockaddr, listen=listen, action=action, explain=explain)
+
+    async def socket_accepted(self, sock: trio.socket.SocketType) -> None:
+        """For a listener that accepts sockets its own way (not :meth:`stream_listener`): run
+        the ``conduit_socket_created`` hooks with ``role=ACCEPTED``; close ``sock`` if this raises."""
+        await _sockets.socket_created(self, sock, SocketRole.ACCEPTED)
+
+    # -- wrapping sockets as connections ---------------------------------------
+    # Each takes this context's transport scheme, tracer, address and connection id;
+    # ``conn_id``/``address`` override the last two (a listener's accepted connections).
+
+    def stream(
+        self,
+        sock: trio.socket.SocketType,
+        *,
+        half_close: bool = True,
+        conn_id: int | None = None,
+        address: Address | None = None,
+        remote: SockAddr | None = None,
+        peer_credentials: PeerCredentials | None = None,
+        send_size: int | None = None,
+        kind: _sockets.SocketKind | None = None,
+        local: SockAddr | None = None,
+    ) -> SocketStream:
+        """A connected stream socket as a connection (:class:`HalfCloseableSocketStream`, or
+        :class:`SocketStream` when the transport cannot half-close)."""
+        cls = HalfCloseableSocketStream if half_close else SocketStream
+        return cls(
+            sock,
+            self.conn_id if conn_id is None else conn_id,
+            transport=self.address.scheme,
+            tracer=self.tracer,
+            address=self.address if address is None else address,
+            remote=remote,
+            peer_credentials=peer_credentials,
+            send_size=send_size,
+            kind=kind,
+            local=local,
+        )
+
+    def channel(
+        self,
+        sock: trio.socket.SocketType,
+        *,
+        remote: SockAddr | None = None,
+        connected: bool = True,
+        max_size: int = DEFAULT_DATAGRAM_SIZE,
+        on_close: Callable[[], None] | None = None,
+    ) -> SocketChannel:
+        """A datagram socket as a channel (:class:`SocketChannel`); ``remote`` its default peer."""
+        return SocketChannel(
+            sock,
+            self.conn_id,
+            transport=self.address.scheme,
+            tracer=self.tracer,
+            address=self.address,
+            remote=remote,
+            max_size=max_size,
+            on_close=on_close,
+            connected=connected,
+        )
+
+    def message_channel(
+        self,
+        sock: trio.socket.SocketType,
+        *,
+        conn_id: int | None = None,
+        address: Address | None = None,
+        remote: SockAddr | None = None,
+        max_size: int = DEFAULT_DATAGRAM_SIZE,
+    ) -> MessageSocketChannel:
+        """A connected ``SOCK_SEQPACKET`` socket as a channel of whole messages."""
+        return MessageSocketChannel(
+            sock,
+            self.conn_id if conn_id is None else conn_id,
+            transport=self.address.scheme,
+            tracer=self.tracer,
+            address=self.address if address is None else address,
+            remote=remote,
+            max_size=max_size,
+        )
+
+    def stream_listener(
+        self,
+        sock: trio.socket.SocketType,
+        address: Address,
+        wrap: Callable[[trio.socket.SocketType, SockAddr, int], Connection] | None = None,
+        *,
+        on_close: Callable[[], None] | None = None,
+    ) -> SocketListener:
+        """A listener accepting on ``sock`` (bound to ``address``); ``wrap(sock, remote, conn_id)``
+        makes each connection (default: :meth:`stream`, half-closeable)."""
+        if wrap is None:
+            kind = _sockets.socket_kind(sock)
+
+            def wrap(s: trio.socket.SocketType, remote: SockAddr, conn_id: int) -> Connection:
+                return self.stream(s, conn_id=conn_id, address=address, remote=remote, kind=kind)
+
+        return SocketListener(sock, self, wrap, address, on_close)
+
+    def datagram_listener(
+        self,
+        sock: trio.socket.SocketType,
+        address: Address,
+        *,
+        queue: int = 256,
+        max_size: int = DEFAULT_DATAGRAM_SIZE,
+        on_close: Callable[[], None] | None = None,
+    ) -> DatagramListener:
+        """A datagram listener on the bound ``sock``: each new peer becomes a channel."""
+        if self.nursery is None:
+            raise RuntimeError(f"{address}: a datagram listener needs the pool's nursery")
+        return DatagramListener(
+            sock, self, address, nursery=self.nursery, queue=queue, max_size=max_size, on_close=on_close
+        )
 
 
 class Transport(abc.ABC):
@@ -207,6 +310,10 @@ class Transport(abc.ABC):
     description: str = ""
     #: Set by the registry: the plugin that registered this transport.
     plugin_name: str = "?"
+    #: Set by the registry: the scope (global, a pool's, a listener's) whose registry holds
+    #: this transport. A layer finds the transport beneath it here, never in another scope:
+    #: return new transport objects from each ``conduit_transports`` call.
+    scope: HookScope | None = None
     #: A layer over another stream transport (TLS over ``"tcp"``): that transport's
     #: scheme. The pool can then put a proxy chain under the layer: it connects the
     #: chain with :meth:`inner_context` and finishes with :meth:`connect_over`.

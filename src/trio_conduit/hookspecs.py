@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 
     from ._address import Address
     from ._connection import Connection
-    from ._transport import SocketRole, Transport
+    from ._sockets import SocketRole
+    from ._transport import Transport
     from .proxy import ProxyType
     from .tls import Certificate, ClientHello, SessionKey, TLSConnection, TLSHandshake
 

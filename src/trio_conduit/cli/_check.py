@@ -26,7 +26,7 @@ from .. import hookspecs
 from .._connection import Connection, DatagramConnection, StreamConnection
 from .._errors import ConduitError
 from .._plugins import HookScope, global_scope, load_errors, plugin_distributions
-from .._pool import _CORE_OPTIONS, Pool, open_pool
+from .._pool import CORE_OPTIONS, Pool, open_pool
 from .._transport import Transport
 from .._version import __version__
 
@@ -359,7 +359,7 @@ def run_plugins(as_json: bool) -> int:
     scope = global_scope()
     plugins = _plugins(scope)
     transports = [_facts(t) for t in _distinct(dict(scope.transports))]
-    common = [{"name": o.name, "default": _show(o.default), "doc": o.doc} for o in _CORE_OPTIONS.values()]
+    common = [{"name": o.name, "default": _show(o.default), "doc": o.doc} for o in CORE_OPTIONS.values()]
     hooks = _hooks(scope)
     if as_json:
         doc = {

@@ -39,7 +39,7 @@ from typing import Final
 import trio
 
 from .._connection import Connection
-from .._sockets import HalfCloseableSocketStream, SocketStream
+from .._socket_stream import HalfCloseableSocketStream, SocketStream
 from .._trace import DEBUG_ALL
 from .._trace import logger as _trace_logger
 

@@ -17,10 +17,11 @@ from .._connection import (
     HalfCloseableStreamConnection,
     StreamConnection,
 )
+from .._util import ConflictDetector
 
 if TYPE_CHECKING:
     from .._address import Address
-    from .._sockets import Buffer
+    from .._connection import Buffer
 
 __all__ = ["HalfCloseableProxiedStream", "PrefixedStream", "ProxiedStream", "with_prefix"]
 
@@ -30,22 +31,17 @@ class _Prefix:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
-        self.busy = False
+        self._conflict = ConflictDetector("another task is already receiving on this stream")
 
     async def receive_some(self, stream: trio.abc.ReceiveStream, max_bytes: int | None) -> bytes | bytearray:
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
-        if self.busy:
-            raise trio.BusyResourceError("another task is already receiving on this stream")
-        if self.data:
-            self.busy = True
-            try:
+        with self._conflict:
+            if self.data:
                 await trio.lowlevel.checkpoint()
-            finally:
-                self.busy = False
-            n = len(self.data) if max_bytes is None else max_bytes
-            out, self.data = self.data[:n], self.data[n:]
-            return out
+                n = len(self.data) if max_bytes is None else max_bytes
+                out, self.data = self.data[:n], self.data[n:]
+                return out
         return await stream.receive_some(max_bytes)
 
 

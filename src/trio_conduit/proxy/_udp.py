@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, final
 import trio
 
 from .._connection import CommunicationInfo, DatagramConnection, SockAddr
-from .._errors import ProxyProtocolError
-from .._sockets import _DatagramErrors, _sockname
+from .._errors import ProxyProtocolError, SocketErrors
+from .._sockets import sockname
 from .._trace import DEBUG_ALL
 from ._socks5 import pack_udp_header, unpack_udp_datagram_untrusted
 from ._url import Target
 
 if TYPE_CHECKING:
     from .._address import Address
-    from .._sockets import Buffer
+    from .._connection import Buffer
     from .._trace import Tracer
 
 __all__ = ["Socks5DatagramChannel"]
@@ -96,7 +96,7 @@ class Socks5DatagramChannel(DatagramConnection):
             family=self._sock.family,
             socktype=self._sock.type,
             protocol=self._sock.proto,
-            local=_sockname(self._sock),
+            local=sockname(self._sock),
             remote=(self._asked.host, self._asked.port),
             via=self._via,
         )
@@ -139,7 +139,7 @@ class Socks5DatagramChannel(DatagramConnection):
 
     async def _send(self, header: bytes, value: Buffer, peer: Target) -> None:
         self._check()
-        with _DatagramErrors(self._where):
+        with SocketErrors(self._where, datagram=True):
             await self._sock.send(header + bytes(value))
         self._trace("sent", len(value), peer)
 
@@ -147,7 +147,7 @@ class Socks5DatagramChannel(DatagramConnection):
         while True:
             self._check()
             try:
-                with _DatagramErrors(self._where):
+                with SocketErrors(self._where, datagram=True):
                     data = await self._sock.recv(self._max_size + MAX_HEADER)
             except trio.ClosedResourceError:
                 self._check()

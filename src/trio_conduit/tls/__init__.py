@@ -7,6 +7,8 @@ handshake are :class:`TLSInfo` (``conn.info.tls``); hooks receive a
 """
 
 from ._api import start_tls as start_tls
+from ._api import tls_client as tls_client
+from ._api import tls_listener as tls_listener
 from ._certs import Certificate as Certificate
 from ._certs import EphemeralCA as EphemeralCA
 from ._certs import fingerprint as fingerprint
@@ -32,6 +34,8 @@ from ._hello import ExtensionType as ExtensionType
 from ._hello import is_grease as is_grease
 from ._hello import parse_client_hello_untrusted as parse_client_hello_untrusted
 from ._listener import TLSListener as TLSListener
+from ._options import TLS_OPTION_NAMES as TLS_OPTION_NAMES
+from ._options import TLS_OPTIONS as TLS_OPTIONS
 from ._records import BURST_THRESHOLD as BURST_THRESHOLD
 from ._records import IDLE_RESET as IDLE_RESET
 from ._records import SMALL_RECORD as SMALL_RECORD

@@ -20,6 +20,7 @@ import trio
 
 from .._connection import CommunicationInfo, HalfCloseableStreamConnection, StreamConnection
 from .._trace import DEBUG_ALL
+from .._util import ConflictDetector
 from ._config import Side
 from ._errors import describe_ssl_error
 from ._hello import ClientHello
@@ -363,7 +364,7 @@ class TLSConnection(HalfCloseableStreamConnection):
         )
         self._trace = trace
         self._closing = False
-        self._send_busy = False
+        self._send_conflict = ConflictDetector("another task is currently sending data on this connection")
         self._eof_sent = False
         self._eof_received = False
         self._pending = b""
@@ -402,50 +403,40 @@ class TLSConnection(HalfCloseableStreamConnection):
         return self._facts.session
 
     # -- I/O --------------------------------------------------------------------
-    def _start_send(self) -> None:
-        if self._send_busy:
-            raise trio.BusyResourceError("another task is currently sending data on this connection")
+    def _check_send(self) -> None:
         if self._eof_sent and not self._closing:
             raise trio.ClosedResourceError("cannot send after send_eof()")
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self._start_send()
-        self._send_busy = True
-        try:
-            sizer = self._sizer
-            if sizer is None:
-                await self._ssl.send_all(data)
-            else:
-                with memoryview(data) as view:
-                    pos = 0
-                    for size in sizer.plan(len(view), trio.current_time()):
-                        await self._ssl.send_all(view[pos : pos + size])
-                        pos += size
-                    if not pos:
-                        await self._ssl.send_all(b"")
-        except trio.BrokenResourceError as exc:
-            raise _explained(exc) from exc.__cause__
-        finally:
-            self._send_busy = False
+        with self._send_conflict:
+            self._check_send()
+            try:
+                sizer = self._sizer
+                if sizer is None:
+                    await self._ssl.send_all(data)
+                else:
+                    with memoryview(data) as view:
+                        pos = 0
+                        for size in sizer.plan(len(view), trio.current_time()):
+                            await self._ssl.send_all(view[pos : pos + size])
+                            pos += size
+                        if not pos:
+                            await self._ssl.send_all(b"")
+            except trio.BrokenResourceError as exc:
+                raise _explained(exc) from exc.__cause__
         if self._trace:
             self._trace_data("write", data)
 
     async def wait_send_all_might_not_block(self) -> None:
-        self._start_send()
-        self._send_busy = True
-        try:
+        with self._send_conflict:
+            self._check_send()
             await self._ssl.wait_send_all_might_not_block()
-        finally:
-            self._send_busy = False
 
     async def send_eof(self) -> None:
         """Send ``close_notify``: the peer reads an end of stream; we go on receiving."""
-        if self._send_busy:
-            raise trio.BusyResourceError("another task is currently sending data on this connection")
-        if self._closing:
-            raise trio.ClosedResourceError("this connection was closed")
-        self._send_busy = True
-        try:
+        with self._send_conflict:
+            if self._closing:
+                raise trio.ClosedResourceError("this connection was closed")
             await trio.lowlevel.checkpoint()
             if self._eof_sent:
                 return
@@ -459,8 +450,6 @@ class TLSConnection(HalfCloseableStreamConnection):
                     raise _explained(exc) from exc.__cause__
                 finally:
                     obj._eof_requested = False
-        finally:
-            self._send_busy = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         data: bytes | bytearray

@@ -15,7 +15,8 @@ import trio
 
 from .._address import Address, resolve_options, split_url
 from .._errors import AddressError
-from .._transport import Context, SocketOptions, SocketRole
+from .._sockets import SocketOptions, SocketRole
+from .._transport import Context
 
 if TYPE_CHECKING:
     from .._plugins import HookScope
