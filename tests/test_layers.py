@@ -15,7 +15,8 @@ _PATH = Path(__file__).resolve().parent.parent / "tools" / "layers.py"
 
 def _layers() -> ModuleType:
     spec = importlib.util.spec_from_file_location("conduit_layers", _PATH)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("conduit_layers", module)
     spec.loader.exec_module(module)
