@@ -26,10 +26,10 @@ from .._errors import AddressError, ConduitError
 from .._trace import configure_cli_logging, verbosity_level
 from .._trace import logger as trace_logger
 from .._version import __version__
-from ..tls._cli import add_tls_arguments, tls_url
 from ._check import error_line, leaves, run_check, run_plugins
 from ._relay import parse_linger, run_connect, run_listen
 from ._stdio import OutputClosed, reserve_standard_fds
+from ._tls import add_tls_arguments, tls_url
 
 __all__ = ["build_parser", "main"]
 
