@@ -31,7 +31,9 @@ class Benchmark:
     name: str
     #: One line for ``conduit bench --help``.
     help: str
+    #: ``run(options)``: run it; its figures.
     run: Callable[[argparse.Namespace], dict[str, Any]]
+    #: ``format(results)``: the lines to print for what ``run`` returned.
     format: Callable[[dict[str, Any]], list[str]]
     #: Whether it runs when no ``--only`` is given (a long one, or one that needs root, says ``False``).
     default: bool = True
