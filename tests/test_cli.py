@@ -817,10 +817,10 @@ async def test_zero_copy_only_for_plain_kernel_streams() -> None:
 
 
 def test_bench_subcommand_is_wired() -> None:
-    if importlib.util.find_spec("trio_conduit.cli.bench") is None:
+    if importlib.util.find_spec("trio_conduit.bench") is None:
         result = run_conduit("bench")
         assert result.returncode == 1
-        assert "trio_conduit.cli.bench" in one_line_error(result.stderr)
+        assert "trio_conduit.bench" in one_line_error(result.stderr)
     else:
         result = run_conduit("bench", "--help")
         assert result.returncode == 0

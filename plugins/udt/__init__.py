@@ -480,3 +480,15 @@ def conduit_transports() -> Sequence[Transport]:
 @hookimpl
 def conduit_congestion_controls() -> Mapping[str, Callable[..., object]]:
     return builtin_congestion_controls()
+
+
+if TYPE_CHECKING:
+    from trio_conduit import Benchmark
+
+
+@hookimpl
+def conduit_benchmarks() -> Sequence[Benchmark]:
+    """``udt`` and ``udt-link`` for ``conduit bench`` (the benchmark code is imported only then)."""
+    from .bench import benchmarks
+
+    return benchmarks()

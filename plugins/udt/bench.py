@@ -1,7 +1,7 @@
 """UDT benchmarks: this implementation against the reference library, in the same run.
 
     python -m trio_conduit_plugins.udt.bench [--repeat 5] [--mib 1024] [--link] [--json]
-    conduit bench --only udt [--only udt-link]
+    conduit bench --only udt [--only udt-link]   (through benchmarks(), the conduit_benchmarks hook)
 
 * **loopback**: bulk transfer over 127.0.0.1, two CPU-pinned processes
   (receiver on one core, sender on the other), throughput measured at the
@@ -38,9 +38,12 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["main", "run_udt_bench"]
+if TYPE_CHECKING:
+    from trio_conduit import Benchmark
+
+__all__ = ["benchmarks", "main", "run_udt_bench"]
 
 _ME = [sys.executable, "-m", "trio_conduit_plugins.udt.bench"]
 _NS_A, _NS_B = "conduit-udt-a", "conduit-udt-b"
@@ -462,6 +465,34 @@ def format_results(results: dict[str, Any]) -> list[str]:
             parts = [f"{k} {lk[k]:.2f}" for k in LINK_CONTENDERS if k in lk]
             lines.append(f"{'udt_link_mb_per_s':24} " + "   ".join(parts) + "   (50 ms RTT, 1 % loss)")
     return lines
+
+
+def _run_loopback(options: argparse.Namespace) -> dict[str, Any]:
+    return run_udt_bench(repeat=options.repeat, mib=options.bulk_mib)
+
+
+def _run_link(options: argparse.Namespace) -> dict[str, Any]:
+    # Chosen without ``udt``, the link comes with the loopback figure too (as it always has).
+    loopback_run = "udt" not in (options.only or ())
+    return run_udt_bench(
+        repeat=options.repeat, mib=options.bulk_mib, link_seconds=20.0, loopback_run=loopback_run
+    )
+
+
+def benchmarks() -> tuple[Benchmark, ...]:
+    """``conduit bench``'s ``udt`` (loopback, ``--bulk-mib``) and ``udt-link`` (the link; root)."""
+    from trio_conduit import Benchmark
+
+    return (
+        Benchmark("udt", "UDT over loopback against the libudt C++ pair", _run_loopback, format_results),
+        Benchmark(
+            "udt-link",
+            "UDT on a 50 ms / 1 % loss link against libudt and TCP (root)",
+            _run_link,
+            format_results,
+            default=False,
+        ),
+    )
 
 
 def _contender_list(text: str) -> tuple[str, ...]:

@@ -9,6 +9,7 @@
 from ._address import Address as Address
 from ._address import Option as Option
 from ._address import URLParts as URLParts
+from ._benchmark import Benchmark as Benchmark
 from ._connection import CommunicationInfo as CommunicationInfo
 from ._connection import Connection as Connection
 from ._connection import DatagramConnection as DatagramConnection

@@ -7,7 +7,8 @@ Two calling conventions:
 
 * **Registration hooks** (``conduit_addhooks``, ``conduit_transports``,
   ``conduit_proxy_types``, ``conduit_benchmarks``) are called synchronously,
-  once, when a pool or listener builds its registry. They return objects.
+  once, when a pool or listener builds its registry (``conduit_benchmarks``:
+  when ``conduit bench`` starts). They return objects.
 * **Lifecycle hooks** (everything else) are *awaited* by trio-conduit's own
   dispatcher: an implementation may be ``async def`` and may take its time.
   Implementations run in pluggy's call order (``tryfirst`` ones first,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from ._address import Address
+    from ._benchmark import Benchmark
     from ._connection import Connection
     from ._sockets import SocketRole
     from ._transport import Transport
@@ -72,6 +74,22 @@ def conduit_transports() -> Sequence[Transport]:  # type: ignore[empty-body]
     (stream or datagram), its capabilities and options, an availability probe,
     and async ``connect``/``listen``. Two plugins registering the same scheme
     is a :class:`~trio_conduit.PluginError`. Synchronous.
+    """
+
+
+@hookspec
+def conduit_benchmarks() -> Sequence[Benchmark]:  # type: ignore[empty-body]
+    """Return the benchmarks this plugin adds to ``conduit bench``.
+
+    Each :class:`~trio_conduit.Benchmark` has a ``name`` (what ``--only``
+    chooses; two plugins giving the same name is a
+    :class:`~trio_conduit.PluginError`), a one-line ``help``, ``run(options)``
+    returning its figures as a dict (``options``: the parsed ``conduit bench``
+    arguments), ``format(results)`` giving the lines to print, and
+    ``default`` (runs without ``--only``). They run after trio-conduit's own,
+    in plugin registration order. Keep the plugin cheap to import: import the
+    benchmark code inside the implementation. Called by ``conduit bench``
+    only. Synchronous.
     """
 
 

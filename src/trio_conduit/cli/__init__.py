@@ -4,7 +4,7 @@
 * ``conduit connect URL`` — like ``ncat HOST PORT``: stdin to the connection, the connection to stdout;
 * ``conduit listen URL`` — like ``ncat -l``: one connection, or ``--keep-open`` [``--echo``];
 * ``conduit plugins [--json]`` — plugins, transports and options, hook implementations;
-* ``conduit bench`` — benchmarks (``trio_conduit.cli.bench``).
+* ``conduit bench`` — benchmarks (``trio_conduit.bench``; the command line in ``cli._bench``).
 
 See :mod:`trio_conduit.cli._main` for the exit statuses and
 :mod:`trio_conduit.cli._relay` for how stdin's end and the peer's end are handled.

@@ -12,36 +12,30 @@ quietly.
 from __future__ import annotations
 
 import argparse
-import importlib
 import signal
 import sys
 import traceback
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, Protocol, cast
+from typing import Final
 
 import trio
 
-from .._errors import AddressError, ConduitError
+from .._errors import AddressError, ConduitError, PluginError
 from .._trace import configure_cli_logging, verbosity_level
 from .._trace import logger as trace_logger
 from .._version import __version__
-from ..tls._cli import add_tls_arguments, tls_url
+from . import _bench
 from ._check import error_line, leaves, run_check, run_plugins
 from ._relay import parse_linger, run_connect, run_listen
 from ._stdio import OutputClosed, reserve_standard_fds
+from ._tls import add_tls_arguments, tls_url
 
 __all__ = ["build_parser", "main"]
 
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class _BenchModule(Protocol):
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
-
-    def run(self, args: argparse.Namespace) -> int: ...
 
 
 # ---------------------------------------------------------------------------
@@ -124,7 +118,7 @@ def _add_common_relay(sub: argparse.ArgumentParser) -> None:
 
 
 def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
-    """The argument parser; ``bench_wanted`` imports the bench module to add its arguments."""
+    """The argument parser; ``bench_wanted`` finds the benchmarks (trio_conduit.bench's, plugins')."""
     parser = argparse.ArgumentParser(
         prog="conduit",
         description="Open, accept and test network connections over trio-conduit's transports.",
@@ -198,20 +192,22 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
     plugins = subs.add_parser("plugins", help="plugins, transports and their options, hook implementations")
     plugins.add_argument("--json", action="store_true", help="print one JSON document")
 
-    bench = subs.add_parser("bench", help="benchmarks (trio_conduit.cli.bench)")
+    bench = subs.add_parser("bench", help="benchmarks (trio_conduit.bench)")
     bench.set_defaults(bench_error=None)
     if bench_wanted:
         try:
-            module = cast(_BenchModule, importlib.import_module("trio_conduit.cli.bench"))
+            found = _bench.benchmarks()
         except ModuleNotFoundError as exc:
-            if exc.name not in ("trio_conduit.cli.bench",):
+            if exc.name != "trio_conduit.bench":
                 raise
             bench.set_defaults(
-                bench_error="the benchmark module trio_conduit.cli.bench is not part of this installation"
+                bench_error="the benchmark package trio_conduit.bench is not part of this installation"
             )
+        except PluginError as exc:
+            bench.set_defaults(bench_error=str(exc))
         else:
-            module.add_arguments(bench)
-            bench.set_defaults(bench_module=module)
+            _bench.add_arguments(bench, found)
+            bench.set_defaults(benchmarks=found)
     return parser
 
 
@@ -302,8 +298,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.bench_error:
             _say(f"bench: {args.bench_error}")
             return EXIT_FAILURE
-        module = cast(_BenchModule, args.bench_module)
-        return module.run(args)
+        return _bench.run(args, args.benchmarks)
     raise AssertionError(args.command)  # pragma: no cover
 
 

@@ -33,6 +33,7 @@ import errno
 import fcntl
 import os
 import stat
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -259,24 +260,27 @@ def _broken(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError
     return trio.BrokenResourceError(f"connection broken: {exc}")
 
 
-async def splice_to_socket(in_fd: int, sock: trio.socket.SocketType) -> int | None:
-    """Move a pipe's bytes into ``sock`` with ``splice(2)`` until the pipe's end of file.
+async def _zero_copy(
+    move: Callable[[], int], wait: Callable[[], Awaitable[None]], *, epipe_closes_output: bool = False
+) -> int | None:
+    """Call ``move`` (one ``splice(2)`` or ``sendfile(2)``: the bytes moved, 0 at the end) until the end.
 
-    Returns the number of bytes moved, or ``None`` if the kernel cannot splice
-    between these two (nothing was moved). Socket errors raise
-    ``trio.BrokenResourceError``.
+    Returns the total, or ``None`` if the kernel cannot do it between these
+    two (refused on the first call: nothing was moved). ``BlockingIOError``
+    awaits ``wait`` and tries again. With ``epipe_closes_output``, ``EPIPE``
+    (nobody reads standard output any more) raises :class:`OutputClosed`;
+    other errors are the socket's: ``trio.BrokenResourceError`` (see :func:`_broken`).
     """
-    out_fd = sock.fileno()
     total = 0
     while True:
         try:
-            n = os.splice(in_fd, out_fd, CHUNK, flags=_SPLICE_FLAGS)
+            n = move()
         except BlockingIOError:
-            # Either the pipe is empty or the socket's buffer is full: wait for both to be ready.
-            await trio.lowlevel.wait_readable(in_fd)
-            await trio.lowlevel.wait_writable(sock)
+            await wait()
             continue
         except OSError as exc:
+            if epipe_closes_output and exc.errno == errno.EPIPE:
+                raise OutputClosed("standard output is closed") from exc
             if total == 0 and exc.errno in _NO_ZERO_COPY:
                 return None
             raise _broken(exc) from exc
@@ -285,6 +289,23 @@ async def splice_to_socket(in_fd: int, sock: trio.socket.SocketType) -> int | No
             return total
         total += n
         await trio.lowlevel.checkpoint()
+
+
+async def splice_to_socket(in_fd: int, sock: trio.socket.SocketType) -> int | None:
+    """Move a pipe's bytes into ``sock`` with ``splice(2)`` until the pipe's end of file.
+
+    Returns the number of bytes moved, or ``None`` if the kernel cannot splice
+    between these two (nothing was moved). Socket errors raise
+    ``trio.BrokenResourceError``.
+    """
+    out_fd = sock.fileno()
+
+    async def wait() -> None:
+        # Either the pipe is empty or the socket's buffer is full: wait for both to be ready.
+        await trio.lowlevel.wait_readable(in_fd)
+        await trio.lowlevel.wait_writable(sock)
+
+    return await _zero_copy(lambda: os.splice(in_fd, out_fd, CHUNK, flags=_SPLICE_FLAGS), wait)
 
 
 async def sendfile_to_socket(in_fd: int, sock: trio.socket.SocketType) -> int | None:
@@ -294,22 +315,11 @@ async def sendfile_to_socket(in_fd: int, sock: trio.socket.SocketType) -> int | 
     first call (nothing was sent).
     """
     out_fd = sock.fileno()
-    total = 0
-    while True:
-        try:
-            n = os.sendfile(out_fd, in_fd, None, _SENDFILE_CHUNK)
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
-            continue
-        except OSError as exc:
-            if total == 0 and exc.errno in _NO_ZERO_COPY:
-                return None
-            raise _broken(exc) from exc
-        if n == 0:
-            await trio.lowlevel.checkpoint()
-            return total
-        total += n
-        await trio.lowlevel.checkpoint()
+
+    async def wait() -> None:
+        await trio.lowlevel.wait_writable(sock)
+
+    return await _zero_copy(lambda: os.sendfile(out_fd, in_fd, None, _SENDFILE_CHUNK), wait)
 
 
 async def splice_from_socket(sock: trio.socket.SocketType, out_fd: int) -> int | None:
@@ -321,25 +331,14 @@ async def splice_from_socket(sock: trio.socket.SocketType, out_fd: int) -> int |
     ``trio.BrokenResourceError``.
     """
     in_fd = sock.fileno()
-    total = 0
-    while True:
-        try:
-            n = os.splice(in_fd, out_fd, CHUNK, flags=_SPLICE_FLAGS)
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(sock)
-            await trio.lowlevel.wait_writable(out_fd)
-            continue
-        except OSError as exc:
-            if exc.errno == errno.EPIPE:
-                raise OutputClosed("standard output is closed") from exc
-            if total == 0 and exc.errno in _NO_ZERO_COPY:
-                return None
-            raise _broken(exc) from exc
-        if n == 0:
-            await trio.lowlevel.checkpoint()
-            return total
-        total += n
-        await trio.lowlevel.checkpoint()
+
+    async def wait() -> None:
+        await trio.lowlevel.wait_readable(sock)
+        await trio.lowlevel.wait_writable(out_fd)
+
+    return await _zero_copy(
+        lambda: os.splice(in_fd, out_fd, CHUNK, flags=_SPLICE_FLAGS), wait, epipe_closes_output=True
+    )
 
 
 async def splice_from_socket_via_pipe(sock: trio.socket.SocketType, output: Output) -> int | None:

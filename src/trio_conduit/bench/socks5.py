@@ -1,22 +1,23 @@
-"""Connect latency through a SOCKS5 hop: trio-conduit against python-socks, same proxy, same run.
+"""Connect latency through a SOCKS5 hop: trio-conduit against python-socks, same proxy, same run: ``socks5``.
 
-Used by ``conduit bench --only socks5``. The proxy is microsocks when it is
-installed (else trio-conduit's own ProxyServer, in a process of its own); the
-target is a plain trio acceptor in another process. The client side runs here:
-``connections`` rounds of one connect per implementation (interleaved, the
-order rotating, so machine noise hits all alike), each connect through the
-proxy then closed, timed one by one; ``repeat`` such runs. Reported: the
-median connect time in microseconds of each (``raw_trio_direct`` and
-``direct``: a plain trio socket and ``pool.connect`` straight to the target,
-for scale), and ``ratio`` = trio-conduit / python-socks through the proxy;
-``p10_*`` and ``ratio_p10`` are the same for the fastest tenth of connects,
-steadier on a busy machine.
+The proxy is microsocks when it is installed (else trio-conduit's own
+:class:`~trio_conduit.proxy.ProxyServer`, in a process of its own); the target
+is a plain trio acceptor in another process
+(``python -m trio_conduit.bench._worker socks5 target|proxy``). The client
+side runs in ``conduit bench``: ``connections`` rounds of one connect per
+implementation (interleaved, the order rotating, so machine noise hits all
+alike), each connect through the proxy then closed, timed one by one;
+``repeat`` such runs. Reported: the median connect time in microseconds of
+each (``raw_trio_direct`` and ``direct``: a plain trio socket and
+``pool.connect`` straight to the target, for scale), and ``ratio`` =
+trio-conduit / python-socks through the proxy; ``p10_*`` and ``ratio_p10``
+are the same for the fastest tenth of connects, steadier on a busy machine.
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,7 +28,24 @@ from typing import Any
 
 import trio
 
-__all__ = ["run_socks5_bench"]
+import trio_conduit
+from trio_conduit.proxy import ProxyServer
+
+from ._runner import WORKER, free_port, wait_listening
+
+__all__ = ["SOCKS5", "run_socks5_bench"]
+
+
+# ---------------------------------------------------------------------------
+# the target and the proxy (in their own processes)
+# ---------------------------------------------------------------------------
+
+
+async def _until_stdin_closes(nursery: trio.Nursery) -> None:
+    stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
+    while await stdin.receive_some():
+        pass
+    nursery.cancel_scope.cancel()
 
 
 async def _target() -> None:
@@ -40,48 +58,30 @@ async def _target() -> None:
     print(listeners[0].socket.getsockname()[1], flush=True)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.serve_listeners, handler, listeners)
-        stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
-        while await stdin.receive_some():
-            pass
-        nursery.cancel_scope.cancel()
+        await _until_stdin_closes(nursery)
 
 
 async def _own_proxy() -> None:
-    import trio_conduit as conduit
-
-    from ._server import ProxyServer
-
-    async with conduit.open_pool() as pool, trio.open_nursery() as nursery:
+    async with trio_conduit.open_pool() as pool, trio.open_nursery() as nursery:
         address = await nursery.start(pool.serve, "tcp://127.0.0.1:0", ProxyServer(pool))
         print(address.port, flush=True)
-        stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
-        while await stdin.receive_some():
-            pass
-        nursery.cancel_scope.cancel()
+        await _until_stdin_closes(nursery)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def worker(argv: list[str]) -> None:
+    """``target`` or ``proxy``: print the port, serve until stdin closes."""
+    trio.run(_target if argv[0] == "target" else _own_proxy)
 
 
-def _wait(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
+# ---------------------------------------------------------------------------
+# the parent
+# ---------------------------------------------------------------------------
 
 
 @contextmanager
-def _process(argv: list[str], *, prints_port: bool) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    port = 0 if prints_port else _free_port()
+def _process(argv: list[str], *, prints_port: bool) -> Iterator[int]:
+    """Run ``argv`` (its port: printed, or a free one filled in for ``{port}``) until the block ends."""
+    port = 0 if prints_port else free_port()
     if not prints_port:
         argv = [a.replace("{port}", str(port)) for a in argv]
     proc = subprocess.Popen(
@@ -91,8 +91,8 @@ def _process(argv: list[str], *, prints_port: bool) -> Iterator[tuple[subprocess
         if prints_port:
             assert proc.stdout is not None
             port = int(proc.stdout.readline())
-        _wait(port)
-        yield proc, port
+        wait_listening(port, proc)
+        yield port
     finally:
         if proc.stdin is not None:
             proc.stdin.close()
@@ -118,8 +118,6 @@ async def _time_one(connect: Connector, close: Callable[[Any], Awaitable[None]])
 
 
 async def _measure(proxy_port: int, target_port: int, connections: int, repeat: int) -> dict[str, Any]:
-    import trio_conduit as conduit
-
     try:
         from python_socks.async_.trio import Proxy
     except ImportError:
@@ -131,7 +129,7 @@ async def _measure(proxy_port: int, target_port: int, connections: int, repeat: 
     target_url = f"tcp://127.0.0.1:{target_port}"
     runs: dict[str, list[float]] = {"raw_trio_direct": [], "direct": [], "conduit": [], "python-socks": []}
     fast: dict[str, list[float]] = {name: [] for name in runs}
-    async with conduit.open_pool() as pool:
+    async with trio_conduit.open_pool() as pool:
 
         async def aclose(conn: Any) -> None:
             await conn.aclose()
@@ -189,22 +187,32 @@ async def _measure(proxy_port: int, target_port: int, connections: int, repeat: 
 
 def run_socks5_bench(connections: int = 300, repeat: int = 5) -> dict[str, Any]:
     """Median connect latency through one SOCKS5 hop: direct, trio-conduit, python-socks."""
-    me = [sys.executable, "-m", "trio_conduit.proxy._bench"]
     microsocks = shutil.which("microsocks")
-    with _process([*me, "target"], prints_port=True) as (_, target_port):
+    with _process([*WORKER, "socks5", "target"], prints_port=True) as target_port:
         if microsocks is not None:
-            proxy_cmd, prints, name = (
-                [microsocks, "-i", "127.0.0.1", "-p", "{port}"],
-                False,
-                "microsocks",
-            )
+            proxy_cmd, prints, name = [microsocks, "-i", "127.0.0.1", "-p", "{port}"], False, "microsocks"
         else:
-            proxy_cmd, prints, name = [*me, "proxy"], True, "trio-conduit ProxyServer"
-        with _process(proxy_cmd, prints_port=prints) as (_, proxy_port):
+            proxy_cmd, prints, name = [*WORKER, "socks5", "proxy"], True, "trio-conduit ProxyServer"
+        with _process(proxy_cmd, prints_port=prints) as proxy_port:
             result = trio.run(_measure, proxy_port, target_port, connections, repeat)
     result["proxy"] = name
     return result
 
 
-if __name__ == "__main__":
-    trio.run(_target if sys.argv[1] == "target" else _own_proxy)
+def _run(options: argparse.Namespace) -> dict[str, Any]:
+    return {"socks5_connect_us": run_socks5_bench(options.proxy_connections, options.repeat)}
+
+
+def _format(results: dict[str, Any]) -> list[str]:
+    r = results["socks5_connect_us"]
+    line = f"{'socks5_connect_us':24} conduit {r['conduit']:6.0f} us"
+    line += f"   direct {r['direct']:4.0f} us ({r['proxy']})"
+    if "ratio" in r:
+        line += f"   python-socks {r['python-socks']:6.0f} us   ratio {r['ratio']:.2f}"
+        line += f" (fastest tenth: {r['ratio_p10']:.2f})"
+    return [line]
+
+
+SOCKS5 = trio_conduit.Benchmark(
+    "socks5", "connects through a SOCKS5 hop, conduit vs python-socks (--proxy-connections)", _run, _format
+)

@@ -67,7 +67,7 @@ def add_tls_arguments(parser: argparse.ArgumentParser, *, listening: bool) -> No
 
 def _ephemeral(host: str | None) -> tuple[str, str, str]:
     """A self-signed certificate in a private directory removed at exit: (certfile, keyfile, SHA-256)."""
-    from ._certs import self_signed_certificate
+    from ..tls import self_signed_certificate
 
     names = ["localhost"]
     if host and host not in names:
