@@ -26,7 +26,6 @@ def _layers() -> ModuleType:
 layers = _layers()
 
 
-@pytest.mark.xfail(reason="issue 12: the layering is being restored", strict=True)
 def test_the_layering_holds() -> None:
     assert layers.violations() == []
 

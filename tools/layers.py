@@ -35,8 +35,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
             "trio_conduit._address",
             "trio_conduit._util",
             "trio_conduit._version",
+            "trio_conduit._benchmark",
         ),
-        "errors, trace lines, URL parsing, small utilities",
+        "errors, trace lines, URL parsing, small utilities, what a benchmark is",
     ),
     ("connection", ("trio_conduit._connection",), "what a connection is: the classes users see, its facts"),
     (
