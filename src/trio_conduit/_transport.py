@@ -23,7 +23,7 @@ from ._address import Address, Option, URLParts
 from ._connection import Connection, Kind, PeerCredentials, SockAddr
 from ._errors import unavailable_reason
 from ._socket_channel import DEFAULT_DATAGRAM_SIZE, DatagramListener, MessageSocketChannel, SocketChannel
-from ._socket_stream import HalfCloseableSocketStream, SocketListener, SocketStream
+from ._socket_stream import HalfCloseableSocketStream, SocketListener
 from ._sockets import ErrorExplainer, SocketOptions, SocketPreparer, SocketRole
 
 if TYPE_CHECKING:
@@ -185,19 +185,16 @@ class Context:
         self,
         sock: trio.socket.SocketType,
         *,
-        half_close: bool = True,
         conn_id: int | None = None,
         address: Address | None = None,
         remote: SockAddr | None = None,
         peer_credentials: PeerCredentials | None = None,
-        send_size: int | None = None,
         kind: _sockets.SocketKind | None = None,
         local: SockAddr | None = None,
-    ) -> SocketStream:
-        """A connected stream socket as a connection (:class:`HalfCloseableSocketStream`, or
-        :class:`SocketStream` when the transport cannot half-close)."""
-        cls = HalfCloseableSocketStream if half_close else SocketStream
-        return cls(
+    ) -> HalfCloseableSocketStream:
+        """A connected stream socket as a half-closeable connection (a transport that cannot
+        half-close subclasses :class:`SocketStream` instead, as SCTP's does)."""
+        return HalfCloseableSocketStream(
             sock,
             self.conn_id if conn_id is None else conn_id,
             transport=self.address.scheme,
@@ -205,7 +202,6 @@ class Context:
             address=self.address if address is None else address,
             remote=remote,
             peer_credentials=peer_credentials,
-            send_size=send_size,
             kind=kind,
             local=local,
         )

@@ -12,11 +12,14 @@ How the pieces fit:
   group. trio-conduit imports it, registers it as the plugin ``rot13`` and
   calls its :func:`conduit_transports` hook.
 * :class:`Rot13Transport` parses ``host:port`` with the core's grammar
-  (:func:`~trio_conduit.transport.parse_host_port`) and makes its sockets
+  (:func:`~trio_conduit.transport.parse_host_port`), makes its sockets
   through the core's one socket path (``ctx.connect_inet``,
-  ``ctx.listen_inet``). So ``local=``, ``device=``, happy eyeballs, the
+  ``ctx.listen_inet``) and makes streams of them with ``ctx.stream`` and
+  ``ctx.stream_listener``. So ``local=``, ``device=``, happy eyeballs, the
   ``conduit_socket_created`` hook and the typed connect errors all work as
-  they do for ``tcp://``, for free.
+  they do for ``tcp://``, for free. Everything it needs comes from
+  :mod:`trio_conduit` and :mod:`trio_conduit.transport`, the plugin-author
+  API; never from a private module.
 * :class:`Rot13Stream` wraps the core's TCP stream and translates the bytes
   going through it.
 * :class:`ConnectionCounter` is an optional plugin *object* whose lifecycle
@@ -33,23 +36,15 @@ from typing import Final, final
 
 import trio
 
-from trio_conduit import (
-    Address,
+from trio_conduit import Address, CommunicationInfo, Connection, HalfCloseableStreamConnection, Kind
+from trio_conduit.transport import (
     Availability,
     Capabilities,
-    CommunicationInfo,
-    Connection,
     Context,
-    HalfCloseableStreamConnection,
-    Kind,
+    SockAddr,
     Transport,
     URLParts,
     hookimpl,
-)
-from trio_conduit.transport import (
-    HalfCloseableSocketStream,
-    SockAddr,
-    SocketListener,
     parse_host_port,
     probe_socket,
 )
@@ -138,27 +133,20 @@ class Rot13Transport(Transport):
         except BaseException:
             sock.close()  # whatever fails after the socket exists must not leak it
             raise
-        inner = HalfCloseableSocketStream(
-            sock, ctx.conn_id, transport=SCHEME, tracer=ctx.tracer, address=ctx.address
-        )
-        return Rot13Stream(inner)
+        return Rot13Stream(ctx.stream(sock))  # a HalfCloseableSocketStream with this connection's id
 
     async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
         sock = await ctx.listen_inet(socket.SOCK_STREAM)
         host, port = sock.getsockname()[:2]
         bound = Address(SCHEME, host=host, port=port, query=ctx.address.query)
-        tracer = ctx.tracer
 
         # The listener calls this for each accepted socket, with the id the new
         # connection gets. If it raises, that socket is closed and the listener goes on.
         def wrap(accepted: trio.socket.SocketType, remote: SockAddr, conn_id: int) -> Connection:
             _nodelay(accepted)
-            inner = HalfCloseableSocketStream(
-                accepted, conn_id, transport=SCHEME, tracer=tracer, address=bound, remote=remote
-            )
-            return Rot13Stream(inner)
+            return Rot13Stream(ctx.stream(accepted, conn_id=conn_id, address=bound, remote=remote))
 
-        return SocketListener(sock, ctx, wrap, bound)
+        return ctx.stream_listener(sock, bound, wrap)
 
     def availability(self) -> Availability:
         """What ``conduit check`` reports: can this kernel make TCP sockets, and if not, why."""
