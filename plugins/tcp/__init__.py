@@ -15,6 +15,7 @@ from trio_conduit import (
     Connection,
     Context,
     Kind,
+    Listener,
     Option,
     Transport,
     URLParts,
@@ -66,7 +67,7 @@ class TCPTransport(Transport):
             sock, ctx.conn_id, transport="tcp", tracer=ctx.tracer, address=ctx.address
         )
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         sock = await ctx.listen_inet(socket.SOCK_STREAM)
         name = sock.getsockname()
         host, port = name[:2]

@@ -15,8 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-import trio
-
 from trio_conduit import (
     Address,
     Availability,
@@ -24,6 +22,7 @@ from trio_conduit import (
     Connection,
     Context,
     Kind,
+    Listener,
     Option,
     Transport,
     TransportUnavailable,
@@ -251,14 +250,13 @@ class TLSTransport(Transport):
         inner, inner_ctx = self._inner(ctx)
         return await self._handshake(await inner.connect(inner_ctx), ctx, config)
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         from trio_conduit.tls._api import tls_listener
 
         config = self.config(ctx)
         inner, inner_ctx = self._inner(ctx)
         listener = await inner.listen(inner_ctx)
-        bound: Address = listener.address  # type: ignore[attr-defined]
-        address = dataclasses.replace(bound, scheme=self.schemes[0], query=ctx.address.query)
+        address = dataclasses.replace(listener.address, scheme=self.schemes[0], query=ctx.address.query)
         return tls_listener(listener, config, ctx, transport_name=self.schemes[0], address=address)
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 
-import trio
-
 from trio_conduit import (
     Address,
     Availability,
@@ -14,6 +12,7 @@ from trio_conduit import (
     Connection,
     Context,
     Kind,
+    Listener,
     Option,
     PermissionDenied,
     Transport,
@@ -85,7 +84,7 @@ class UDPTransport(Transport):
             connected=False,
         )
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         assert ctx.nursery is not None
         sock = await ctx.listen_inet(socket.SOCK_DGRAM)
         host, port = sock.getsockname()[:2]

@@ -28,6 +28,7 @@ from trio_conduit import (
     ConnectionRefused,
     Context,
     Kind,
+    Listener,
     Option,
     SocketRole,
     Transport,
@@ -154,7 +155,7 @@ class UnixStreamTransport(Transport):
             peer_credentials=peer_credentials(sock),
         )
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         sock, cleanup = await _bind_listener(ctx, socket.SOCK_STREAM)
         tracer, bound = ctx.tracer, ctx.address
 
@@ -226,7 +227,7 @@ class UnixDatagramTransport(Transport):
             max_size=ctx.int_option("max_size"),
         )
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         assert ctx.nursery is not None
         sock, cleanup = await _bind_listener(ctx, socket.SOCK_DGRAM)
         return DatagramListener(

@@ -34,6 +34,7 @@ from trio_conduit import (
     ConnectionRefused,
     Context,
     Kind,
+    Listener,
     Option,
     SocketRole,
     Transport,
@@ -268,7 +269,7 @@ class VsockTransport(Transport):
         sock = await _connect(ctx, self._type(ctx))
         return self._wrap(ctx, sock, ctx.conn_id, ctx.address)
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         sock = await _bind(ctx, self._type(ctx), SocketRole.LISTEN)
         bound = _bound(ctx, sock)
 
@@ -320,7 +321,7 @@ class VsockDatagramTransport(Transport):
             max_size=ctx.int_option("max_size"),
         )
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         assert ctx.nursery is not None
         sock = await _bind(ctx, socket.SOCK_DGRAM, SocketRole.LISTEN)
         return DatagramListener(

@@ -3,7 +3,9 @@
 Every connection has an ``id`` (unique within its pool, nsock's IOD number)
 and ``info``, a :class:`CommunicationInfo`. Streams are ``trio.abc.Stream``
 (``HalfCloseableStream`` where the transport can half-close); datagram
-connections are ``trio.abc.Channel[bytes]`` of whole messages.
+connections are ``trio.abc.Channel[bytes]`` of whole messages. A transport's
+listener is a :class:`Listener`: a ``trio.abc.Listener`` of connections that
+knows the address it is bound to.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import trio
 
 if TYPE_CHECKING:
     from ._address import Address
+    from .tls import TLSInfo
 
 __all__ = [
     "CommunicationInfo",
@@ -25,6 +28,7 @@ __all__ = [
     "DatagramConnection",
     "HalfCloseableStreamConnection",
     "Kind",
+    "Listener",
     "PeerCredentials",
     "SockAddr",
     "StreamConnection",
@@ -72,10 +76,10 @@ class CommunicationInfo:
     local: SockAddr | None
     remote: SockAddr | None
     peer_credentials: PeerCredentials | None = None
-    tls: object | None = None
+    tls: TLSInfo | None = None
     via: tuple[str, ...] = ()
 
-    def _with_tls(self, tls: object, transport: str | None = None) -> CommunicationInfo:
+    def _with_tls(self, tls: TLSInfo, transport: str | None = None) -> CommunicationInfo:
         """``dataclasses.replace(self, tls=tls)`` (and ``transport=``, when given), without
         its walk over the fields on each call: a TLS layer makes one per connection."""
         return CommunicationInfo(
@@ -166,3 +170,17 @@ class HalfCloseableStreamConnection(StreamConnection, trio.abc.HalfCloseableStre
 
 class DatagramConnection(Connection, trio.abc.Channel[bytes]):
     """A connection of whole messages (``trio.abc.Channel[bytes]``)."""
+
+
+class Listener(trio.abc.Listener[Connection]):
+    """What a transport's :meth:`~trio_conduit.Transport.listen` returns: a
+    ``trio.abc.Listener`` whose ``accept()`` gives connections, and that knows
+    its :attr:`address`.
+
+    Subclasses implement ``accept``, ``aclose`` and the :attr:`address` property.
+    """
+
+    @property
+    @abc.abstractmethod
+    def address(self) -> Address:
+        """The bound :class:`~trio_conduit.Address` (with the real port when 0 was asked for)."""

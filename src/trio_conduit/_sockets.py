@@ -29,6 +29,7 @@ from ._connection import (
     Connection,
     DatagramConnection,
     HalfCloseableStreamConnection,
+    Listener,
     PeerCredentials,
     SockAddr,
     StreamConnection,
@@ -729,7 +730,7 @@ AcceptWrapper = Callable[[trio.socket.SocketType, SockAddr, int], Connection]
 
 
 @final
-class SocketListener(trio.abc.Listener[Connection]):
+class SocketListener(Listener):
     """Accepts stream connections on a listening kernel socket.
 
     Errors that concern only the connection being accepted (``ECONNABORTED``
@@ -748,13 +749,17 @@ class SocketListener(trio.abc.Listener[Connection]):
         self._sock = sock
         self._ctx = ctx
         self._wrap = wrap
-        self.address = address
+        self._address = address
         self._on_close = on_close
         self._is_closed = False
 
     @property
     def socket(self) -> trio.socket.SocketType:
         return self._sock
+
+    @property
+    def address(self) -> Address:
+        return self._address
 
     async def accept(self) -> Connection:
         from ._transport import SocketRole
@@ -1101,7 +1106,7 @@ class PeerChannel(DatagramConnection):
 
 
 @final
-class DatagramListener(trio.abc.Listener[Connection]):
+class DatagramListener(Listener):
     """Server side of a datagram transport: each new peer address becomes a channel.
 
     A reader task (in the pool's nursery, ended with the listener) receives on
@@ -1125,7 +1130,7 @@ class DatagramListener(trio.abc.Listener[Connection]):
     ) -> None:
         self._sock = sock
         self._ctx = ctx
-        self.address = address
+        self._address = address
         self.transport = ctx.address.scheme
         self._queue = queue
         self._max_size = max_size
@@ -1143,6 +1148,10 @@ class DatagramListener(trio.abc.Listener[Connection]):
     @property
     def socket(self) -> trio.socket.SocketType:
         return self._sock
+
+    @property
+    def address(self) -> Address:
+        return self._address
 
     def _forget(self, peer: PeerChannel) -> None:
         if self._peers.get(peer.peer) is peer:

@@ -9,10 +9,10 @@ A kernel-socket transport needs little more than these: parse the URL with
 from ._address import parse_bool as parse_bool
 from ._address import parse_host_port as parse_host_port
 from ._address import parse_unix_path as parse_unix_path
-from ._util import ConflictDetector as ConflictDetector
 from ._connection import SockAddr as SockAddr
 from ._errors import connect_error_from_oserror as connect_error_from_oserror
 from ._errors import unavailable_reason as unavailable_reason
+from ._plugins import HookScope as HookScope
 from ._sockets import DEFAULT_DATAGRAM_SIZE as DEFAULT_DATAGRAM_SIZE
 from ._sockets import DEFAULT_RECEIVE_SIZE as DEFAULT_RECEIVE_SIZE
 from ._sockets import DatagramListener as DatagramListener
@@ -27,3 +27,4 @@ from ._sockets import local_sockaddr as local_sockaddr
 from ._sockets import peer_credentials as peer_credentials
 from ._sockets import socket_kind as socket_kind
 from ._transport import probe_socket as probe_socket
+from ._util import ConflictDetector as ConflictDetector
