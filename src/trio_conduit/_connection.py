@@ -20,7 +20,7 @@ import trio
 
 if TYPE_CHECKING:
     from ._address import Address
-    from .tls import TLSInfo
+    from .tls import TLSConnection, TLSInfo
 
 __all__ = [
     "CommunicationInfo",
@@ -146,8 +146,9 @@ class StreamConnection(Connection, trio.abc.Stream):
 
     async def start_tls(
         self, tls: object = None, *, server_side: bool = False, **options: object
-    ) -> StreamConnection:
-        """Upgrade this connection to TLS (STARTTLS) and return the TLS connection.
+    ) -> TLSConnection:
+        """Upgrade this connection to TLS (STARTTLS) and return the TLS connection
+        (a :class:`~trio_conduit.tls.TLSConnection`).
 
         ``tls`` is ``None``/``True`` (defaults), a :class:`~trio_conduit.tls.TLSConfig`,
         an ``ssl.SSLContext`` or a dict of TLS options; keywords amend it

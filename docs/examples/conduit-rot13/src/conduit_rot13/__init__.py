@@ -3,7 +3,7 @@
 Once the distribution is installed, every pool knows the scheme::
 
     async with trio_conduit.open_pool() as pool:
-        conn = await pool.connect("rot13+tcp://127.0.0.1:8000")
+        conn = await pool.connect_stream("rot13+tcp://127.0.0.1:8000")
         await conn.send_all(b"Hello")  # the peer's socket receives b"Uryyb"
 
 How the pieces fit:
@@ -42,6 +42,7 @@ from trio_conduit import (
     Context,
     HalfCloseableStreamConnection,
     Kind,
+    Listener,
     Transport,
     URLParts,
     hookimpl,
@@ -143,7 +144,7 @@ class Rot13Transport(Transport):
         )
         return Rot13Stream(inner)
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         sock = await ctx.listen_inet(socket.SOCK_STREAM)
         host, port = sock.getsockname()[:2]
         bound = Address(SCHEME, host=host, port=port, query=ctx.address.query)
