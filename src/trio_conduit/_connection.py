@@ -63,10 +63,11 @@ class CommunicationInfo:
     ``transport`` is the URL scheme; ``family``/``socktype``/``protocol`` the
     kernel socket's, when there is one. ``local``/``remote`` are socket
     addresses; for a datagram channel ``remote`` is its *current* peer (``None``
-    when unconnected). ``tls`` is filled by the TLS layer, ``peer_credentials``
-    by unix sockets. ``via`` lists the proxies a connection goes through, first
-    hop first, as URLs with passwords shown as ``***``; ``remote`` is then the
-    target, ``(host, port)`` as it was asked for.
+    when unconnected). ``tls`` (a :class:`~trio_conduit.tls.TLSInfo`) is filled by
+    the TLS layer, ``peer_credentials`` by unix sockets. ``via`` lists the
+    proxies a connection goes through, first hop first, as URLs with passwords
+    shown as ``***``; ``remote`` is then the target, ``(host, port)`` as it was
+    asked for.
     """
 
     transport: str

@@ -223,7 +223,8 @@ class Pool:
 
     def __init__(self, nursery: trio.Nursery, scope: HookScope) -> None:
         self._nursery = nursery
-        self.scope = scope
+        #: This pool's plugins: the global ones plus those given to ``open_pool(plugins=...)``.
+        self.scope: HookScope = scope
         self.tracer = Tracer()
         self._owner = _Owner(self, scope)
         self._conns: dict[int, Connection] = {}
