@@ -27,6 +27,7 @@ from trio_conduit import (
     Context,
     HalfCloseableStreamConnection,
     Kind,
+    Listener,
     PluginError,
     Pool,
     SocketRole,
@@ -843,12 +844,15 @@ class MemoryStream(HalfCloseableStreamConnection):
             await self._closed()
 
 
-class MemoryListener(trio.abc.Listener[Connection]):
+class MemoryListener(Listener):
     def __init__(self, transport: MemoryTransport, ctx: Context) -> None:
-        self.address = ctx.address
         self._ctx = ctx
         self._transport = transport
         self._send, self._receive = trio.open_memory_channel[trio.StapledStream[Any, Any]](16)
+
+    @property
+    def address(self) -> Address:
+        return self._ctx.address
 
     def deliver(self, stream: trio.StapledStream[Any, Any]) -> None:
         self._send.send_nowait(stream)
@@ -890,7 +894,7 @@ class MemoryTransport(Transport):
         listener.deliver(server)
         return MemoryStream(client, ctx.conn_id, ctx.address, "client")
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         await trio.lowlevel.checkpoint()
         listener = self.listeners[ctx.address.host or ""] = MemoryListener(self, ctx)
         return listener

@@ -119,6 +119,55 @@ async def test_listen_and_accept_by_hand(sock_dir: Path) -> None:
             assert await server.receive_some() == b"still"
 
 
+async def test_connect_stream_and_connect_channel_say_what_they_return(sock_dir: Path) -> None:
+    async with conduit.open_pool() as pool:
+        for url in ("tcp://127.0.0.1:0", f"unix://{sock_dir}/typed.sock"):
+            listener = await pool.listen(url)
+            stream = await pool.connect_stream(listener.address, timeout=5)
+            assert isinstance(stream, conduit.StreamConnection)
+            assert stream in pool.connections
+            server = await listener.accept()
+            assert isinstance(server, conduit.StreamConnection)
+            await stream.send_all(b"typed")
+            assert await server.receive_some() == b"typed"
+        receiver = await pool.listen("udp://127.0.0.1:0")
+        channel = await pool.connect_channel(receiver.address)
+        assert isinstance(channel, conduit.DatagramConnection)
+        assert channel in pool.connections
+        await channel.send(b"whole")
+        peer = await receiver.accept()
+        assert isinstance(peer, conduit.DatagramConnection)
+        assert await peer.receive() == b"whole"
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "words"),
+    [
+        ("connect_stream", "udp://127.0.0.1:9", "connect_stream() needs a byte stream, but UDP (udp://)"),
+        ("connect_stream", "udt://127.0.0.1:9?mode=message", "use connect_channel() or connect()"),
+        ("connect_channel", "tcp://127.0.0.1:{port}", "connect_channel() needs a channel of messages"),
+        ("connect_channel", "tls://localhost:{port}", "but TLS (tls://) makes a byte stream"),
+    ],
+)
+async def test_the_wrong_kind_of_url_fails_before_connecting(method: str, url: str, words: str) -> None:
+    recorder = Recorder()
+    port = free_tcp_port()  # nothing listens: a connect attempt would be refused
+    async with conduit.open_pool(plugins=[recorder]) as pool:
+        with pytest.raises(conduit.AddressError, match=re.escape(words)):
+            await getattr(pool, method)(url.format(port=port))
+        assert pool.connections == []
+        assert recorder.made == []
+
+
+async def test_transport_connection_kind_follows_a_message_mode() -> None:
+    async with conduit.open_pool() as pool:
+        tcp, udp = pool.transports["tcp"], pool.transports["udp"]
+        assert tcp.connection_kind({}) is conduit.Kind.STREAM
+        assert tcp.connection_kind({"mode": "message"}) is conduit.Kind.DATAGRAM
+        assert tcp.connection_kind({"mode": "stream"}) is conduit.Kind.STREAM
+        assert udp.connection_kind({"mode": "message"}) is conduit.Kind.DATAGRAM
+
+
 async def test_spawn_runs_handler_and_closes_its_connection() -> None:
     recorder = Recorder()
     async with conduit.open_pool(plugins=[recorder]) as pool, trio.open_nursery() as nursery:

@@ -32,7 +32,7 @@ async def main() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gone:
             gone.bind(("127.0.0.1", 0))
             port = gone.getsockname()[1]
-        channel = await pool.connect(f"udp://127.0.0.1:{port}")
+        channel = await pool.connect_channel(f"udp://127.0.0.1:{port}")
         await channel.send(b"anyone?")
         try:
             await channel.receive()

@@ -43,7 +43,7 @@ async def main() -> None:
     async with conduit.open_pool(plugins=[in_pool]) as pool, trio.open_nursery() as nursery:
         serve = functools.partial(pool.serve, plugins=[in_listener])  # this listener's own plugins
         address = await nursery.start(serve, "tcp://127.0.0.1:0", hello)
-        conn = await pool.connect(address)
+        conn = await pool.connect_stream(address)
         print(await conn.receive_some())
         await conn.aclose()
         nursery.cancel_scope.cancel()

@@ -32,10 +32,12 @@ async def main() -> None:
 
         # Two hops: SOCKS5 with a password (the proxy resolves "localhost"), then HTTP CONNECT.
         chain = [f"socks5h://alice:s3cret@{private.hostport}", f"http://{public.hostport}"]
-        conn = await pool.connect(f"tcp://localhost:{target.port}", proxies=chain, timeout=5)
+        conn = await pool.connect_stream(f"tcp://localhost:{target.port}", proxies=chain, timeout=5)
         async with conn:
             print(await conn.receive_some())
-            print(conn.info.remote[0], len(conn.info.via), "hops")
+            remote = conn.info.remote  # through proxies: the target, (host, port) as asked for
+            assert isinstance(remote, tuple)
+            print(remote[0], len(conn.info.via), "hops")
             print("password shown:", "s3cret" in str(conn.info))
             print(conn.info.via[0].split("@")[0])
 

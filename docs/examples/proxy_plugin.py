@@ -43,7 +43,7 @@ async def main() -> None:
         server = await nursery.start(pool.serve, "tcp://127.0.0.1:0", backend)
         socks = await nursery.start(pool.serve, "tcp://127.0.0.1:0", ProxyServer(pool))
         chain = [f"socks5://{socks.hostport}", f"haproxy://{server.hostport}"]
-        conn = await pool.connect("tcp://127.0.0.1:443", proxies=chain, timeout=5)
+        conn = await pool.connect_stream("tcp://127.0.0.1:443", proxies=chain, timeout=5)
         async with conn:
             await conn.send_all(b"hi")
             print(await conn.receive_some())

@@ -3,7 +3,7 @@
 import trio
 
 import trio_conduit as conduit
-from trio_conduit.proxy import ProxyServer
+from trio_conduit.proxy import ProxyServer, Socks5DatagramChannel
 
 
 async def shout_back(channel: conduit.DatagramConnection) -> None:
@@ -16,7 +16,8 @@ async def main() -> None:
         server = await nursery.start(pool.serve, "udp://127.0.0.1:0", shout_back)
         proxy = await nursery.start(pool.serve, "tcp://127.0.0.1:0", ProxyServer(pool))
 
-        channel = await pool.connect(str(server), proxies=[f"socks5://{proxy.hostport}"], timeout=5)
+        channel = await pool.connect_channel(str(server), proxies=[f"socks5://{proxy.hostport}"], timeout=5)
+        assert isinstance(channel, Socks5DatagramChannel)  # it has .relay, the proxy's relay address
         async with channel:
             for word in (b"through", b"the relay"):
                 await channel.send(word)

@@ -14,7 +14,7 @@ async def echo(conn: conduit.StreamConnection) -> None:
 async def main() -> None:
     async with conduit.open_pool() as pool, trio.open_nursery() as nursery:
         address = await nursery.start(pool.serve, "tcp://127.0.0.1:0", echo)  # port 0: any free port
-        conn = await pool.connect(address, timeout=5)
+        conn = await pool.connect_stream(address, timeout=5)
         await conn.send_all(b"hello, conduit")
         print(await conn.receive_some())  # b'hello, conduit'
         print(conn.info.transport, conn.id)  # tcp 1

@@ -33,12 +33,12 @@ async def main() -> None:
         serve = functools.partial(pool.serve, max_connections=1)
         address = await nursery.start(serve, "tcp://127.0.0.1:0", shout)
 
-        bad = await pool.connect(address)
+        bad = await pool.connect_stream(address)
         await bad.send_all(b"boom")
         print("after the error:", await bad.receive_some())  # the pool closed that connection
 
-        first = await pool.connect(address)
-        second = await pool.connect(address)  # accepted by the kernel, not yet by serve()
+        first = await pool.connect_stream(address)
+        second = await pool.connect_stream(address)  # accepted by the kernel, not yet by serve()
         await second.send_all(b"second")
         with trio.move_on_after(0.3):
             print("second got", await second.receive_some())

@@ -11,7 +11,7 @@ import tempfile
 import trio
 
 import trio_conduit as conduit
-from trio_conduit.tls import EphemeralCA
+from trio_conduit.tls import EphemeralCA, TLSConnection
 
 
 async def h2(conn: conduit.StreamConnection) -> None:
@@ -42,8 +42,10 @@ async def main() -> None:
             address = await nursery.start(serve, url)
             target = f"tls://localhost:{address.port}"
 
-            conn = await pool.connect(target, cadata=cadata, alpn=["h2", "http/1.1"])
-            facts = conn.info.tls
+            conn = await pool.connect_stream(target, cadata=cadata, alpn=["h2", "http/1.1"])
+            facts = conn.info.tls  # None unless the connection is TLS
+            assert facts is not None
+            assert facts.peer_certificate is not None  # (None: the peer sent none)
             print(facts.version, facts.alpn, facts.server_name, facts.session_reused)
             print("peer:", facts.peer_certificate.subject.rfc4514_string())
             print("chain:", [c.subject.rfc4514_string() for c in facts.peer_chain])
@@ -53,10 +55,11 @@ async def main() -> None:
 
             # The session ticket came with the data: the next handshake with the same
             # options resumes it. Offering only http/1.1 selects the other handler.
-            conn = await pool.connect(target, cadata=cadata, alpn=["h2", "http/1.1"])
-            print("resumed:", conn.info.tls.session_reused)
+            conn = await pool.connect_stream(target, cadata=cadata, alpn=["h2", "http/1.1"])
+            assert isinstance(conn, TLSConnection)  # what tls:// gives: its .tls is info.tls, never None
+            print("resumed:", conn.tls.session_reused)
             await conn.aclose()
-            conn = await pool.connect(target, cadata=cadata, alpn=["http/1.1"])
+            conn = await pool.connect_stream(target, cadata=cadata, alpn=["http/1.1"])
             await conn.send_all(b"again")
             print(await conn.receive_some())
             await conn.aclose()
@@ -65,11 +68,11 @@ async def main() -> None:
             plain_address = await nursery.start(
                 pool.serve, "tcp://127.0.0.1:0", lambda c: starttls_server(c, certfile, keyfile)
             )
-            plain = await pool.connect(f"tcp://localhost:{plain_address.port}")
+            plain = await pool.connect_stream(f"tcp://localhost:{plain_address.port}")
             await plain.send_all(b"STARTTLS\r\n")
             print(await plain.receive_some())
-            tls = await plain.start_tls(cadata=cadata)
-            print("same id:", tls.id == plain.id, tls.info.transport, tls.info.tls.version)
+            tls = await plain.start_tls(cadata=cadata)  # a TLSConnection
+            print("same id:", tls.id == plain.id, tls.info.transport, tls.tls.version)
             await tls.send_all(b"now private")
             print(await tls.receive_some())
             await tls.aclose()

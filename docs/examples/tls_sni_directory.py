@@ -49,13 +49,16 @@ async def main() -> None:
             )
             for name in ("a.example", "b.example", "c.example"):
                 try:
-                    conn = await pool.connect(
+                    conn = await pool.connect_stream(
                         f"tls://127.0.0.1:{address.port}", cadata=ca.cert_pem.decode(), server_hostname=name
                     )
                 except TLSError as exc:
                     print(f"{name}: {type(exc).__name__}: {exc.reason}")
                     continue
-                subject = conn.info.tls.peer_certificate.subject.rfc4514_string()
+                facts = conn.info.tls
+                assert facts is not None
+                assert facts.peer_certificate is not None
+                subject = facts.peer_certificate.subject.rfc4514_string()
                 await conn.send_all(b"hi")
                 print(f"{name}: {subject}, echo {await conn.receive_some()!r}")
                 await conn.aclose()

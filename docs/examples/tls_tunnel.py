@@ -56,10 +56,13 @@ async def main() -> None:
                 )
             )
             for name in ("origin.example", "front.example"):
-                conn = await pool.connect(
+                conn = await pool.connect_stream(
                     f"tls://127.0.0.1:{front.port}", cadata=ca.cert_pem.decode(), server_hostname=name
                 )
-                subject = conn.info.tls.peer_certificate.subject.rfc4514_string()
+                facts = conn.info.tls
+                assert facts is not None
+                assert facts.peer_certificate is not None
+                subject = facts.peer_certificate.subject.rfc4514_string()
                 await conn.send_all(b"hello")
                 print(f"{name}: certificate {subject}, reply {await conn.receive_some()!r}")
                 await conn.aclose()

@@ -36,7 +36,7 @@ async def main() -> None:
         # (A pool's own listener would add "accepted" lines, interleaved as the tasks run.)
         listeners = await nursery.start(functools.partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
         port = listeners[0].socket.getsockname()[1]
-        conn = await pool.connect(f"tcp://127.0.0.1:{port}")
+        conn = await pool.connect_stream(f"tcp://127.0.0.1:{port}")
         await conn.send_all(b"ping")
         await conn.receive_some()
         await conn.aclose()

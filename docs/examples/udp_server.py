@@ -9,6 +9,7 @@ datagrams reach it; ``connected=False`` gives ``send_to``/``receive_from``.
 import trio
 
 import trio_conduit as conduit
+from trio_conduit.transport import SocketChannel
 
 
 async def numbered(channel: conduit.DatagramConnection) -> None:
@@ -22,8 +23,8 @@ async def numbered(channel: conduit.DatagramConnection) -> None:
 async def main() -> None:
     async with conduit.open_pool() as pool, trio.open_nursery() as nursery:
         address = await nursery.start(pool.serve, "udp://127.0.0.1:0", numbered)
-        alice = await pool.connect(address)
-        bob = await pool.connect(address)
+        alice = await pool.connect_channel(address)
+        bob = await pool.connect_channel(address)
         for channel, words in ((alice, [b"a", b"b"]), (bob, [b"x"]), (alice, [b"c"])):
             for word in words:
                 await channel.send(word)
@@ -32,7 +33,8 @@ async def main() -> None:
         print("alice's peer is the server:", alice.info.remote == server)
 
         # Unconnected mode: name the peer on each datagram, receive from anyone.
-        loose = await pool.connect(address, connected=False)
+        loose = await pool.connect_channel(address, connected=False)
+        assert isinstance(loose, SocketChannel)  # what udp:// gives: it has send_to / receive_from
         await loose.send_to(b"hi", server)
         data, peer = await loose.receive_from()
         print(data, "from the server:", peer == server)

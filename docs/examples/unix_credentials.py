@@ -27,7 +27,7 @@ async def main() -> None:
             dead.bind(path)
         async with conduit.open_pool() as pool, trio.open_nursery() as nursery:
             address = await nursery.start(pool.serve, f"unix://{path}", whoami)
-            conn = await pool.connect(address)
+            conn = await pool.connect_stream(address)
             reply = await conn.receive_some()
             print("the server saw me:", reply == b"pid=%d uid=%d" % (os.getpid(), os.getuid()))
             creds = conn.info.peer_credentials
@@ -38,7 +38,7 @@ async def main() -> None:
     # The Linux abstract namespace: a name, no file at all.
     async with conduit.open_pool() as pool, trio.open_nursery() as nursery:
         address = await nursery.start(pool.serve, f"unix://@conduit-example-{os.getpid()}", whoami)
-        conn = await pool.connect(address)
+        conn = await pool.connect_stream(address)
         print("abstract:", (await conn.receive_some()).startswith(b"pid="))
         nursery.cancel_scope.cancel()
 

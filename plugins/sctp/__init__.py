@@ -37,6 +37,7 @@ from trio_conduit.transport import (
     Capabilities,
     ConflictDetector,
     Context,
+    Listener,
     MessageSocketChannel,
     Option,
     SockAddr,
@@ -372,13 +373,17 @@ def _message(data: bytes, ancdata: list[tuple[int, int, bytes]]) -> SCTPMessage:
     return SCTPMessage(data, None, None)
 
 
-class SCTPMessageListener(SocketHolder, trio.abc.Listener[Connection]):
+class SCTPMessageListener(SocketHolder, Listener):
     """A one-to-many socket that accepts associations by peeling each off when it comes up."""
 
     def __init__(self, sock: trio.socket.SocketType, ctx: Context, address: Address) -> None:
         self._sock = sock
         self._ctx = ctx
-        self.address = address
+        self._address = address
+
+    @property
+    def address(self) -> Address:
+        return self._address
 
     async def accept(self) -> Connection:
         ctx = self._ctx
@@ -446,7 +451,7 @@ class SCTPTransport(Transport):
             raise
         return SCTPMessageChannel(sock, ctx.conn_id, ctx, change, address=ctx.address, remote=remote)
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         message = _message_mode(ctx)
         socktype = socket.SOCK_SEQPACKET if message else socket.SOCK_STREAM
         sock = await ctx.listen_inet(socktype, socket.IPPROTO_SCTP, prepare=partial(_prepare, ctx.options))

@@ -13,6 +13,7 @@ from trio_conduit.transport import (
     Availability,
     Capabilities,
     Context,
+    Listener,
     Option,
     SockAddr,
     Transport,
@@ -58,7 +59,7 @@ class TCPTransport(Transport):
             raise
         return ctx.stream(sock)
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         sock = await ctx.listen_inet(socket.SOCK_STREAM)
         name = sock.getsockname()
         host, port = name[:2]

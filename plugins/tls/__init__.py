@@ -22,13 +22,12 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import trio
-
 from trio_conduit import Address, Connection, Kind, TransportUnavailable
 from trio_conduit.transport import (
     Availability,
     Capabilities,
     Context,
+    Listener,
     Option,
     Transport,
     URLParts,
@@ -185,14 +184,13 @@ class TLSTransport(Transport):
         inner, inner_ctx = self._inner(ctx)
         return await self._handshake(await inner.connect(inner_ctx), ctx, config)
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         from trio_conduit.tls import tls_listener
 
         config = self.config(ctx)
         inner, inner_ctx = self._inner(ctx)
         listener = await inner.listen(inner_ctx)
-        bound: Address = listener.address  # type: ignore[attr-defined]
-        address = dataclasses.replace(bound, scheme=self.schemes[0], query=ctx.address.query)
+        address = dataclasses.replace(listener.address, scheme=self.schemes[0], query=ctx.address.query)
         return tls_listener(listener, config, ctx, transport_name=self.schemes[0], address=address)
 
 

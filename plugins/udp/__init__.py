@@ -5,13 +5,12 @@ from __future__ import annotations
 import socket
 from collections.abc import Sequence
 
-import trio
-
 from trio_conduit import Address, Connection, Kind, PermissionDenied
 from trio_conduit.transport import (
     Availability,
     Capabilities,
     Context,
+    Listener,
     Option,
     Transport,
     URLParts,
@@ -64,7 +63,7 @@ class UDPTransport(Transport):
             )
         return ctx.channel(sock, remote=peer, max_size=max_size, connected=False)
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         sock = await ctx.listen_inet(socket.SOCK_DGRAM)
         host, port = sock.getsockname()[:2]
         bound = Address(ctx.address.scheme, host=host, port=port, query=ctx.address.query)

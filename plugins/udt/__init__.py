@@ -34,6 +34,7 @@ from trio_conduit import (
     Connection,
     Context,
     Kind,
+    Listener,
     Option,
     PluginError,
     Transport,
@@ -379,7 +380,7 @@ class UDTTransport(Transport):
         )
         return conn
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         from ._driver import UDTListener
 
         config = self._config(ctx)

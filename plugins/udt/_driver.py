@@ -38,6 +38,7 @@ from trio_conduit import (
     ConnectionRefused,
     ConnectTimeout,
     DatagramConnection,
+    Listener,
     StreamConnection,
 )
 from trio_conduit import Connection as _Connection
@@ -768,8 +769,10 @@ def _deadline(timeout: float | None) -> float:
 
 
 @final
-class UDTListener(trio.abc.Listener[_Connection]):
+class UDTListener(Listener):
     """Accepts UDT connections on one multiplexer (the reference's listening socket)."""
+
+    address: Any = None  # (Listener.address) the bound Address, set by __init__
 
     def __init__(
         self,

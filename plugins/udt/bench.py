@@ -89,6 +89,7 @@ async def _udt_server(host: str, query: str) -> None:
         listener = await pool.listen(f"udt://{host}:0{query}")
         print(listener.address.port, flush=True)
         conn = await listener.accept()
+        assert isinstance(conn, conduit.StreamConnection)  # udt:// without mode=message
         got, first, last = 0, 0.0, 0.0
         while True:
             try:
@@ -117,7 +118,7 @@ async def _udt_client(host: str, port: int, amount: float, query: str) -> None:
 
     block = bytes(1 << 20)
     async with conduit.open_pool() as pool:
-        conn = await pool.connect(f"udt://{host}:{port}{query}")
+        conn = await pool.connect_stream(f"udt://{host}:{port}{query}")
         if amount > 0:
             left = int(amount)
             while left > 0:

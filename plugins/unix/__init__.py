@@ -24,6 +24,7 @@ from trio_conduit.transport import (
     Availability,
     Capabilities,
     Context,
+    Listener,
     Option,
     SockAddr,
     SocketRole,
@@ -124,7 +125,7 @@ class UnixStreamTransport(Transport):
         await _connect(ctx, sock)
         return ctx.stream(sock, peer_credentials=peer_credentials(sock))
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         sock, cleanup = await _bind_listener(ctx, socket.SOCK_STREAM)
         bound = ctx.address
 
@@ -183,7 +184,7 @@ class UnixDatagramTransport(Transport):
             sock, remote=sock.getpeername(), on_close=cleanup, max_size=ctx.int_option("max_size")
         )
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         sock, cleanup = await _bind_listener(ctx, socket.SOCK_DGRAM)
         return ctx.datagram_listener(
             sock,

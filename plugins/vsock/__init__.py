@@ -40,6 +40,7 @@ from trio_conduit.transport import (
     Availability,
     Capabilities,
     Context,
+    Listener,
     Option,
     SockAddr,
     SocketRole,
@@ -252,7 +253,7 @@ class VsockTransport(Transport):
         sock = await _connect(ctx, self._type(ctx))
         return self._wrap(ctx, sock, ctx.conn_id, ctx.address)
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         sock = await _bind(ctx, self._type(ctx), SocketRole.LISTEN)
         bound = _bound(ctx, sock)
 
@@ -289,7 +290,7 @@ class VsockDatagramTransport(Transport):
         await ctx.connect_socket(sock, (cid, port))
         return ctx.channel(sock, remote=(cid, port), max_size=ctx.int_option("max_size"))
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         sock = await _bind(ctx, socket.SOCK_DGRAM, SocketRole.LISTEN)
         return ctx.datagram_listener(
             sock, _bound(ctx, sock), queue=ctx.int_option("queue"), max_size=ctx.int_option("max_size")

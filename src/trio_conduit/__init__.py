@@ -15,6 +15,7 @@ from ._connection import Connection as Connection
 from ._connection import DatagramConnection as DatagramConnection
 from ._connection import HalfCloseableStreamConnection as HalfCloseableStreamConnection
 from ._connection import Kind as Kind
+from ._connection import Listener as Listener
 from ._connection import PeerCredentials as PeerCredentials
 from ._connection import StreamConnection as StreamConnection
 from ._errors import AddressError as AddressError
@@ -38,6 +39,7 @@ from ._errors import ProxyTargetUnreachable as ProxyTargetUnreachable
 from ._errors import ProxyTimeout as ProxyTimeout
 from ._errors import TransportUnavailable as TransportUnavailable
 from ._plugins import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
+from ._plugins import HookScope as HookScope
 from ._plugins import hookimpl as hookimpl
 from ._plugins import register_plugin as register_plugin
 from ._plugins import unregister_plugin as unregister_plugin

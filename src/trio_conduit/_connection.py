@@ -3,7 +3,9 @@
 Every connection has an ``id`` (unique within its pool, nsock's IOD number)
 and ``info``, a :class:`CommunicationInfo`. Streams are ``trio.abc.Stream``
 (``HalfCloseableStream`` where the transport can half-close); datagram
-connections are ``trio.abc.Channel[bytes]`` of whole messages.
+connections are ``trio.abc.Channel[bytes]`` of whole messages. A transport's
+listener is a :class:`Listener`: a ``trio.abc.Listener`` of connections that
+knows the address it is bound to.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import trio
 
 if TYPE_CHECKING:
     from ._address import Address
+    from .tls import TLSConnection, TLSInfo
 
 __all__ = [
     "Buffer",
@@ -26,6 +29,7 @@ __all__ = [
     "DatagramConnection",
     "HalfCloseableStreamConnection",
     "Kind",
+    "Listener",
     "PeerCredentials",
     "SockAddr",
     "StreamConnection",
@@ -63,10 +67,11 @@ class CommunicationInfo:
     ``transport`` is the URL scheme; ``family``/``socktype``/``protocol`` the
     kernel socket's, when there is one. ``local``/``remote`` are socket
     addresses; for a datagram channel ``remote`` is its *current* peer (``None``
-    when unconnected). ``tls`` is filled by the TLS layer, ``peer_credentials``
-    by unix sockets. ``via`` lists the proxies a connection goes through, first
-    hop first, as URLs with passwords shown as ``***``; ``remote`` is then the
-    target, ``(host, port)`` as it was asked for.
+    when unconnected). ``tls`` (a :class:`~trio_conduit.tls.TLSInfo`) is filled by
+    the TLS layer, ``peer_credentials`` by unix sockets. ``via`` lists the
+    proxies a connection goes through, first hop first, as URLs with passwords
+    shown as ``***``; ``remote`` is then the target, ``(host, port)`` as it was
+    asked for.
     """
 
     transport: str
@@ -76,10 +81,10 @@ class CommunicationInfo:
     local: SockAddr | None
     remote: SockAddr | None
     peer_credentials: PeerCredentials | None = None
-    tls: object | None = None
+    tls: TLSInfo | None = None
     via: tuple[str, ...] = ()
 
-    def _with_tls(self, tls: object, transport: str | None = None) -> CommunicationInfo:
+    def _with_tls(self, tls: TLSInfo, transport: str | None = None) -> CommunicationInfo:
         """``dataclasses.replace(self, tls=tls)`` (and ``transport=``, when given), without
         its walk over the fields on each call: a TLS layer makes one per connection."""
         return CommunicationInfo(
@@ -102,7 +107,7 @@ class _Owner(Protocol):
 
     async def start_tls(
         self, conn: StreamConnection, tls: object, server_side: bool, options: dict[str, object]
-    ) -> StreamConnection: ...
+    ) -> TLSConnection: ...
 
 
 class Connection(trio.abc.AsyncResource):
@@ -152,8 +157,9 @@ class StreamConnection(Connection, trio.abc.Stream):
 
     async def start_tls(
         self, tls: object = None, *, server_side: bool = False, **options: object
-    ) -> StreamConnection:
-        """Upgrade this connection to TLS (STARTTLS) and return the TLS connection.
+    ) -> TLSConnection:
+        """Upgrade this connection to TLS (STARTTLS) and return the TLS connection
+        (a :class:`~trio_conduit.tls.TLSConnection`).
 
         ``tls`` is ``None``/``True`` (defaults), a :class:`~trio_conduit.tls.TLSConfig`,
         an ``ssl.SSLContext`` or a dict of TLS options; keywords amend it
@@ -180,3 +186,17 @@ class HalfCloseableStreamConnection(StreamConnection, trio.abc.HalfCloseableStre
 
 class DatagramConnection(Connection, trio.abc.Channel[bytes]):
     """A connection of whole messages (``trio.abc.Channel[bytes]``)."""
+
+
+class Listener(trio.abc.Listener[Connection]):
+    """What a transport's :meth:`~trio_conduit.Transport.listen` returns: a
+    ``trio.abc.Listener`` whose ``accept()`` gives connections, and that knows
+    its :attr:`address`.
+
+    Subclasses implement ``accept``, ``aclose`` and the :attr:`address` property.
+    """
+
+    @property
+    @abc.abstractmethod
+    def address(self) -> Address:
+        """The bound :class:`~trio_conduit.Address` (with the real port when 0 was asked for)."""

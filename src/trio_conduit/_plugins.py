@@ -62,6 +62,11 @@ def _object_name(plugin: object) -> str:
 class HookScope:
     """A set of plugins seen together: the global ones plus a pool's or listener's own.
 
+    ``pool.scope`` is the pool's; a transport gets the scope of its connect or
+    listen as ``ctx.scope``, and calls hooks through it (``await
+    ctx.scope.acall("conduit_socket_created", ...)``). Scopes are made by the
+    pool, not by hand.
+
     It owns a pluggy manager holding every plugin of the wider scope and its
     own extras, so pluggy's ordering holds across scopes. The transport
     registry is built once per scope. ``pm`` is complete when the scope is
@@ -70,7 +75,10 @@ class HookScope:
     """
 
     def __init__(self, pm: pluggy.PluginManager, parent: HookScope | None = None) -> None:
+        #: The pluggy manager holding every plugin of this scope (the global ones, then
+        #: the pool's, then the listener's); complete when the scope is made.
         self.pm = pm
+        #: The wider scope this one extends (``None`` for the global scope).
         self.parent = parent
         self._transports: dict[str, Transport] | None = None
         #: The hooks at least one plugin here implements (``name in scope.implemented``
@@ -133,6 +141,7 @@ class HookScope:
         return table
 
     def transport_for(self, scheme: str) -> Transport | None:
+        """The transport registered for ``scheme`` in this scope, or ``None``."""
         return self.transports.get(scheme)
 
     # -- calling --------------------------------------------------------------

@@ -14,12 +14,12 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from types import MappingProxyType
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, NoReturn, final
 
 import trio
 
 from ._address import Address, Option, resolve_options, split_url
-from ._connection import Connection, StreamConnection
+from ._connection import Connection, DatagramConnection, Kind, Listener, StreamConnection
 from ._errors import AddressError, ConduitError, ConnectError, ConnectTimeout
 from ._plugins import HookScope, global_scope
 from ._sockets import SocketOptions, SocketRole
@@ -27,6 +27,9 @@ from ._trace import Tracer
 from ._transport import Context, Transport
 from .proxy._chain import ProxyChain
 from .proxy._url import ProxyURL
+
+if TYPE_CHECKING:
+    from .tls import TLSConnection
 
 __all__ = ["Handler", "Pool", "PoolListener", "open_pool"]
 
@@ -94,7 +97,7 @@ class _Owner:
 
     async def start_tls(
         self, conn: StreamConnection, tls: object, server_side: bool, options: dict[str, object]
-    ) -> StreamConnection:
+    ) -> TLSConnection:
         """``conn.start_tls(...)``: the connection reaches the TLS layer through its owner."""
         from .tls._api import start_tls
 
@@ -118,7 +121,7 @@ class _Owner:
 
 
 @final
-class PoolListener(trio.abc.Listener[Any]):
+class PoolListener(Listener):
     """A transport's listener as the pool hands it out (``pool.listen``).
 
     ``accept()`` returns connections already registered with the pool
@@ -126,18 +129,23 @@ class PoolListener(trio.abc.Listener[Any]):
     :class:`~trio_conduit.Address` (with the real port when 0 was asked for).
     """
 
-    def __init__(self, inner: trio.abc.Listener[Connection], owner: _Owner, transport: Transport) -> None:
+    def __init__(self, inner: Listener, owner: _Owner, transport: Transport) -> None:
         self._inner = inner
         self._owner = owner
         self.transport = transport
-        self.address: Address = inner.address  # type: ignore[attr-defined]
+        self._address = inner.address
 
     @property
-    def inner(self) -> trio.abc.Listener[Connection]:
+    def address(self) -> Address:
+        """The bound address (the transport listener's)."""
+        return self._address
+
+    @property
+    def inner(self) -> Listener:
         """The transport's own listener object."""
         return self._inner
 
-    async def accept(self) -> Any:
+    async def accept(self) -> Connection:
         """The next connection (a stream or datagram channel, by transport), registered with the pool."""
         while True:
             registered = await self._register(await self._inner.accept())
@@ -227,7 +235,8 @@ class Pool:
 
     def __init__(self, nursery: trio.Nursery, scope: HookScope) -> None:
         self._nursery = nursery
-        self.scope = scope
+        #: This pool's plugins: the global ones plus those given to ``open_pool(plugins=...)``.
+        self.scope: HookScope = scope
         self.tracer = Tracer()
         self._owner = _Owner(self, scope)
         self._conns: dict[int, Connection] = {}
@@ -345,7 +354,7 @@ class Pool:
         broadcast: bool = False,
         proxies: Iterable[str | ProxyURL] | None = None,
         **opts: object,
-    ) -> Any:
+    ) -> Connection:
         """Connect to ``url`` and return the connection (a stream or a datagram channel).
 
         ``timeout`` bounds the whole connect (resolution included) and raises
@@ -355,7 +364,75 @@ class Pool:
         the pool: it is closed when the pool closes, if not before.
         ``proxies``: reach ``url`` through this chain of proxy URLs, first hop
         first (see :doc:`proxies`); ``timeout`` then covers the whole chain.
+
+        :meth:`connect_stream` and :meth:`connect_channel` do the same and say
+        (to the type checker too) which kind of connection they return.
         """
+        return await self._connect(url, None, timeout, local, device, ip_options, broadcast, proxies, opts)
+
+    async def connect_stream(
+        self,
+        url: str | Address,
+        *,
+        timeout: float | None = None,
+        local: object | None = None,
+        device: str | None = None,
+        ip_options: bytes | None = None,
+        broadcast: bool = False,
+        proxies: Iterable[str | ProxyURL] | None = None,
+        **opts: object,
+    ) -> StreamConnection:
+        """:meth:`connect` to a byte stream (``tcp://``, ``tls://``, ``unix://`` ...).
+
+        A URL whose connections are not streams (``udp://``, or a stream
+        transport's ``?mode=message``) raises :class:`~trio_conduit.AddressError`
+        before anything is connected.
+        """
+        conn = await self._connect(
+            url, Kind.STREAM, timeout, local, device, ip_options, broadcast, proxies, opts
+        )
+        if not isinstance(conn, StreamConnection):
+            await _wrong_class(conn, "StreamConnection")
+        return conn
+
+    async def connect_channel(
+        self,
+        url: str | Address,
+        *,
+        timeout: float | None = None,
+        local: object | None = None,
+        device: str | None = None,
+        ip_options: bytes | None = None,
+        broadcast: bool = False,
+        proxies: Iterable[str | ProxyURL] | None = None,
+        **opts: object,
+    ) -> DatagramConnection:
+        """:meth:`connect` to a channel of whole messages (``udp://``, ``unix+dgram://``,
+        a stream transport's ``?mode=message`` ...).
+
+        A URL whose connections are byte streams raises
+        :class:`~trio_conduit.AddressError` before anything is connected.
+        """
+        conn = await self._connect(
+            url, Kind.DATAGRAM, timeout, local, device, ip_options, broadcast, proxies, opts
+        )
+        if not isinstance(conn, DatagramConnection):
+            await _wrong_class(conn, "DatagramConnection")
+        return conn
+
+    async def _connect(
+        self,
+        url: str | Address,
+        kind: Kind | None,
+        timeout: float | None,
+        local: object | None,
+        device: str | None,
+        ip_options: bytes | None,
+        broadcast: bool,
+        proxies: Iterable[str | ProxyURL] | None,
+        opts: dict[str, object],
+    ) -> Connection:
+        """What the ``connect`` methods do; ``kind``: the kind of connection asked for (any: ``None``)."""
         self._check_open()
         transport, address = self.parse(url)
         chain = None
@@ -381,6 +458,8 @@ class Pool:
         tracer = self.tracer
         conn_id, event_id = tracer.next_conn_id(), tracer.next_event_id()
         ctx = self._context(transport, address, self.scope, SocketRole.CONNECT, given, conn_id, event_id)
+        if kind is not None:
+            _check_kind(transport, ctx, kind)
         if tracer.log.isEnabledFor(logging.INFO):
             tracer.info(
                 "%s connection requested to %s (conn #%d) event #%d",
@@ -598,6 +677,30 @@ async def _run_handler(
         finally:
             if limit is not None:
                 limit.release()
+
+
+_KIND_WORDS: Final = {
+    Kind.STREAM: ("a byte stream", "connect_stream"),
+    Kind.DATAGRAM: ("a channel of messages", "connect_channel"),
+}
+
+
+def _check_kind(transport: Transport, ctx: Context, kind: Kind) -> None:
+    """AddressError unless ``transport`` makes connections of ``kind`` with ``ctx``'s options."""
+    made = transport.connection_kind(ctx.options)
+    if made is not kind:
+        wanted, method = _KIND_WORDS[kind]
+        what, other = _KIND_WORDS[made]
+        raise AddressError(
+            f"{ctx.address}: {method}() needs {wanted}, but {transport.name} "
+            f"({ctx.address.scheme}://) makes {what} here: use {other}() or connect()"
+        )
+
+
+async def _wrong_class(conn: Connection, expected: str) -> NoReturn:
+    """Close ``conn`` and raise TypeError: its transport broke its word on its kind."""
+    await trio.aclose_forcefully(conn)
+    raise TypeError(f"{conn!r}: expected a {expected} from this transport, got a {type(conn).__name__}")
 
 
 def _take_tls(transport: Transport, given: dict[str, object]) -> Any:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import trio
 
-from ._connection import Buffer, CommunicationInfo, Connection, DatagramConnection, SockAddr
+from ._connection import Buffer, CommunicationInfo, Connection, DatagramConnection, Listener, SockAddr
 from ._errors import MessageTooLarge, SocketErrors
 from ._sockets import SocketHolder, socket_info, sockname
 from ._trace import DEBUG_ALL
@@ -310,7 +310,7 @@ class PeerChannel(DatagramConnection):
 
 
 @final
-class DatagramListener(SocketHolder, trio.abc.Listener[Connection]):
+class DatagramListener(SocketHolder, Listener):
     """Server side of a datagram transport: each new peer address becomes a channel.
 
     A reader task (in the pool's nursery, ended with the listener) receives on
@@ -334,7 +334,7 @@ class DatagramListener(SocketHolder, trio.abc.Listener[Connection]):
     ) -> None:
         self._sock = sock
         self._ctx = ctx
-        self.address = address
+        self._address = address
         self.transport = ctx.address.scheme
         self._queue = queue
         self._max_size = max_size
@@ -348,6 +348,10 @@ class DatagramListener(SocketHolder, trio.abc.Listener[Connection]):
         self._cancel = trio.CancelScope()
         self.dropped = 0
         nursery.start_soon(self._reader)
+
+    @property
+    def address(self) -> Address:
+        return self._address
 
     def _forget(self, peer: PeerChannel) -> None:
         if self._peers.get(peer.peer) is peer:

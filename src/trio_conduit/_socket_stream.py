@@ -23,6 +23,7 @@ from ._connection import (
     CommunicationInfo,
     Connection,
     HalfCloseableStreamConnection,
+    Listener,
     PeerCredentials,
     SockAddr,
     StreamConnection,
@@ -186,7 +187,7 @@ AcceptWrapper = Callable[[trio.socket.SocketType, SockAddr, int], Connection]
 
 
 @final
-class SocketListener(SocketHolder, trio.abc.Listener[Connection]):
+class SocketListener(SocketHolder, Listener):
     """Accepts stream connections on a listening kernel socket.
 
     Errors that concern only the connection being accepted (``ECONNABORTED``
@@ -205,9 +206,12 @@ class SocketListener(SocketHolder, trio.abc.Listener[Connection]):
         self._sock = sock
         self._ctx = ctx
         self._wrap = wrap
-        self.address = address
+        self._address = address
         self._on_close = on_close
-        self._is_closed = False
+
+    @property
+    def address(self) -> Address:
+        return self._address
 
     async def accept(self) -> Connection:
         ctx = self._ctx

@@ -20,7 +20,7 @@ import trio
 
 from . import _sockets
 from ._address import Address, Option, URLParts
-from ._connection import Connection, Kind, PeerCredentials, SockAddr
+from ._connection import Connection, Kind, Listener, PeerCredentials, SockAddr
 from ._errors import unavailable_reason
 from ._socket_channel import DEFAULT_DATAGRAM_SIZE, DatagramListener, MessageSocketChannel, SocketChannel
 from ._socket_stream import HalfCloseableSocketStream, SocketListener
@@ -289,9 +289,9 @@ class Transport(abc.ABC):
     Subclasses set the class attributes and implement :meth:`parse_address`,
     :meth:`connect` and :meth:`listen`. ``connect`` returns a
     :class:`~trio_conduit.Connection` whose ``id`` is ``ctx.conn_id``;
-    ``listen`` returns a ``trio.abc.Listener`` whose ``accept`` gives
+    ``listen`` returns a :class:`~trio_conduit.Listener` whose ``accept`` gives
     connections with ids from ``ctx.new_conn_id()`` and whose ``address``
-    attribute is the bound :class:`~trio_conduit.Address`.
+    is the bound :class:`~trio_conduit.Address`.
     """
 
     #: URL schemes served (``("tcp",)``).
@@ -319,6 +319,18 @@ class Transport(abc.ABC):
     def parse_address(self, parts: URLParts, *, listening: bool) -> Address:
         """Turn the URL's parts into an :class:`~trio_conduit.Address` or raise AddressError."""
 
+    def connection_kind(self, options: Mapping[str, object]) -> Kind:
+        """What a connection made with these (resolved) options carries.
+
+        :attr:`kind`, except that a ``mode`` option set to ``"message"`` (the
+        message mode of a stream transport: SCTP, UDT, vsock) makes channels
+        (``Kind.DATAGRAM``). ``pool.connect_stream``/``connect_channel`` ask
+        this before connecting; override it if the kind depends on other options.
+        """
+        if self.kind is Kind.STREAM and options.get("mode") == "message":
+            return Kind.DATAGRAM
+        return self.kind
+
     def availability(self) -> Availability:
         """Probe whether the running kernel has this transport. Cheap; may be cached."""
         return Availability(True)
@@ -328,8 +340,8 @@ class Transport(abc.ABC):
         """Connect to ``ctx.address``. Raise :class:`~trio_conduit.ConnectError` subclasses."""
 
     @abc.abstractmethod
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
-        """Bind and listen on ``ctx.address``."""
+    async def listen(self, ctx: Context) -> Listener:
+        """Bind and listen on ``ctx.address``; ``address`` of the result is where it is bound."""
 
     def loopback_url(self, tmpdir: str) -> str | None:
         """A URL to listen on for ``conduit check``'s round trip (``None``: no self test)."""

@@ -20,10 +20,12 @@ from ._address import parse_bool as parse_bool
 from ._address import parse_host_port as parse_host_port
 from ._address import parse_unix_path as parse_unix_path
 from ._connection import Buffer as Buffer
+from ._connection import Listener as Listener
 from ._connection import SockAddr as SockAddr
 from ._errors import SocketErrors as SocketErrors
 from ._errors import connect_error_from_oserror as connect_error_from_oserror
 from ._errors import unavailable_reason as unavailable_reason
+from ._plugins import HookScope as HookScope
 from ._plugins import hookimpl as hookimpl
 from ._socket_channel import DEFAULT_DATAGRAM_SIZE as DEFAULT_DATAGRAM_SIZE
 from ._socket_channel import DatagramListener as DatagramListener

@@ -147,6 +147,25 @@ async def test_tls_option_on_tcp(pki: PKI) -> None:
         await conn.aclose()
 
 
+async def test_connect_stream_takes_tls_urls_and_the_tls_option(pki: PKI) -> None:
+    async with (
+        conduit.open_pool() as pool,
+        serving(pool, pki.server_url()) as addr,
+    ):
+        conn = await pool.connect_stream(f"tls://localhost:{addr.port}", cafile=pki.cafile, timeout=10)
+        assert isinstance(conn, TLSConnection)
+        assert conn.info.tls is conn.tls
+        assert await exchange(conn) == b"ping"
+        await conn.aclose()
+        conn = await pool.connect_stream(
+            f"tcp://localhost:{addr.port}", tls={"cafile": pki.cafile}, timeout=10
+        )
+        assert isinstance(conn, TLSConnection)
+        assert conn.info.transport == "tcp"
+        assert await exchange(conn) == b"ping"
+        await conn.aclose()
+
+
 async def test_tls_over_a_datagram_transport_is_refused(pki: PKI) -> None:
     async with conduit.open_pool() as pool:
         with pytest.raises(TypeError, match="stream transport"):

@@ -83,8 +83,7 @@ async def _client(impl: str, mode: str, port: int, amount: int) -> dict[str, flo
             url = f"tcp://127.0.0.1:{port}"
 
             async def connect() -> trio.abc.Stream:
-                conn: trio.abc.Stream = await pool.connect(url)
-                return conn
+                return await pool.connect_stream(url)
 
         if mode == "bulk":
             return await timed_bulk(connect, amount, length_first=False)

@@ -174,7 +174,9 @@ class ProxyServer:
     async def _connect(self, conn: Any, engine: ServerEngine, request: Request, who: str) -> None:
         url = f"tcp://{request.target.hostport}"
         try:
-            target = await self.pool.connect(url, timeout=self.connect_timeout, proxies=self.upstream or None)
+            target = await self.pool.connect_stream(
+                url, timeout=self.connect_timeout, proxies=self.upstream or None
+            )
         except (ConduitError, OSError) as exc:
             code = reply_code_for(exc)
             _log.info("proxy conn #%d: %s: %s (%s)", conn.id, who, code.text(), exc)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .._address import split_url
-from .._connection import Connection, Kind, StreamConnection
+from .._connection import Connection, Kind, Listener, StreamConnection
 from .._plugins import global_scope
 from .._trace import Tracer
 from ._config import TLSConfig
@@ -60,7 +60,7 @@ async def tls_client(
 
 
 def tls_listener(
-    inner: trio.abc.Listener[Connection],
+    inner: Listener,
     config: TLSConfig,
     ctx: Context,
     *,
@@ -107,9 +107,9 @@ def alpn_handler(
         if not any(key == "alpn" for key, _ in query):
             opts["alpn"] = protocols
 
-    async def by_alpn(conn: Any) -> object:
-        facts = getattr(conn.info, "tls", None)
-        protocol = getattr(facts, "alpn", None)
+    async def by_alpn(conn: Connection) -> object:
+        facts = conn.info.tls
+        protocol = facts.alpn if facts is not None else None
         chosen = table.get(protocol) if protocol else None
         if chosen is None:
             chosen = handler

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, final
 
 import trio
 
-from .._connection import Connection, StreamConnection
+from .._connection import Connection, Listener, StreamConnection
 from ._config import TLSConfig
 from ._errors import TLSError
 from ._handshake import TunnelPlan, server_handshake
@@ -33,7 +33,7 @@ _log = logging.getLogger("trio_conduit.tls")
 
 
 @final
-class TLSListener(trio.abc.Listener[Connection]):
+class TLSListener(Listener):
     """TLS over the stream connections ``inner`` accepts (see the module docstring).
 
     ``address`` is the inner listener's. The background accept loop starts
@@ -43,7 +43,7 @@ class TLSListener(trio.abc.Listener[Connection]):
 
     def __init__(
         self,
-        inner: trio.abc.Listener[Connection],
+        inner: Listener,
         config: TLSConfig,
         *,
         scope: HookScope,
@@ -54,7 +54,7 @@ class TLSListener(trio.abc.Listener[Connection]):
     ) -> None:
         self._inner = inner
         self.config = config
-        self.address: Address | None = address if address is not None else getattr(inner, "address", None)
+        self._address = address if address is not None else inner.address
         self._scope = scope
         self._tracer = tracer
         self._nursery = nursery
@@ -68,8 +68,12 @@ class TLSListener(trio.abc.Listener[Connection]):
         self._limit = trio.Semaphore(config.max_handshakes)
 
     @property
-    def inner(self) -> trio.abc.Listener[Connection]:
+    def inner(self) -> Listener:
         return self._inner
+
+    @property
+    def address(self) -> Address:
+        return self._address
 
     async def accept(self) -> Connection:
         if self._closed:

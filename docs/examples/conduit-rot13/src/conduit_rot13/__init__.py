@@ -3,7 +3,7 @@
 Once the distribution is installed, every pool knows the scheme::
 
     async with trio_conduit.open_pool() as pool:
-        conn = await pool.connect("rot13+tcp://127.0.0.1:8000")
+        conn = await pool.connect_stream("rot13+tcp://127.0.0.1:8000")
         await conn.send_all(b"Hello")  # the peer's socket receives b"Uryyb"
 
 How the pieces fit:
@@ -41,6 +41,7 @@ from trio_conduit.transport import (
     Availability,
     Capabilities,
     Context,
+    Listener,
     SockAddr,
     Transport,
     URLParts,
@@ -135,7 +136,7 @@ class Rot13Transport(Transport):
             raise
         return Rot13Stream(ctx.stream(sock))  # a HalfCloseableSocketStream with this connection's id
 
-    async def listen(self, ctx: Context) -> trio.abc.Listener[Connection]:
+    async def listen(self, ctx: Context) -> Listener:
         sock = await ctx.listen_inet(socket.SOCK_STREAM)
         host, port = sock.getsockname()[:2]
         bound = Address(SCHEME, host=host, port=port, query=ctx.address.query)
