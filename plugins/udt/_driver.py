@@ -2,7 +2,7 @@
 
 A :class:`Multiplexer` owns a kernel UDP socket (made by the core's shared
 socket path, so ``local=``, ``device=``, ``ip_options=`` and the
-``conduit_socket_created`` hooks apply), one :class:`~._engine.Endpoint`
+``conduit_socket_created`` hooks apply), one :class:`~._endpoint.Endpoint`
 and one task. The task waits for the socket to become readable or for the
 endpoint's next deadline, drains every waiting datagram (GRO-coalesced
 batches are handed to the engine whole), runs the due timers, sends what
@@ -42,18 +42,18 @@ from trio_conduit import (
 )
 from trio_conduit import Connection as _Connection
 
+from ._endpoint import Endpoint
 from ._engine import (
     Accepted,
     CloseReason,
-    Endpoint,
     FailReason,
     LocalProtocolError,
     Readable,
-    Session,
     Snapshot,
     State,
     Writable,
 )
+from ._session import Session
 
 __all__ = [
     "Multiplexer",

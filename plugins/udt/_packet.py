@@ -31,10 +31,15 @@ from trio_conduit import ConduitError
 from ._seq import MAX_MSGNO, SEQ_MASK
 
 __all__ = [
+    "CONTROL_FLAG",
     "CONTROL_TYPES",
     "HANDSHAKE_SIZE",
     "HEADER",
     "HEADER_SIZE",
+    "LOSS_RANGE_FLAG",
+    "MSG_FIRST",
+    "MSG_IN_ORDER",
+    "MSG_LAST",
     "Ack",
     "Ack2",
     "BadPacket",
@@ -53,6 +58,8 @@ __all__ = [
     "Shutdown",
     "SocketType",
     "UserDefined",
+    "control_type",
+    "control_word",
     "decode_loss_list_untrusted",
     "encode_loss_list",
     "ip_from_wire",
@@ -68,7 +75,19 @@ HANDSHAKE_SIZE: Final = 48
 _HS: Final = struct.Struct("!iiiiiiii16s")
 _WORD: Final = struct.Struct("!I")
 _SWORD: Final = struct.Struct("!i")
-_CONTROL_FLAG: Final = 0x80000000
+#: The first word's top bit: set on a control packet, clear on a data packet (whose
+#: first word is then its 31-bit sequence number).
+CONTROL_FLAG: Final = 0x80000000
+#: In a NAK's loss list, a word with the top bit set starts a run: ``first|flag, last``.
+LOSS_RANGE_FLAG: Final = 0x80000000
+#: A data packet's second word: the boundary bits (first and last packet of its
+#: message, :class:`Boundary` shifted to the top), the in-order bit, then the
+#: 29-bit message number.
+MSG_FIRST: Final = 0x80000000
+MSG_LAST: Final = 0x40000000
+MSG_IN_ORDER: Final = 0x20000000
+_TYPE_SHIFT: Final = 16
+_TYPE_MASK: Final = 0x7FFF
 _U32: Final = 0xFFFFFFFF
 # The reference pads empty control packets with one zero word ("writev does not allow" empty).
 _PAD: Final = b"\0\0\0\0"
@@ -124,6 +143,16 @@ class RequestType(enum.IntEnum):
     REJECTED = 1002
 
 
+def control_word(ctype: int, ext: int = 0) -> int:
+    """A control packet's first word: the flag, the type in bits 1-15, ``ext`` in the low 16."""
+    return CONTROL_FLAG | (ctype << _TYPE_SHIFT) | ext
+
+
+def control_type(word0: int) -> int:
+    """The type (bits 1-15) of a control packet's first word."""
+    return (word0 >> _TYPE_SHIFT) & _TYPE_MASK
+
+
 def ip_to_wire(address: str | None) -> bytes:
     """The handshake's 16 address bytes for an IP address, as the reference sends them."""
     if not address:
@@ -174,7 +203,7 @@ class DataPacket:
             raise ValueError(f"msgno must be a 29-bit message number, got {self.msgno}")
         _check_u32("timestamp", self.timestamp)
         _check_u32("dest", self.dest)
-        word = (int(self.boundary) << 30) | (int(self.in_order) << 29) | self.msgno
+        word = (int(self.boundary) << 30) | (MSG_IN_ORDER if self.in_order else 0) | self.msgno
         return HEADER.pack(self.seq, word, self.timestamp, self.dest) + self.payload
 
 
@@ -200,7 +229,7 @@ class ControlPacket:
         _check_u32("dest", dest)
         additional = self._additional()
         _check_u32("additional info", additional)
-        first = _CONTROL_FLAG | (int(self.TYPE) << 16) | self._ext()
+        first = control_word(self.TYPE, self._ext())
         return HEADER.pack(first, additional, timestamp, dest) + self._body()
 
 
@@ -303,7 +332,7 @@ def encode_loss_list(losses: tuple[tuple[int, int], ...] | list[tuple[int, int]]
         if first == last:
             words.append(first)
         else:
-            words.append(first | _CONTROL_FLAG)
+            words.append(first | LOSS_RANGE_FLAG)
             words.append(last)
     return struct.pack(f"!{len(words)}I", *words)
 
@@ -319,11 +348,11 @@ def decode_loss_list_untrusted(body: bytes | memoryview) -> tuple[tuple[int, int
     i, n = 0, len(words)
     while i < n:
         word = words[i]
-        if word & _CONTROL_FLAG:
+        if word & LOSS_RANGE_FLAG:
             if i + 1 >= n:
                 raise BadPacket("loss list ends in the middle of a range")
             last = words[i + 1]
-            if last & _CONTROL_FLAG:
+            if last & LOSS_RANGE_FLAG:
                 raise BadPacket("loss range end has the range flag set")
             out.append((word & SEQ_MASK, last))
             i += 2
@@ -494,17 +523,17 @@ def _parse(data: bytes | bytearray | memoryview) -> Packet:
     if size < HEADER_SIZE:
         raise BadPacket(f"datagram of {size} bytes is shorter than the 16-byte UDT header")
     w0, w1, timestamp, dest = HEADER.unpack_from(data)
-    if not w0 & _CONTROL_FLAG:
+    if not w0 & CONTROL_FLAG:
         return DataPacket(
             seq=w0,
             msgno=w1 & MAX_MSGNO,
             boundary=Boundary(w1 >> 30),
-            in_order=bool(w1 & 0x20000000),
+            in_order=bool(w1 & MSG_IN_ORDER),
             timestamp=timestamp,
             dest=dest,
             payload=bytes(data[HEADER_SIZE:]),
         )
-    ctype = (w0 >> 16) & 0x7FFF
+    ctype = control_type(w0)
     ext = w0 & 0xFFFF
     body = bytes(data[HEADER_SIZE:])
     blen = len(body)
@@ -523,7 +552,7 @@ def _parse(data: bytes | bytearray | memoryview) -> Packet:
         if blen < 4:
             raise BadPacket("ACK without an acknowledged sequence number")
         ack = _WORD.unpack_from(body)[0]
-        if ack & _CONTROL_FLAG:
+        if ack & CONTROL_FLAG:
             raise BadPacket(f"ACK of {ack:#x} is not a sequence number")
         if blen == 4:
             return Ack(w1, ack, timestamp=timestamp, dest=dest)
@@ -540,7 +569,7 @@ def _parse(data: bytes | bytearray | memoryview) -> Packet:
         if blen < 8:
             raise BadPacket("message drop request without its sequence range")
         first, last = struct.unpack_from("!II", body)
-        if (first | last) & _CONTROL_FLAG:
+        if (first | last) & CONTROL_FLAG:
             raise BadPacket("message drop request range is not sequence numbers")
         return DropRequest(w1 & MAX_MSGNO, first, last, timestamp=timestamp, dest=dest)
     if ctype == ControlType.ACK2:
