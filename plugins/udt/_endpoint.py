@@ -17,7 +17,6 @@ import itertools
 import math
 import os
 import random
-import struct
 from collections import deque
 from collections.abc import Iterator
 from typing import Any, Final
@@ -38,12 +37,14 @@ from ._packet import (
     HANDSHAKE_SIZE,
     HEADER,
     HEADER_SIZE,
+    U32,
     BadPacket,
     ControlType,
     Handshake,
     RequestType,
     control_type,
     parse_packet_untrusted,
+    repeated_struct,
 )
 from ._seq import SEQ_MASK
 from ._session import Session, replace_handshake, sane_handshake
@@ -51,7 +52,6 @@ from ._session import Session, replace_handshake, sane_handshake
 __all__ = ["Endpoint"]
 
 _NEVER: Final = math.inf
-_U32: Final = 0xFFFFFFFF
 
 
 class Endpoint:
@@ -271,7 +271,7 @@ class Endpoint:
         ):
             return False
         if count > 1:
-            fields = _seq_dest_struct(count).unpack_from(headers)
+            fields = repeated_struct("I8xI", count).unpack_from(headers)
             if fields[0::2] != tuple(range(w0, w0 + count)) or fields[1::2] != (dest,) * count:
                 return False
         self.now = now
@@ -426,15 +426,4 @@ class Endpoint:
 
 
 def _with_header(hs: Handshake, dest: int, timestamp: int) -> bytes:
-    return replace_handshake(hs, timestamp=timestamp, dest=dest & _U32).encode()
-
-
-_SEQ_DEST_STRUCTS: dict[int, struct.Struct] = {}
-
-
-def _seq_dest_struct(count: int) -> struct.Struct:
-    """Reads the sequence word and destination id of ``count`` headers back to back."""
-    st = _SEQ_DEST_STRUCTS.get(count)
-    if st is None:
-        st = _SEQ_DEST_STRUCTS[count] = struct.Struct("!" + "I8xI" * count)
-    return st
+    return replace_handshake(hs, timestamp=timestamp, dest=dest & U32).encode()

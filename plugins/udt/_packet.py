@@ -21,6 +21,7 @@ Parsing untrusted bytes goes through :func:`parse_packet_untrusted` (and the
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ __all__ = [
     "Packet",
     "RequestType",
     "Shutdown",
+    "U32",
     "SocketType",
     "UserDefined",
     "control_type",
@@ -65,6 +67,7 @@ __all__ = [
     "ip_from_wire",
     "ip_to_wire",
     "parse_packet_untrusted",
+    "repeated_struct",
 ]
 
 #: The 16-byte header: four big-endian 32-bit words.
@@ -88,7 +91,8 @@ MSG_LAST: Final = 0x40000000
 MSG_IN_ORDER: Final = 0x20000000
 _TYPE_SHIFT: Final = 16
 _TYPE_MASK: Final = 0x7FFF
-_U32: Final = 0xFFFFFFFF
+#: Every header and control word is 32 bits.
+U32: Final = 0xFFFFFFFF
 # The reference pads empty control packets with one zero word ("writev does not allow" empty).
 _PAD: Final = b"\0\0\0\0"
 
@@ -143,6 +147,12 @@ class RequestType(enum.IntEnum):
     REJECTED = 1002
 
 
+@functools.cache
+def repeated_struct(pattern: str, count: int) -> struct.Struct:
+    """``pattern`` (big-endian) ``count`` times over: to pack or read headers back to back."""
+    return struct.Struct("!" + pattern * count)
+
+
 def control_word(ctype: int, ext: int = 0) -> int:
     """A control packet's first word: the flag, the type in bits 1-15, ``ext`` in the low 16."""
     return CONTROL_FLAG | (ctype << _TYPE_SHIFT) | ext
@@ -171,7 +181,7 @@ def ip_from_wire(raw: bytes, *, ipv6: bool) -> str:
 
 
 def _check_u32(name: str, value: int) -> None:
-    if not 0 <= value <= _U32:
+    if not 0 <= value <= U32:
         raise ValueError(f"{name} must fit in 32 bits, got {value}")
 
 

@@ -27,8 +27,9 @@ from ._packet import (
     CONTROL_FLAG,
     HEADER,
     HEADER_SIZE,
+    MSG_FIRST,
     MSG_IN_ORDER,
-    Boundary,
+    MSG_LAST,
     ControlType,
     control_word,
     encode_loss_list,
@@ -557,9 +558,8 @@ class Receiver:
         self._msg_parts_pkts = 0
 
     def _assemble(self, w1: int, payload: Any) -> None:
-        boundary = w1 >> 30
         parts = self._msg_parts
-        if boundary & Boundary.FIRST:
+        if w1 & MSG_FIRST:
             if parts:
                 # a message without its last packet: corrupt, drop it
                 self._drop_parts()
@@ -568,7 +568,7 @@ class Receiver:
         parts.append(payload)
         self._msg_parts_pkts += 1
         self.buffered_pkts += 1
-        if boundary & Boundary.LAST:
+        if w1 & MSG_LAST:
             if self._unordered:
                 self._unordered.pop(w1 & MAX_MSGNO, None)
             data = b"".join(parts)
@@ -583,10 +583,9 @@ class Receiver:
         info = self._unordered.get(msgno)
         if info is None:
             info = self._unordered[msgno] = [-1, -1, 0]
-        boundary = w1 >> 30
-        if boundary & Boundary.FIRST:
+        if w1 & MSG_FIRST:
             info[0] = seq
-        if boundary & Boundary.LAST:
+        if w1 & MSG_LAST:
             info[1] = seq
         info[2] += 1
         first, last, have = info

@@ -28,6 +28,7 @@ from ._packet import (
     MSG_LAST,
     ControlType,
     control_word,
+    repeated_struct,
 )
 from ._seq import SEQ_MASK, next_msgno, unwrap
 
@@ -359,7 +360,7 @@ class Sender:
                         flat[1] |= MSG_FIRST
                     if j + m - 1 == last:
                         flat[4 * m - 3] |= MSG_LAST
-                    headers = memoryview(_headers_struct(m).pack(*flat))
+                    headers = memoryview(repeated_struct("IIII", m).pack(*flat))
                     iov: list[Any] = [None] * (2 * m)
                     iov[0::2] = [headers[h : h + HEADER_SIZE] for h in range(0, HEADER_SIZE * m, HEADER_SIZE)]
                     first_byte = j * payload_size
@@ -553,14 +554,3 @@ class _Batch:
             self.out.append((self.buf, self.addr, self.seg if self.count > 1 else 0))
             self.buf = bytearray()
             self.count = 0
-
-
-_HEADERS_STRUCTS: dict[int, struct.Struct] = {}
-
-
-def _headers_struct(count: int) -> struct.Struct:
-    """Packs ``count`` packet headers back to back."""
-    st = _HEADERS_STRUCTS.get(count)
-    if st is None:
-        st = _HEADERS_STRUCTS[count] = struct.Struct("!" + "IIII" * count)
-    return st

@@ -39,6 +39,7 @@ from ._packet import (
     HANDSHAKE_SIZE,
     HEADER,
     HEADER_SIZE,
+    U32,
     BadPacket,
     ControlType,
     Handshake,
@@ -65,7 +66,6 @@ _CONFIRM_TIME: Final = 1.0
 _CONFIRM_PROBE: Final = 0.05
 _SHUTDOWN_COPIES: Final = 3
 _NEVER: Final = math.inf
-_U32: Final = 0xFFFFFFFF
 _PAD: Final = b"\0\0\0\0"
 _SHUTDOWN_WORD: Final = control_word(ControlType.SHUTDOWN)
 _KEEPALIVE_WORD: Final = control_word(ControlType.KEEPALIVE)
@@ -183,7 +183,7 @@ class Session:
         return self.config.snd_buf * self.payload_size
 
     def _now_us(self, now: float) -> int:
-        return int((now - self.start_time) * 1_000_000) & _U32
+        return int((now - self.start_time) * 1_000_000) & U32
 
     # -- the application side ---------------------------------------------------
     def send(self, data: bytes | bytearray | memoryview, now: float) -> int:
@@ -286,7 +286,7 @@ class Session:
     def _send_request(self, now: float) -> None:
         assert self._request is not None
         dest = self._response.socket_id if (self.role == "rendezvous" and self._response) else 0
-        pkt = replace_handshake(self._request, timestamp=self._now_us(now), dest=dest & _U32)
+        pkt = replace_handshake(self._request, timestamp=self._now_us(now), dest=dest & U32)
         self._control(pkt.encode())
         self._last_request = now
         self._reschedule()
@@ -390,7 +390,7 @@ class Session:
             cookie=hs.cookie,
             peer_ip=ip_to_wire(self.peer_addr[0]),
             timestamp=self._now_us(now),
-            dest=hs.socket_id & _U32,
+            dest=hs.socket_id & U32,
         )
 
     def _become_connected(self, now: float) -> None:
@@ -634,7 +634,7 @@ class Session:
                 socket_id=self.socket_id,
                 peer_ip=ip_to_wire(self.peer_addr[0]),
                 timestamp=self._now_us(now),
-                dest=self.peer_id & _U32,
+                dest=self.peer_id & U32,
             )
             self._control(reply.encode())
 
