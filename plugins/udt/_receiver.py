@@ -34,7 +34,7 @@ from ._packet import (
     control_word,
     encode_loss_list,
 )
-from ._seq import MAX_MSGNO, SEQ_MASK, unwrap
+from ._seq import MAX_MSGNO, SEQ_MASK, unwrap, wire
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -242,7 +242,7 @@ class Receiver:
             self.next_ack = now + SYN
             return
         if light:
-            s._send_control(_ACK_WORD, 0, _WORD.pack(ack & SEQ_MASK), now)
+            s._send_control(_ACK_WORD, 0, _WORD.pack(wire(ack)), now)
             self.stats.pkt_sent_ack += 1
             return
         self.next_ack = now + SYN
@@ -264,10 +264,10 @@ class Receiver:
         if now - self._last_full_ack > SYN:
             rate = self.arrival_rate()
             bw = self._probe.rate(need_half=False)
-            body = struct.pack("!Iiiiii", ack & SEQ_MASK, rtt_us, var_us, avail, rate, bw)
+            body = struct.pack("!Iiiiii", wire(ack), rtt_us, var_us, avail, rate, bw)
             self._last_full_ack = now
         else:
-            body = struct.pack("!Iiii", ack & SEQ_MASK, rtt_us, var_us, avail)
+            body = struct.pack("!Iiii", wire(ack), rtt_us, var_us, avail)
         s._send_control(_ACK_WORD, self._ack_seqno, body, now)
         self._last_ack_sent = now
         self._ack_window.append((self._ack_seqno, ack, now))
@@ -305,7 +305,7 @@ class Receiver:
         # only the losses not reported within a NAK period: the others' repairs may be on the way
         limit = max(1, self._session.payload_size // 8)
         due = self.loss.due(now, self._nak_interval * 0.99, limit)
-        runs = [(f & SEQ_MASK, lst & SEQ_MASK) for f, lst in due]
+        runs = [(wire(f), wire(lst)) for f, lst in due]
         if runs:
             self._session._send_control(_NAK_WORD, 0, encode_loss_list(runs), now)
             self.stats.pkt_sent_nak += 1
@@ -434,7 +434,7 @@ class Receiver:
         self.readable.append(payload)
         self.readable_bytes += len(payload)
         nxt = self.next + count
-        self._advanced_to(nxt, nxt & SEQ_MASK)
+        self._advanced_to(nxt, wire(nxt))
         self._received(count, len(payload), nxt - 1, last_len != s.payload_size, now)
 
     def _advanced_to(self, nxt: int, nxt31: int) -> None:
@@ -484,7 +484,7 @@ class Receiver:
             first, last = curr + 1, seq - 1
             self.loss.insert(first, last, now)
             self.stats.pkt_rcv_loss += last - first + 1
-            body = encode_loss_list([(first & SEQ_MASK, last & SEQ_MASK)])
+            body = encode_loss_list([(wire(first), wire(last))])
             self._session._send_control(_NAK_WORD, 0, body, now)
             self.stats.pkt_sent_nak += 1
             if self.config.periodic_nak and len(self.loss) == last - first + 1:
@@ -517,7 +517,7 @@ class Receiver:
                 self._delivered_early.discard(nxt)
             nxt += 1
         if nxt != self.next:
-            self._advanced_to(nxt, nxt & SEQ_MASK)
+            self._advanced_to(nxt, wire(nxt))
             self.loss.remove_below(nxt)
             if self.readable_bytes or self.messages:
                 s = self._session

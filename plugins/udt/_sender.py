@@ -30,7 +30,7 @@ from ._packet import (
     control_word,
     repeated_struct,
 )
-from ._seq import SEQ_MASK, next_msgno, unwrap
+from ._seq import SEQ_MASK, next_msgno, unwrap, wire
 
 if TYPE_CHECKING:
     from ._session import Session
@@ -311,7 +311,7 @@ class Sender:
                     continue
                 start = idx * payload_size
                 piece = chunk.view[start : start + payload_size]
-                batch.add(HEADER.pack(seq & SEQ_MASK, chunk.msg_word(idx), ts, peer_id), piece)
+                batch.add(HEADER.pack(wire(seq), chunk.msg_word(idx), ts, peer_id), piece)
                 sent += 1
                 retrans += 1
                 nbytes += len(piece)
@@ -408,7 +408,7 @@ class Sender:
         if not chunk.dropped:  # a repeated NAK may hit it again: the request is resent, counted once
             chunk.dropped = True
             self.stats.msg_dropped += 1
-        body = struct.pack("!II", first & SEQ_MASK, last & SEQ_MASK)
+        body = struct.pack("!II", wire(first), wire(last))
         self._session._send_control(_DROP_WORD, chunk.msgno, body, now)
 
     def on_timeout(self) -> int:
