@@ -476,7 +476,7 @@ class _Owner(_Connection):
         what = reason.value if reason is not None else "the connection is not connected"
         return trio.BrokenResourceError(f"UDT connection broken: {what}")
 
-    async def _close(self, conn: _Connection) -> None:
+    async def aclose(self) -> None:
         if self._is_closed:
             await trio.lowlevel.checkpoint()
             return
@@ -498,7 +498,7 @@ class _Owner(_Connection):
         finally:
             mux.disown(s)
             mux.release()
-            await _shielded(conn._closed())
+            await _shielded(self._closed())
 
     async def _park(self, lot: trio.lowlevel.ParkingLot, deadline: float, what: str) -> None:
         """Wait on ``lot`` until woken; :class:`UDTTimeout` at ``deadline`` (``what``'s timeout)."""
@@ -618,9 +618,6 @@ class UDTStream(_Owner, StreamConnection):
                 await self._park(self._read_lot, deadline, "receive")
                 self._check_open()
 
-    async def aclose(self) -> None:
-        await self._close(self)
-
 
 @final
 class UDTMessageChannel(_Owner, DatagramConnection):
@@ -716,9 +713,6 @@ class UDTMessageChannel(_Owner, DatagramConnection):
                 blocked = True
                 await self._park(self._read_lot, deadline, "receive")
                 self._check_open()
-
-    async def aclose(self) -> None:
-        await self._close(self)
 
 
 def _deadline(timeout: float | None) -> float:
