@@ -10,9 +10,10 @@ connect. ``?congestion=NAME`` picks a congestion-control algorithm
 registered through the ``conduit_congestion_controls`` hook (``udt``, the
 native DAIMD, by default; ``bbr``; ``fixed:rate=50M``).
 
-Layers: :mod:`._packet` (the codec), :mod:`._engine` (the sans-IO protocol),
-:mod:`._congestion` (the ``CCC`` interface and algorithms), :mod:`._driver`
-(the trio side and the multiplexer).
+Layers: :mod:`._packet` (the codec), the sans-IO protocol (:mod:`._engine`,
+its vocabulary; :mod:`._endpoint`, :mod:`._session`, :mod:`._sender`,
+:mod:`._receiver`), :mod:`._congestion` (the ``CCC`` interface and
+algorithms), :mod:`._driver` (the trio side and the multiplexer).
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ from ._congestion import (
 
 if TYPE_CHECKING:
     from ._driver import Multiplexer, UDTListener, UDTMessageChannel, UDTStream, UDTTimeout
-    from ._engine import Config, Endpoint, Session, Snapshot
+    from ._endpoint import Endpoint
+    from ._engine import Config, Snapshot
     from ._packet import BadPacket
+    from ._session import Session
 
 # The engine and the driver load on first use (or first attribute access): a program
 # that only has this plugin registered does not pay for importing them.
@@ -67,8 +70,8 @@ _LAZY: dict[str, str] = {
     "UDTStream": "_driver",
     "UDTTimeout": "_driver",
     "Config": "_engine",
-    "Endpoint": "_engine",
-    "Session": "_engine",
+    "Endpoint": "_endpoint",
+    "Session": "_session",
     "Snapshot": "_engine",
     "BadPacket": "_packet",
     "SocketType": "_packet",

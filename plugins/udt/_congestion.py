@@ -28,6 +28,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Final
 
+from ._seq import SEQ_MASK
+
 if TYPE_CHECKING:
     from ._packet import UserDefined
 
@@ -44,7 +46,6 @@ __all__ = [
 #: UDT's SYN interval: 10 ms, in microseconds.
 SYN_INTERVAL: Final = 10_000
 _U32: Final = 0xFFFFFFFF
-_SEQ_MASK: Final = 0x7FFFFFFF
 
 
 class CongestionControl:
@@ -406,7 +407,7 @@ class BBRLikeCC(CongestionControl):
         now = self.now
         if self._rx_report_time is None or now - self._rx_report_time >= self.syn_interval:
             self._rx_report_time = now
-            body = struct.pack("!III", self._rx_count & _U32, now & _U32, seq & _SEQ_MASK)
+            body = struct.pack("!III", self._rx_count & _U32, now & _U32, seq & SEQ_MASK)
             self.send_custom_msg(self.REPORT_SUBTYPE, body)
 
     # -- the sending side --------------------------------------------------------------
@@ -424,7 +425,7 @@ class BBRLikeCC(CongestionControl):
             when, count = last_time + dt, last_count + dc
         else:
             when, count = time32, count32
-        high = self.snd_curr_seq - ((self.snd_curr_seq - seq31) & _SEQ_MASK)
+        high = self.snd_curr_seq - ((self.snd_curr_seq - seq31) & SEQ_MASK)
         self._rx_high = max(self._rx_high, high)
         self._reported = True
         reports.append((when, count))

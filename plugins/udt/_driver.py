@@ -2,7 +2,7 @@
 
 A :class:`Multiplexer` owns a kernel UDP socket (made by the core's shared
 socket path, so ``local=``, ``device=``, ``ip_options=`` and the
-``conduit_socket_created`` hooks apply), one :class:`~._engine.Endpoint`
+``conduit_socket_created`` hooks apply), one :class:`~._endpoint.Endpoint`
 and one task. The task waits for the socket to become readable or for the
 endpoint's next deadline, drains every waiting datagram (GRO-coalesced
 batches are handed to the engine whole), runs the due timers, sends what
@@ -42,19 +42,20 @@ from trio_conduit import (
     StreamConnection,
 )
 from trio_conduit import Connection as _Connection
+from trio_conduit.transport import ConflictDetector
 
+from ._endpoint import Endpoint
 from ._engine import (
     Accepted,
     CloseReason,
-    Endpoint,
     FailReason,
     LocalProtocolError,
     Readable,
-    Session,
     Snapshot,
     State,
     Writable,
 )
+from ._session import Session
 
 __all__ = [
     "Multiplexer",
@@ -411,22 +412,32 @@ class Multiplexer:
             await self._accept_lot.park()
 
 
-class _Owner:
+class _Owner(_Connection):
     """The part every user-facing UDT connection shares: waiting, waking, closing."""
 
-    _mux: Multiplexer
-    _session: Session
-
-    def _setup(self, mux: Multiplexer, session: Session, transport: str) -> None:
+    def __init__(
+        self,
+        mux: Multiplexer,
+        session: Session,
+        conn_id: int,
+        *,
+        transport: str = "udt",
+        address: Any = None,
+        send_timeout: float | None = None,
+        receive_timeout: float | None = None,
+    ) -> None:
+        super().__init__(conn_id, address)
         self._mux = mux
         self._session = session
         self._transport = transport
+        self._send_timeout = send_timeout
+        self._receive_timeout = receive_timeout
         self._read_lot = trio.lowlevel.ParkingLot()
         self._write_lot = trio.lowlevel.ParkingLot()
         self._state_lot = trio.lowlevel.ParkingLot()
         self._is_closed = False
-        self._send_busy = False
-        self._recv_busy = False
+        self._send_conflict = ConflictDetector("another task is already sending on this connection")
+        self._recv_conflict = ConflictDetector("another task is already receiving on this connection")
         mux.adopt(session, self)
 
     def _on_event(self, ev: Any) -> None:
@@ -449,7 +460,8 @@ class _Owner:
         """UDT perfmon-style statistics: RTT, rates, losses, retransmissions, windows."""
         return self._session.snapshot(trio.current_time())
 
-    def _udt_info(self) -> CommunicationInfo:
+    @property
+    def info(self) -> CommunicationInfo:
         sock = self._mux.socket
         return CommunicationInfo(
             transport=self._transport,
@@ -465,7 +477,7 @@ class _Owner:
         what = reason.value if reason is not None else "the connection is not connected"
         return trio.BrokenResourceError(f"UDT connection broken: {what}")
 
-    async def _close(self, conn: _Connection) -> None:
+    async def aclose(self) -> None:
         if self._is_closed:
             await trio.lowlevel.checkpoint()
             return
@@ -487,7 +499,7 @@ class _Owner:
         finally:
             mux.disown(s)
             mux.release()
-            await _shielded(conn._closed())
+            await _shielded(self._closed())
 
     async def _park(self, lot: trio.lowlevel.ParkingLot, deadline: float, what: str) -> None:
         """Wait on ``lot`` until woken; :class:`UDTTimeout` at ``deadline`` (``what``'s timeout)."""
@@ -538,31 +550,8 @@ class UDTStream(_Owner, StreamConnection):
     ``BrokenResourceError``.
     """
 
-    def __init__(
-        self,
-        mux: Multiplexer,
-        session: Session,
-        conn_id: int,
-        *,
-        transport: str = "udt",
-        address: Any = None,
-        send_timeout: float | None = None,
-        receive_timeout: float | None = None,
-    ) -> None:
-        StreamConnection.__init__(self, conn_id, address)
-        self._setup(mux, session, transport)
-        self._send_timeout = send_timeout
-        self._receive_timeout = receive_timeout
-
-    @property
-    def info(self) -> CommunicationInfo:
-        return self._udt_info()
-
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._send_busy:
-            raise trio.BusyResourceError("another task is already sending on this connection")
-        self._send_busy = True
-        try:
+        with self._send_conflict:
             self._check_open()
             await trio.lowlevel.checkpoint_if_cancelled()
             s = self._session
@@ -587,14 +576,9 @@ class UDTStream(_Owner, StreamConnection):
                         await self._park(self._write_lot, deadline, "send")
                 if not blocked:
                     await trio.lowlevel.cancel_shielded_checkpoint()
-        finally:
-            self._send_busy = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        if self._send_busy:
-            raise trio.BusyResourceError("another task is already sending on this connection")
-        self._send_busy = True
-        try:
+        with self._send_conflict:
             self._check_open()
             s = self._session
             if s.state is State.CONNECTED and not s.send_space:
@@ -602,20 +586,15 @@ class UDTStream(_Owner, StreamConnection):
                 self._check_open()
             else:
                 await trio.lowlevel.checkpoint()
-        finally:
-            self._send_busy = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._recv_busy:
-            raise trio.BusyResourceError("another task is already receiving on this connection")
-        if max_bytes is None:
-            max_bytes = DEFAULT_RECEIVE_SIZE
-        else:
-            max_bytes = operator.index(max_bytes)
-            if max_bytes < 1:
-                raise ValueError("max_bytes must be >= 1")
-        self._recv_busy = True
-        try:
+        with self._recv_conflict:
+            if max_bytes is None:
+                max_bytes = DEFAULT_RECEIVE_SIZE
+            else:
+                max_bytes = operator.index(max_bytes)
+                if max_bytes < 1:
+                    raise ValueError("max_bytes must be >= 1")
             self._check_open()
             await trio.lowlevel.checkpoint_if_cancelled()
             s = self._session
@@ -639,11 +618,6 @@ class UDTStream(_Owner, StreamConnection):
                 blocked = True
                 await self._park(self._read_lot, deadline, "receive")
                 self._check_open()
-        finally:
-            self._recv_busy = False
-
-    async def aclose(self) -> None:
-        await self._close(self)
 
 
 @final
@@ -663,23 +637,14 @@ class UDTMessageChannel(_Owner, DatagramConnection):
         session: Session,
         conn_id: int,
         *,
-        transport: str = "udt",
-        address: Any = None,
         ttl: float | None = None,
         in_order: bool = True,
-        send_timeout: float | None = None,
-        receive_timeout: float | None = None,
+        **options: Any,
     ) -> None:
-        DatagramConnection.__init__(self, conn_id, address)
-        self._setup(mux, session, transport)
+        """``options``: ``transport``, ``address`` and the timeouts, as :class:`UDTStream` takes them."""
+        super().__init__(mux, session, conn_id, **options)
         self._ttl = ttl
         self._in_order = in_order
-        self._send_timeout = send_timeout
-        self._receive_timeout = receive_timeout
-
-    @property
-    def info(self) -> CommunicationInfo:
-        return self._udt_info()
 
     @property
     def max_message_size(self) -> int:
@@ -702,10 +667,7 @@ class UDTMessageChannel(_Owner, DatagramConnection):
         (``None``: the connection's ``ttl`` option; ``math.inf``: never).
         ``in_order``: deliver only after every earlier message (``None``: the option).
         """
-        if self._send_busy:
-            raise trio.BusyResourceError("another task is already sending on this connection")
-        self._send_busy = True
-        try:
+        with self._send_conflict:
             self._check_open()
             await trio.lowlevel.checkpoint_if_cancelled()
             s = self._session
@@ -730,14 +692,9 @@ class UDTMessageChannel(_Owner, DatagramConnection):
                 await self._park(self._write_lot, deadline, "send")
             if not blocked:
                 await trio.lowlevel.cancel_shielded_checkpoint()
-        finally:
-            self._send_busy = False
 
     async def receive(self) -> bytes:
-        if self._recv_busy:
-            raise trio.BusyResourceError("another task is already receiving on this connection")
-        self._recv_busy = True
-        try:
+        with self._recv_conflict:
             self._check_open()
             await trio.lowlevel.checkpoint_if_cancelled()
             s = self._session
@@ -757,11 +714,6 @@ class UDTMessageChannel(_Owner, DatagramConnection):
                 blocked = True
                 await self._park(self._read_lot, deadline, "receive")
                 self._check_open()
-        finally:
-            self._recv_busy = False
-
-    async def aclose(self) -> None:
-        await self._close(self)
 
 
 def _deadline(timeout: float | None) -> float:

@@ -21,6 +21,7 @@ Parsing untrusted bytes goes through :func:`parse_packet_untrusted` (and the
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass, field
@@ -31,10 +32,15 @@ from trio_conduit import ConduitError
 from ._seq import MAX_MSGNO, SEQ_MASK
 
 __all__ = [
+    "CONTROL_FLAG",
     "CONTROL_TYPES",
     "HANDSHAKE_SIZE",
     "HEADER",
     "HEADER_SIZE",
+    "LOSS_RANGE_FLAG",
+    "MSG_FIRST",
+    "MSG_IN_ORDER",
+    "MSG_LAST",
     "Ack",
     "Ack2",
     "BadPacket",
@@ -51,13 +57,17 @@ __all__ = [
     "Packet",
     "RequestType",
     "Shutdown",
+    "U32",
     "SocketType",
     "UserDefined",
+    "control_type",
+    "control_word",
     "decode_loss_list_untrusted",
     "encode_loss_list",
     "ip_from_wire",
     "ip_to_wire",
     "parse_packet_untrusted",
+    "repeated_struct",
 ]
 
 #: The 16-byte header: four big-endian 32-bit words.
@@ -68,8 +78,21 @@ HANDSHAKE_SIZE: Final = 48
 _HS: Final = struct.Struct("!iiiiiiii16s")
 _WORD: Final = struct.Struct("!I")
 _SWORD: Final = struct.Struct("!i")
-_CONTROL_FLAG: Final = 0x80000000
-_U32: Final = 0xFFFFFFFF
+#: The first word's top bit: set on a control packet, clear on a data packet (whose
+#: first word is then its 31-bit sequence number).
+CONTROL_FLAG: Final = 0x80000000
+#: In a NAK's loss list, a word with the top bit set starts a run: ``first|flag, last``.
+LOSS_RANGE_FLAG: Final = 0x80000000
+#: A data packet's second word: the boundary bits (first and last packet of its
+#: message, :class:`Boundary` shifted to the top), the in-order bit, then the
+#: 29-bit message number.
+MSG_FIRST: Final = 0x80000000
+MSG_LAST: Final = 0x40000000
+MSG_IN_ORDER: Final = 0x20000000
+_TYPE_SHIFT: Final = 16
+_TYPE_MASK: Final = 0x7FFF
+#: Every header and control word is 32 bits.
+U32: Final = 0xFFFFFFFF
 # The reference pads empty control packets with one zero word ("writev does not allow" empty).
 _PAD: Final = b"\0\0\0\0"
 
@@ -124,6 +147,22 @@ class RequestType(enum.IntEnum):
     REJECTED = 1002
 
 
+@functools.cache
+def repeated_struct(pattern: str, count: int) -> struct.Struct:
+    """``pattern`` (big-endian) ``count`` times over: to pack or read headers back to back."""
+    return struct.Struct("!" + pattern * count)
+
+
+def control_word(ctype: int, ext: int = 0) -> int:
+    """A control packet's first word: the flag, the type in bits 1-15, ``ext`` in the low 16."""
+    return CONTROL_FLAG | (ctype << _TYPE_SHIFT) | ext
+
+
+def control_type(word0: int) -> int:
+    """The type (bits 1-15) of a control packet's first word."""
+    return (word0 >> _TYPE_SHIFT) & _TYPE_MASK
+
+
 def ip_to_wire(address: str | None) -> bytes:
     """The handshake's 16 address bytes for an IP address, as the reference sends them."""
     if not address:
@@ -142,7 +181,7 @@ def ip_from_wire(raw: bytes, *, ipv6: bool) -> str:
 
 
 def _check_u32(name: str, value: int) -> None:
-    if not 0 <= value <= _U32:
+    if not 0 <= value <= U32:
         raise ValueError(f"{name} must fit in 32 bits, got {value}")
 
 
@@ -174,7 +213,7 @@ class DataPacket:
             raise ValueError(f"msgno must be a 29-bit message number, got {self.msgno}")
         _check_u32("timestamp", self.timestamp)
         _check_u32("dest", self.dest)
-        word = (int(self.boundary) << 30) | (int(self.in_order) << 29) | self.msgno
+        word = (int(self.boundary) << 30) | (MSG_IN_ORDER if self.in_order else 0) | self.msgno
         return HEADER.pack(self.seq, word, self.timestamp, self.dest) + self.payload
 
 
@@ -200,7 +239,7 @@ class ControlPacket:
         _check_u32("dest", dest)
         additional = self._additional()
         _check_u32("additional info", additional)
-        first = _CONTROL_FLAG | (int(self.TYPE) << 16) | self._ext()
+        first = control_word(self.TYPE, self._ext())
         return HEADER.pack(first, additional, timestamp, dest) + self._body()
 
 
@@ -303,7 +342,7 @@ def encode_loss_list(losses: tuple[tuple[int, int], ...] | list[tuple[int, int]]
         if first == last:
             words.append(first)
         else:
-            words.append(first | _CONTROL_FLAG)
+            words.append(first | LOSS_RANGE_FLAG)
             words.append(last)
     return struct.pack(f"!{len(words)}I", *words)
 
@@ -319,11 +358,11 @@ def decode_loss_list_untrusted(body: bytes | memoryview) -> tuple[tuple[int, int
     i, n = 0, len(words)
     while i < n:
         word = words[i]
-        if word & _CONTROL_FLAG:
+        if word & LOSS_RANGE_FLAG:
             if i + 1 >= n:
                 raise BadPacket("loss list ends in the middle of a range")
             last = words[i + 1]
-            if last & _CONTROL_FLAG:
+            if last & LOSS_RANGE_FLAG:
                 raise BadPacket("loss range end has the range flag set")
             out.append((word & SEQ_MASK, last))
             i += 2
@@ -494,17 +533,17 @@ def _parse(data: bytes | bytearray | memoryview) -> Packet:
     if size < HEADER_SIZE:
         raise BadPacket(f"datagram of {size} bytes is shorter than the 16-byte UDT header")
     w0, w1, timestamp, dest = HEADER.unpack_from(data)
-    if not w0 & _CONTROL_FLAG:
+    if not w0 & CONTROL_FLAG:
         return DataPacket(
             seq=w0,
             msgno=w1 & MAX_MSGNO,
             boundary=Boundary(w1 >> 30),
-            in_order=bool(w1 & 0x20000000),
+            in_order=bool(w1 & MSG_IN_ORDER),
             timestamp=timestamp,
             dest=dest,
             payload=bytes(data[HEADER_SIZE:]),
         )
-    ctype = (w0 >> 16) & 0x7FFF
+    ctype = control_type(w0)
     ext = w0 & 0xFFFF
     body = bytes(data[HEADER_SIZE:])
     blen = len(body)
@@ -523,7 +562,7 @@ def _parse(data: bytes | bytearray | memoryview) -> Packet:
         if blen < 4:
             raise BadPacket("ACK without an acknowledged sequence number")
         ack = _WORD.unpack_from(body)[0]
-        if ack & _CONTROL_FLAG:
+        if ack & CONTROL_FLAG:
             raise BadPacket(f"ACK of {ack:#x} is not a sequence number")
         if blen == 4:
             return Ack(w1, ack, timestamp=timestamp, dest=dest)
@@ -540,7 +579,7 @@ def _parse(data: bytes | bytearray | memoryview) -> Packet:
         if blen < 8:
             raise BadPacket("message drop request without its sequence range")
         first, last = struct.unpack_from("!II", body)
-        if (first | last) & _CONTROL_FLAG:
+        if (first | last) & CONTROL_FLAG:
             raise BadPacket("message drop request range is not sequence numbers")
         return DropRequest(w1 & MAX_MSGNO, first, last, timestamp=timestamp, dest=dest)
     if ctype == ControlType.ACK2:

@@ -60,7 +60,9 @@ def wire(ext: int) -> int:
 
 def unwrap(value: int, near: int) -> int:
     """The extended number whose 31-bit form is ``value``, nearest to extended ``near``."""
-    return near + seqoff(near & SEQ_MASK, value & SEQ_MASK)
+    # seqoff(near, value) written out: the engine calls this once per packet it reorders
+    d = (value - near) & SEQ_MASK
+    return near + (d - _SEQ_SPACE if d >= SEQ_THRESHOLD else d)
 
 
 def next_msgno(msgno: int) -> int:

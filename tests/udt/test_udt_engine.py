@@ -19,7 +19,6 @@ from trio_conduit_plugins.udt._engine import (
     ConnectFailed,
     FailReason,
     LocalProtocolError,
-    Session,
     State,
 )
 from trio_conduit_plugins.udt._losslist import LossList
@@ -37,6 +36,7 @@ from trio_conduit_plugins.udt._packet import (
     UserDefined,
     ip_to_wire,
 )
+from trio_conduit_plugins.udt._session import Session
 
 from .udt_harness import Net, Wire
 

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trio_conduit_plugins.udt._engine import Endpoint, Event
+from trio_conduit_plugins.udt._endpoint import Endpoint
+from trio_conduit_plugins.udt._engine import Event
 from trio_conduit_plugins.udt._packet import Packet, parse_packet_untrusted
 
 Addr = tuple[Any, ...]
