@@ -33,6 +33,7 @@ from typing import Any, Final, final
 import trio
 
 from trio_conduit import (
+    Address,
     CommunicationInfo,
     ConnectError,
     ConnectionRefused,
@@ -724,19 +725,21 @@ def _deadline(timeout: float | None) -> float:
 class UDTListener(Listener):
     """Accepts UDT connections on one multiplexer (the reference's listening socket)."""
 
-    address: Any = None  # (Listener.address) the bound Address, set by __init__
-
     def __init__(
         self,
         mux: Multiplexer,
-        address: Any,
+        address: Address,
         make: Callable[[Multiplexer, Session], _Connection],
     ) -> None:
         self._mux = mux
-        self.address = address
+        self._address = address
         self._make = make
         self._is_closed = False
         mux._listener = self
+
+    @property
+    def address(self) -> Address:
+        return self._address
 
     @property
     def multiplexer(self) -> Multiplexer:
