@@ -611,9 +611,10 @@ def test_unknown_keyword_option_is_a_type_error() -> None:
         ("linger", "nan", "finite number of seconds >= 0"),
         ("linger", "inf", "finite number of seconds >= 0"),
         ("linger", "soon", "could not convert"),
-        ("max_size", "-5", "expected a count >= 0"),
-        ("max_size", "1.5", "invalid literal"),
-        ("max_size", "lots", "invalid literal"),
+        ("max_size", "-5", "expected a whole number >= 0"),
+        ("max_size", "1.5", "expected a whole number"),
+        ("max_size", "lots", "expected a whole number"),
+        ("max_size", "99999999999999999999999", "expected a count from 0 to 2147483647"),
         ("ip_options", "zz", "non-hexadecimal"),
     ],
 )

@@ -41,15 +41,60 @@ Handler = Callable[[Any], Awaitable[object]]
 #: How long ``conduit_connection_lost`` hooks and a handler's final close may take.
 CLOSE_GRACE: Final = 5.0
 
+#: IPv4 options fit in 40 bytes (a 60-byte header at most, 20 of them fixed).
+IP_OPTIONS_MAX: Final = 40
+
+
+def _check_ip_options(value: object) -> bytes:
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"expected bytes, not {type(value).__name__} {value!r}")
+    data = bytes(value)
+    if len(data) > IP_OPTIONS_MAX:
+        raise ValueError(f"IPv4 options are at most {IP_OPTIONS_MAX} bytes; got {len(data)}")
+    return data
+
+
+def _parse_ip_options(text: str) -> bytes:
+    try:
+        data = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError(f"expected hex digits, got {text[:100]!r}") from None
+    return _check_ip_options(data)
+
+
+def _check_local(value: object) -> object:
+    """``local=``: ``"host:port"``, ``"host"``, a port, a path (unix), or a sockaddr tuple."""
+    if isinstance(value, (str, bytes)):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= 65535:
+            raise ValueError(f"local port {value} is out of range (0-65535)")
+        return value
+    if isinstance(value, tuple) and len(value) in (2, 4):
+        host, port = value[0], value[1]
+        if not isinstance(host, str):
+            raise TypeError(f"local address {value!r}: the host must be a str, not {type(host).__name__}")
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise TypeError(f"local address {value!r}: the port must be an int, not {type(port).__name__}")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"local address {value!r}: port {port} is out of range (0-65535)")
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in value[2:]):
+            raise TypeError(f"local address {value!r}: flowinfo and scope id must be ints")
+        return value
+    raise TypeError(
+        f"local address must be 'host:port', 'host', a port, a path or a (host, port) tuple, not {value!r}"
+    )
+
+
 # Options every kernel-socket transport takes from the URL too (keywords win).
 CORE_OPTIONS: Final = {
     o.name: o
     for o in (
-        Option.text("local", None, "local address to bind before connecting"),
+        Option("local", str, None, "local address to bind before connecting", _check_local),
         Option.text("device", None, "network device to bind to (SO_BINDTODEVICE)"),
         Option.boolean("broadcast", False, "allow sending to broadcast addresses (SO_BROADCAST)"),
-        Option.count("backlog", None, "listen backlog"),
-        Option("ip_options", bytes.fromhex, None, "raw IPv4 options (hex in a URL)"),
+        Option.count("backlog", None, "listen backlog", maximum=65535),
+        Option("ip_options", _parse_ip_options, None, "raw IPv4 options (hex in a URL)", _check_ip_options),
     )
 }
 _PARSE_CACHE_MAX: Final = 512
@@ -197,6 +242,15 @@ class PoolListener(Listener):
         await self._inner.aclose()
 
 
+def _check_timeout(name: str, value: object) -> float:
+    """A timeout in seconds: a finite number > 0 (``TypeError``/``ValueError`` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__} {value!r}")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+    return float(value)
+
+
 def _fmt(sockaddr: object) -> str:
     if isinstance(sockaddr, tuple) and len(sockaddr) >= 2 and isinstance(sockaddr[0], str):
         host = sockaddr[0]
@@ -258,7 +312,7 @@ class Pool:
     ) -> tuple[Transport, Address]:
         """Parse ``url`` with its scheme's transport: (transport, address) or AddressError."""
         scope = scope or self.scope
-        text = str(url) if isinstance(url, Address) else url
+        text = url.url() if isinstance(url, Address) else url
         key = (text, listening, scope)  # the scope itself, not id(): ids are reused once a scope dies
         hit = self._parsed.get(key) if isinstance(text, str) else None
         if hit is not None:
@@ -502,9 +556,23 @@ class Pool:
         """
         self._check_open()
         transport, address = self.parse(url)  # a malformed URL or unknown scheme raises here, at once
-        if kwargs.get("proxies"):
-            ProxyChain.build(kwargs["proxies"], transport, address, self.scope)  # and a bad proxy URL
+        self._check_connect_kwargs(transport, address, kwargs)  # and a bad keyword or value
         self._nursery.start_soon(self._spawned, url, handler, kwargs, name=f"conduit spawn {url}")
+
+    def _check_connect_kwargs(self, transport: Transport, address: Address, kwargs: dict[str, Any]) -> None:
+        """What :meth:`connect` would refuse in ``kwargs``, refused now (``spawn``)."""
+        given = dict(kwargs)
+        timeout = given.pop("timeout", None)
+        if timeout is not None:
+            _check_timeout("timeout", timeout)
+        proxies = given.pop("proxies", None)
+        if proxies:
+            ProxyChain.build(proxies, transport, address, self.scope)
+        if given.get("broadcast") is False:
+            del given["broadcast"]
+        given = {k: v for k, v in given.items() if not (v is None and k in CORE_OPTIONS)}
+        _take_tls(transport, given)  # a bad tls= raises
+        _resolve(transport, address, given)
 
     async def _spawned(self, url: str | Address, handler: Handler, kwargs: dict[str, Any]) -> None:
         try:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._address import split_url
+from .._address import Address, split_url
 from .._connection import Connection, Kind, Listener, StreamConnection
 from .._plugins import global_scope
 from .._trace import Tracer
@@ -24,7 +24,6 @@ from ._listener import TLSListener
 from ._stream import TLSConnection
 
 if TYPE_CHECKING:
-    from .._address import Address
     from .._transport import Context, Transport
 
 __all__ = ["alpn_handler", "start_tls", "take_tls_option", "tls_client", "tls_listener"]
@@ -103,7 +102,7 @@ def alpn_handler(
             config = config.replace(alpn=protocols)
         opts["tls"] = config
     elif "alpn" not in opts:
-        query = split_url(str(url)).query
+        query = split_url(url.url() if isinstance(url, Address) else str(url)).query
         if not any(key == "alpn" for key, _ in query):
             opts["alpn"] = protocols
 
