@@ -26,6 +26,7 @@ from ._hello import DEFAULT_MAX_HELLO_SIZE
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_HELLO_TIMEOUT",
     "DYNAMIC",
     "OPTION_NAMES",
     "Side",
@@ -40,6 +41,8 @@ ClientAuth = Literal["none", "optional", "required"]
 #: ``record_size="dynamic"``: ATS's ``max_record_size = -1`` (see :mod:`._records`).
 DYNAMIC: Final = "dynamic"
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 30.0
+#: Seconds a server waits for a client's whole ClientHello (see docs/tls.rst).
+DEFAULT_HELLO_TIMEOUT: Final = 10.0
 _CONTEXT_CACHE_MAX: Final = 128
 _VERSIONS: Final = {
     "1.2": ssl.TLSVersion.TLSv1_2,
@@ -74,7 +77,8 @@ class TLSConfig:
     trace (``trace``: addresses, networks or server names whose plaintext is
     logged at DEBUG_ALL); one record per write (``record_size``: ``"dynamic"``
     or a fixed size); 30 s to finish a handshake, hooks included
-    (``handshake_timeout``); servers ask no client certificate
+    (``handshake_timeout``), of which a server gives a client 10 s to send
+    its whole ClientHello (``hello_timeout``); servers ask no client certificate
     (``client_auth``: ``"optional"``/``"required"``), refuse client
     renegotiation (``allow_renegotiation``), accept ClientHellos up to 32 KiB
     (``max_hello_size``) and run up to 256 handshakes at once per listener
@@ -105,6 +109,7 @@ class TLSConfig:
     trace: tuple[str, ...] = ()
     record_size: int | Literal["dynamic"] | None = None
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT
+    hello_timeout: float | None = DEFAULT_HELLO_TIMEOUT
     client_auth: ClientAuth = "none"
     allow_renegotiation: bool = False
     ragged_eof: bool = False
@@ -262,15 +267,17 @@ def _positive_int(value: object, name: str) -> int:
     raise ValueError(f"{name}: expected a positive whole number, got {value!r}")
 
 
-def _timeout(value: object) -> float | None:
+def _timeout(value: object, name: str = "handshake_timeout") -> float | None:
     if value is None or value in ("none", "inf"):
         return None
     try:
+        if isinstance(value, bool):
+            raise TypeError(value)
         seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"handshake_timeout: expected seconds, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name}: expected seconds, got {value!r}") from None
     if not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"handshake_timeout: expected a positive number of seconds, got {value!r}")
+        raise ValueError(f"{name}: expected a positive number of seconds, got {value!r}")
     return seconds
 
 
@@ -324,8 +331,10 @@ def normalize_option(name: str, value: object) -> Any:
         return _trace(value) if value else ()
     if name == "record_size":
         return value if value is None or value == DYNAMIC else _record_size(value)
-    if name == "handshake_timeout":
-        return value if value is None or (isinstance(value, float) and value > 0) else _timeout(value)
+    if name in ("handshake_timeout", "hello_timeout"):
+        if value is None or (isinstance(value, float) and value > 0 and value != float("inf")):
+            return value
+        return _timeout(value, name)
     if name == "client_auth":
         if value in ("none", "optional", "required"):
             return value
