@@ -610,7 +610,7 @@ def test_unknown_keyword_option_is_a_type_error() -> None:
         ("linger", "-1", "finite number of seconds >= 0"),
         ("linger", "nan", "finite number of seconds >= 0"),
         ("linger", "inf", "finite number of seconds >= 0"),
-        ("linger", "soon", "could not convert"),
+        ("linger", "soon", "expected a number of seconds"),
         ("max_size", "-5", "expected a whole number >= 0"),
         ("max_size", "1.5", "expected a whole number"),
         ("max_size", "lots", "expected a whole number"),

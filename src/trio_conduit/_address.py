@@ -134,6 +134,16 @@ class Address:
         return f"Address({str(self)!r})"
 
 
+_BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def check_escapes(text: str, shown: str) -> None:
+    """AddressError if ``text`` has a ``%`` that does not start a ``%XX`` escape."""
+    bad = _BAD_ESCAPE.search(text)
+    if bad is not None:
+        raise AddressError(f"{shown!r}: invalid percent-escape in the query (write '%' itself as %25)")
+
+
 def split_url(text: object) -> URLParts:
     """Cut ``scheme://authority/path?query`` into parts, rejecting junk.
 
@@ -164,6 +174,7 @@ def split_url(text: object) -> URLParts:
     authority, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
     query: list[tuple[str, str]] = []
     if qs:
+        check_escapes(qs, shown)
         try:
             pairs = urllib.parse.parse_qsl(qs, keep_blank_values=True, strict_parsing=True, errors="strict")
         except (ValueError, UnicodeDecodeError) as exc:
@@ -293,7 +304,10 @@ def parse_bool(text: str) -> bool:
 
 
 def _parse_seconds(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {text[:100]!r}") from None
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"expected a finite number of seconds >= 0, got {text!r}")
     return value
@@ -303,14 +317,14 @@ def _parse_seconds(text: str) -> float:
 COUNT_MAX: Final = 2**31 - 1
 
 
-def _parse_count(text: str, maximum: int = COUNT_MAX) -> int:
+def _parse_count(text: str, maximum: int = COUNT_MAX, minimum: int = 0) -> int:
     if not text.isascii() or not text.strip().lstrip("+").isdigit():
-        raise ValueError(f"expected a whole number >= 0, got {text!r}")
+        raise ValueError(f"expected a whole number >= {minimum}, got {text!r}")
     if len(text.strip()) > 24:
-        raise ValueError(f"expected a count from 0 to {maximum}, got {text[:24]!r}...")
+        raise ValueError(f"expected a count from {minimum} to {maximum}, got {text[:24]!r}...")
     value = int(text)
-    if not 0 <= value <= maximum:
-        raise ValueError(f"expected a count from 0 to {maximum}, got {text!r}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"expected a count from {minimum} to {maximum}, got {text!r}")
     return value
 
 
@@ -340,14 +354,14 @@ def check_seconds(value: object) -> float:
     return float(value)
 
 
-def _counter(maximum: int) -> Callable[[object], int]:
+def _counter(maximum: int, minimum: int = 0) -> Callable[[object], int]:
     def check_count(value: object) -> int:
         if isinstance(value, str):
-            return _parse_count(value, maximum)
+            return _parse_count(value, maximum, minimum)
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"expected an int, not {_type_name(value)} {value!r}")
-        if not 0 <= value <= maximum:
-            raise ValueError(f"expected a count from 0 to {maximum}, got {value!r}")
+        if not minimum <= value <= maximum:
+            raise ValueError(f"expected a count from {minimum} to {maximum}, got {value!r}")
         return value
 
     return check_count
@@ -387,12 +401,24 @@ class Option:
         return Option(name, parse_bool, default, doc, check_bool)
 
     @staticmethod
-    def seconds(name: str, default: float | None, doc: str) -> Option:
-        return Option(name, _parse_seconds, default, doc, check_seconds)
+    def seconds(name: str, default: float | None, doc: str, *, maximum: float | None = None) -> Option:
+        if maximum is None:
+            return Option(name, _parse_seconds, default, doc, check_seconds)
+        limit = maximum
+
+        def check(value: object) -> float:
+            seconds = check_seconds(value)
+            if seconds > limit:
+                raise ValueError(f"expected at most {limit:g} seconds, got {value!r}")
+            return seconds
+
+        return Option(name, check, default, doc, check)
 
     @staticmethod
-    def count(name: str, default: int | None, doc: str, *, maximum: int = COUNT_MAX) -> Option:
-        check = _counter(maximum)
+    def count(
+        name: str, default: int | None, doc: str, *, maximum: int = COUNT_MAX, minimum: int = 0
+    ) -> Option:
+        check = _counter(maximum, minimum)
         return Option(name, check, default, doc, check)
 
     @staticmethod

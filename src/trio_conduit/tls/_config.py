@@ -304,6 +304,28 @@ def _optional_text(value: object, name: str) -> str | None:
     raise ValueError(f"{name}: expected text, got {value!r}")
 
 
+_CIPHER_CHECKED: dict[str, bool] = {}
+
+
+def _ciphers(value: object) -> str | None:
+    """An OpenSSL cipher list, checked now (a list that selects nothing fails here)."""
+    text = _optional_text(value, "ciphers")
+    if text is None:
+        return None
+    ok = _CIPHER_CHECKED.get(text)
+    if ok is None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers(text)
+            ok = True
+        except ssl.SSLError:
+            ok = False
+        if len(_CIPHER_CHECKED) < 256:
+            _CIPHER_CHECKED[text] = ok
+    if not ok:
+        raise ValueError(f"ciphers: OpenSSL selects no cipher from {text[:100]!r}")
+    return text
+
+
 def normalize_option(name: str, value: object) -> Any:
     """Turn an option's value (a URL's text or a keyword's object) into its :class:`TLSConfig` form.
 
@@ -311,7 +333,9 @@ def normalize_option(name: str, value: object) -> Any:
     """
     if name in ("verify", "session_cache", "allow_renegotiation", "ragged_eof"):
         return value if isinstance(value, bool) else _bool(value)
-    if name in ("cafile", "capath", "certfile", "keyfile", "keylog_file", "ciphers", "server_hostname"):
+    if name == "ciphers":
+        return _ciphers(value)
+    if name in ("cafile", "capath", "certfile", "keyfile", "keylog_file", "server_hostname"):
         return _optional_text(value, name)
     if name in ("min_version", "max_version"):
         if value is None and name == "max_version":
@@ -360,7 +384,8 @@ def normalize_option(name: str, value: object) -> Any:
     if name in ("cadata", "password"):
         if value is None or isinstance(value, (str, bytes)):
             return value
-        raise ValueError(f"{name}: expected str or bytes, got {value!r}")
+        # never the value itself: it may be a secret
+        raise ValueError(f"{name}: expected str or bytes, got a {type(value).__name__}")
     raise ValueError(f"unknown TLS option {name!r}")
 
 
@@ -408,9 +433,8 @@ def _make_context(config: TLSConfig, side: Side) -> ssl.SSLContext:
     try:
         return _configure(config, side)
     except ssl.SSLError as exc:
-        raise TLSError(
-            f"cannot set up a TLS {side} context: {exc}", reason=exc.reason or "BAD_CONFIG"
-        ) from exc
+        reason = getattr(exc, "reason", None) or "BAD_CONFIG"  # set_ciphers' SSLError has none
+        raise TLSError(f"cannot set up a TLS {side} context: {exc}", reason=reason) from exc
     except OSError as exc:
         raise TLSError(f"cannot set up a TLS {side} context: {exc}", reason="BAD_CONFIG") from exc
 

@@ -387,7 +387,7 @@ def translate_error(exc: BaseException, hs: TLSHandshake) -> TLSError:
         message = cause.verify_message or "verification failed"
         return TLSVerifyError(
             f"{where}: certificate verify failed: {message} (X509 verify code {code})",
-            reason=cause.reason or "CERTIFICATE_VERIFY_FAILED",
+            reason=getattr(cause, "reason", None) or "CERTIFICATE_VERIFY_FAILED",
             peer=hs.peer,
             verify_code=code,
             verify_message=message,
@@ -402,7 +402,9 @@ def translate_error(exc: BaseException, hs: TLSHandshake) -> TLSError:
         )
     if isinstance(cause, ssl.SSLError):
         return TLSError(
-            f"{where}: {describe_ssl_error(cause)}", reason=cause.reason or "SSL_ERROR", peer=hs.peer
+            f"{where}: {describe_ssl_error(cause)}",
+            reason=getattr(cause, "reason", None) or "SSL_ERROR",
+            peer=hs.peer,
         )
     if isinstance(cause, OSError) or isinstance(exc, trio.BrokenResourceError):
         return TLSError(
