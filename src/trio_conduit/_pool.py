@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import heapq
 import logging
+import math
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -165,6 +167,102 @@ class _Owner:
                 await self.scope.notify("conduit_connection_lost", conn=conn, exc=exc)
 
 
+#: Connection methods whose completed calls count as activity for ``idle_timeout``.
+_IO_METHODS: Final = ("receive_some", "send_all", "receive", "send", "receive_from", "send_to")
+
+
+@final
+class _IdleWatch:
+    """One connection's ``idle_timeout``: when its last send/receive completed."""
+
+    __slots__ = ("conn", "done", "handled", "last", "scope", "timeout")
+
+    def __init__(self, conn: Connection, timeout: float, handled: bool) -> None:
+        self.conn = conn
+        self.timeout = timeout
+        self.last = trio.current_time()
+        self.scope = trio.CancelScope()  # a handler runs in it (serve, spawn)
+        self.handled = handled  # a handler runs in scope: cancel it (it closes the connection)
+        self.done = False
+
+
+def _counting(method: Callable[..., Awaitable[Any]], watch: _IdleWatch) -> Callable[..., Awaitable[Any]]:
+    clock = trio.current_time
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        result = await method(*args, **kwargs)
+        watch.last = clock()
+        return result
+
+    return counted
+
+
+@final
+class _IdleReaper:
+    """``idle_timeout`` for every connection of a pool, in one task.
+
+    A send or receive that completes stores the time (one float, no deadline
+    moved); the reaper sleeps until the earliest possible expiry, and at each
+    wake-up checks only the connections due then: a busy one is pushed back to
+    ``last + timeout``, an idle one is closed (its handler, if any, cancelled).
+    A connection without ``idle_timeout`` pays nothing.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._heap: list[tuple[float, int, _IdleWatch]] = []
+        self._wake = trio.Event()
+        self._started = False
+
+    def watch(self, conn: Connection, timeout: float, *, handled: bool = False) -> _IdleWatch:
+        watch = _IdleWatch(conn, timeout, handled)
+        target: Any = conn
+        while target._upgraded is not None:
+            target = target._upgraded
+        for name in _IO_METHODS:
+            method = getattr(target, name, None)
+            if method is not None:
+                setattr(target, name, _counting(method, watch))
+        expiry = watch.last + timeout
+        earliest = self._heap[0][0] if self._heap else math.inf
+        heapq.heappush(self._heap, (expiry, id(watch), watch))
+        if not self._started:
+            self._started = True
+            self._pool._nursery.start_soon(self._run, name="conduit idle timeouts")
+        elif expiry < earliest:
+            self._wake.set()
+        return watch
+
+    async def _run(self) -> None:
+        heap = self._heap
+        while True:
+            with trio.move_on_at(heap[0][0] if heap else math.inf):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                _, key, watch = heapq.heappop(heap)
+                conn_id = watch.conn.id
+                if watch.done or conn_id not in self._pool._conns:
+                    continue  # its handler ended, or it was closed
+                due = watch.last + watch.timeout
+                if due > now:
+                    heapq.heappush(heap, (due, key, watch))
+                    continue
+                watch.done = True
+                tracer = self._pool.tracer
+                tracer.info(
+                    "idle for %g s: closing conn #%d event #%d",
+                    watch.timeout,
+                    conn_id,
+                    tracer.next_event_id(),
+                )
+                if watch.handled:
+                    watch.scope.cancel()  # the handler's task ends, then closes the connection
+                else:
+                    self._pool._nursery.start_soon(trio.aclose_forcefully, watch.conn)
+
+
 @final
 class PoolListener(Listener):
     """A transport's listener as the pool hands it out (``pool.listen``).
@@ -300,6 +398,7 @@ class Pool:
         # resolved options by (transport, address object, keyword options): (address, options, socket options)
         self._resolved: dict[tuple[object, ...], tuple[Address, Mapping[str, object], SocketOptions]] = {}
         self._closed = False
+        self._idle = _IdleReaper(self)
 
     # -- addresses ----------------------------------------------------------
     @property
@@ -402,6 +501,7 @@ class Pool:
         url: str | Address,
         *,
         timeout: float | None = None,
+        idle_timeout: float | None = None,
         local: object | None = None,
         device: str | None = None,
         ip_options: bytes | None = None,
@@ -418,17 +518,25 @@ class Pool:
         the pool: it is closed when the pool closes, if not before.
         ``proxies``: reach ``url`` through this chain of proxy URLs, first hop
         first (see :doc:`proxies`); ``timeout`` then covers the whole chain.
+        ``idle_timeout``: close the connection once no send or receive call on it
+        has completed for that many seconds (see :doc:`pool`, "Connection lifetime").
 
         :meth:`connect_stream` and :meth:`connect_channel` do the same and say
         (to the type checker too) which kind of connection they return.
         """
-        return await self._connect(url, None, timeout, local, device, ip_options, broadcast, proxies, opts)
+        if idle_timeout is not None:
+            idle_timeout = _check_timeout("idle_timeout", idle_timeout)
+        conn = await self._connect(url, None, timeout, local, device, ip_options, broadcast, proxies, opts)
+        if idle_timeout is not None:
+            self._idle.watch(conn, idle_timeout)
+        return conn
 
     async def connect_stream(
         self,
         url: str | Address,
         *,
         timeout: float | None = None,
+        idle_timeout: float | None = None,
         local: object | None = None,
         device: str | None = None,
         ip_options: bytes | None = None,
@@ -442,11 +550,15 @@ class Pool:
         transport's ``?mode=message``) raises :class:`~trio_conduit.AddressError`
         before anything is connected.
         """
+        if idle_timeout is not None:
+            idle_timeout = _check_timeout("idle_timeout", idle_timeout)
         conn = await self._connect(
             url, Kind.STREAM, timeout, local, device, ip_options, broadcast, proxies, opts
         )
         if not isinstance(conn, StreamConnection):
             await _wrong_class(conn, "StreamConnection")
+        if idle_timeout is not None:
+            self._idle.watch(conn, idle_timeout)
         return conn
 
     async def connect_channel(
@@ -454,6 +566,7 @@ class Pool:
         url: str | Address,
         *,
         timeout: float | None = None,
+        idle_timeout: float | None = None,
         local: object | None = None,
         device: str | None = None,
         ip_options: bytes | None = None,
@@ -467,11 +580,15 @@ class Pool:
         A URL whose connections are byte streams raises
         :class:`~trio_conduit.AddressError` before anything is connected.
         """
+        if idle_timeout is not None:
+            idle_timeout = _check_timeout("idle_timeout", idle_timeout)
         conn = await self._connect(
             url, Kind.DATAGRAM, timeout, local, device, ip_options, broadcast, proxies, opts
         )
         if not isinstance(conn, DatagramConnection):
             await _wrong_class(conn, "DatagramConnection")
+        if idle_timeout is not None:
+            self._idle.watch(conn, idle_timeout)
         return conn
 
     async def _connect(
@@ -552,7 +669,8 @@ class Pool:
         Returns at once. A connect failure or a handler's exception is logged
         and passed to ``conduit_handler_error`` (``conn`` is ``None`` for a
         connect failure); the connection is closed when the handler ends.
-        ``kwargs`` are :meth:`connect`'s.
+        ``kwargs`` are :meth:`connect`'s, checked now (a bad one raises here);
+        with ``idle_timeout`` an idle connection's handler is cancelled.
         """
         self._check_open()
         transport, address = self.parse(url)  # a malformed URL or unknown scheme raises here, at once
@@ -562,9 +680,10 @@ class Pool:
     def _check_connect_kwargs(self, transport: Transport, address: Address, kwargs: dict[str, Any]) -> None:
         """What :meth:`connect` would refuse in ``kwargs``, refused now (``spawn``)."""
         given = dict(kwargs)
-        timeout = given.pop("timeout", None)
-        if timeout is not None:
-            _check_timeout("timeout", timeout)
+        for name in ("timeout", "idle_timeout"):
+            value = given.pop(name, None)
+            if value is not None:
+                _check_timeout(name, value)
         proxies = given.pop("proxies", None)
         if proxies:
             ProxyChain.build(proxies, transport, address, self.scope)
@@ -575,13 +694,14 @@ class Pool:
         _resolve(transport, address, given)
 
     async def _spawned(self, url: str | Address, handler: Handler, kwargs: dict[str, Any]) -> None:
+        idle_timeout = kwargs.pop("idle_timeout", None)
         try:
             conn = await self.connect(url, **kwargs)
         except (ConduitError, OSError) as exc:
             _log.error("spawn %s: %s", url, exc)
             await self.scope.notify("conduit_handler_error", conn=None, exc=exc)
             return
-        await _run_handler(conn, handler, self.scope)
+        await _run_handler(conn, handler, self.scope, idle=(self._idle, idle_timeout))
 
     # -- listening ----------------------------------------------------------
     async def listen(
@@ -622,6 +742,7 @@ class Pool:
         *,
         handlers: Mapping[str, Handler] | None = None,
         max_connections: int | None = None,
+        idle_timeout: float | None = None,
         plugins: Iterable[object] = (),
         backlog: int | None = None,
         task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
@@ -636,6 +757,10 @@ class Pool:
         the listener goes on. Runs until cancelled or until the pool closes (then it
         returns); its handlers are cancelled with it.
 
+        ``idle_timeout``: a connection on which no send or receive call has
+        completed for that many seconds is closed and its handler cancelled (the
+        handler's task ends quietly; see :doc:`pool`, "Connection lifetime").
+
         ``handlers`` maps ALPN protocols to handlers (TLS: ``tls://`` or
         ``tls=``): each connection runs the one its negotiated protocol selects,
         else ``handler`` (see :doc:`tls`).
@@ -648,6 +773,9 @@ class Pool:
             raise TypeError("serve() needs a handler, or handlers= mapping ALPN protocols to handlers")
         if max_connections is not None and max_connections < 1:
             raise ValueError("max_connections must be >= 1")
+        if idle_timeout is not None:
+            idle_timeout = _check_timeout("idle_timeout", idle_timeout)
+        idle = (self._idle, idle_timeout)
         listener = await self.listen(url, plugins=plugins, backlog=backlog, **opts)
         scope = listener._owner.scope
         limit = trio.Semaphore(max_connections) if max_connections else None
@@ -675,6 +803,7 @@ class Pool:
                             handler,
                             scope,
                             limit,
+                            idle,
                             name=f"conduit handler #{conn.id}",
                         )
         except trio.ClosedResourceError:
@@ -713,6 +842,7 @@ async def _finish_and_run_handler(
     handler: Handler,
     scope: HookScope,
     limit: trio.Semaphore | None,
+    idle: tuple[_IdleReaper, float | None],
 ) -> None:
     conn = None
     try:
@@ -723,14 +853,26 @@ async def _finish_and_run_handler(
         if conn is None and limit is not None:
             limit.release()  # no handler will run to release it
     if conn is not None:
-        await _run_handler(conn, handler, scope, limit)
+        await _run_handler(conn, handler, scope, limit, idle)
 
 
 async def _run_handler(
-    conn: Connection, handler: Handler, scope: HookScope, limit: trio.Semaphore | None = None
+    conn: Connection,
+    handler: Handler,
+    scope: HookScope,
+    limit: trio.Semaphore | None = None,
+    idle: tuple[_IdleReaper, float | None] | None = None,
 ) -> None:
     try:
-        await handler(conn)
+        if idle is None or idle[1] is None:
+            await handler(conn)
+        else:
+            watch = idle[0].watch(conn, idle[1], handled=True)
+            try:
+                with watch.scope:
+                    await handler(conn)
+            finally:
+                watch.done = True
     except Exception as exc:
         _log.error("handler for conn #%d raised %s: %s", conn.id, type(exc).__name__, exc, exc_info=exc)
         await scope.notify("conduit_handler_error", conn=conn, exc=exc)
