@@ -729,7 +729,11 @@ class Pool:
         if tls is not None:
             from .tls._api import tls_listener
 
-            inner = tls_listener(inner, tls, ctx)
+            try:
+                inner = tls_listener(inner, tls, ctx)
+            except BaseException:  # a certificate that does not load: no listener at all
+                await trio.aclose_forcefully(inner)
+                raise
         listener = PoolListener(inner, _Owner(self, scope), transport)
         self._listeners.add(listener)
         self.tracer.info("%s listening on %s", transport.name, listener.address)
