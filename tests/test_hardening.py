@@ -205,7 +205,7 @@ async def test_address_display_redacts_the_password() -> None:
         _, address = pool.parse(f"tls://127.0.0.1:443?keyfile=/k.pem&password={SECRET}")
         for shown in (str(address), repr(address), f"{address}"):
             assert SECRET not in shown
-            assert "password=%2A%2A%2A" in shown or "password=***" in shown
+            assert "password=***" in shown
         assert SECRET in address.url()  # the whole URL, for parsing again
         assert pool.parse(address)[1] == address
 

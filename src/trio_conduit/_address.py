@@ -128,7 +128,8 @@ class Address:
         """The URL again, with the values of secret options (passwords) shown as ``***``."""
         if not self.query or SECRET_OPTIONS.isdisjoint(k for k, _ in self.query):
             return self.url()
-        return dataclasses.replace(self, query=redact_query(self.query)).url()
+        shown = dataclasses.replace(self, query=redact_query(self.query)).url()
+        return shown.replace("=%2A%2A%2A", "=" + REDACTED)
 
     def __repr__(self) -> str:
         return f"Address({str(self)!r})"
