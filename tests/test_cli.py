@@ -670,6 +670,7 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     assert result.returncode == 2
     assert b"Traceback" not in result.stderr
     assert result.stderr.strip()
+    one_line_error(result.stderr)  # one line, not argparse's usage block
 
 
 def test_listen_on_a_taken_port_fails_with_one_line(tmp_path: Path) -> None:

@@ -134,6 +134,42 @@ async def test_congestion_control_option(nursery: trio.Nursery) -> None:
         assert algo.rstrip(b"\0") == b"cubic"
 
 
+async def test_keepalive_timing_and_user_timeout_are_set_on_the_socket(nursery: trio.Nursery) -> None:
+    accepted: list[conduit.StreamConnection] = []
+    got = trio.Event()
+
+    async def keep(conn: conduit.StreamConnection) -> None:
+        accepted.append(conn)
+        got.set()
+        await _sink(conn)
+
+    timing = "keepalive_idle=7&keepalive_interval=3&keepalive_count=4&user_timeout=2.5"
+    async with conduit.open_pool() as pool:
+        addr = await nursery.start(pool.serve, f"tcp://127.0.0.1:0?{timing}", keep)
+        by_url = await pool.connect(f"tcp://127.0.0.1:{addr.port}?{timing}")
+        by_keyword = await pool.connect(
+            f"tcp://127.0.0.1:{addr.port}",
+            keepalive_idle=7,
+            keepalive_interval=3,
+            keepalive_count=4,
+            user_timeout=2.5,
+        )
+        await got.wait()
+        for c in (by_url, by_keyword, accepted[0]):
+            sock = c.socket
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 2500
+        plain = await pool.connect(f"tcp://127.0.0.1:{addr.port}")
+        assert plain.socket.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+        assert plain.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 0
+        for bad in ("keepalive_idle=0", "keepalive_count=128", "user_timeout=-1"):
+            with pytest.raises(conduit.AddressError, match="bad value"):
+                await pool.connect(f"tcp://127.0.0.1:{addr.port}?{bad}")
+
+
 async def test_unknown_options_are_named() -> None:
     async with conduit.open_pool() as pool:
         with pytest.raises(conduit.AddressError, match="unknown option 'nodelai'"):

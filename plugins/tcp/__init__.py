@@ -24,12 +24,26 @@ from trio_conduit.transport import (
     socket_kind,
 )
 
+#: Keepalive timing: option name → socket option (any of them set turns keepalive on).
+_KEEPALIVE_TIMING = (
+    ("keepalive_idle", socket.TCP_KEEPIDLE),
+    ("keepalive_interval", socket.TCP_KEEPINTVL),
+    ("keepalive_count", socket.TCP_KEEPCNT),
+)
+
 
 def _tune(sock: trio.socket.SocketType, options: Mapping[str, object]) -> None:
     if options["nodelay"]:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if options["keepalive"]:
+    timing = [(opt, options[name]) for name, opt in _KEEPALIVE_TIMING if options[name] is not None]
+    if options["keepalive"] or timing:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for opt, value in timing:
+            sock.setsockopt(socket.IPPROTO_TCP, opt, int(value))  # type: ignore[call-overload]
+    user_timeout = options["user_timeout"]
+    if user_timeout is not None:
+        milliseconds = round(float(user_timeout) * 1000)  # type: ignore[arg-type]
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, milliseconds)
     congestion = options["congestion"]
     if congestion:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, str(congestion).encode())
@@ -43,6 +57,34 @@ class TCPTransport(Transport):
     options = (
         Option.boolean("nodelay", True, "TCP_NODELAY: send small writes at once"),
         Option.boolean("keepalive", False, "SO_KEEPALIVE"),
+        Option.count(
+            "keepalive_idle",
+            None,
+            "TCP_KEEPIDLE: seconds idle before the first keepalive probe (turns keepalive on)",
+            minimum=1,
+            maximum=32767,
+        ),
+        Option.count(
+            "keepalive_interval",
+            None,
+            "TCP_KEEPINTVL: seconds between keepalive probes (turns keepalive on)",
+            minimum=1,
+            maximum=32767,
+        ),
+        Option.count(
+            "keepalive_count",
+            None,
+            "TCP_KEEPCNT: unanswered probes before the connection is dropped (turns keepalive on)",
+            minimum=1,
+            maximum=127,
+        ),
+        Option.seconds(
+            "user_timeout",
+            None,
+            "TCP_USER_TIMEOUT in seconds (fractions allowed; set in ms): how long sent data may stay "
+            "unacknowledged before the connection is dropped; 0 is the kernel's default",
+            maximum=2147483,
+        ),
         Option.text("congestion", None, "TCP_CONGESTION algorithm (bbr, cubic, reno, ...)"),
     )
     description = "TCP streams; the client races addresses (happy eyeballs)"

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import trio
+
 from trio_conduit import Address, Connection, Kind, TransportUnavailable
 from trio_conduit.transport import (
     Availability,
@@ -191,7 +193,11 @@ class TLSTransport(Transport):
         inner, inner_ctx = self._inner(ctx)
         listener = await inner.listen(inner_ctx)
         address = dataclasses.replace(listener.address, scheme=self.schemes[0], query=ctx.address.query)
-        return tls_listener(listener, config, ctx, transport_name=self.schemes[0], address=address)
+        try:
+            return tls_listener(listener, config, ctx, transport_name=self.schemes[0], address=address)
+        except BaseException:  # a certificate that does not load: no listener at all
+            await trio.aclose_forcefully(listener)
+            raise
 
 
 @hookimpl

@@ -155,7 +155,7 @@ class UDTTransport(Transport):
         ),
         Option("ttl", _optional_seconds, None, "message mode: seconds a message may wait to be delivered"),
         Option.boolean("in_order", True, "message mode: deliver messages in the order sent"),
-        Option.text("congestion", "udt", "congestion control: NAME or NAME:key=value,... (udt, bbr, fixed)"),
+        Option("congestion", str, "udt", "congestion control: NAME or NAME:key=value,... (udt, bbr, fixed)"),
         Option.boolean("periodic_nak", True, "resend loss reports periodically (the draft's NAK timer)"),
         Option.seconds(
             "connect_timeout", 3.0, "seconds to wait for the handshake (a rendezvous waits ten times as long)"

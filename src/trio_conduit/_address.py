@@ -9,6 +9,7 @@ Every failure is an :class:`AddressError` that names the URL and what is wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import urllib.parse
@@ -27,6 +28,39 @@ __all__ = [
     "parse_unix_path",
     "split_url",
 ]
+
+#: Names of options whose values are secret (an Option made with ``secret=True`` adds its name).
+SECRET_OPTIONS: set[str] = {"password", "passphrase", "secret", "key_password"}
+REDACTED: Final = "***"
+
+
+def redact_query(query: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """``query`` with the values of secret options replaced by ``***``."""
+    return tuple((k, REDACTED if k in SECRET_OPTIONS else v) for k, v in query)
+
+
+def redact_url(text: str) -> str:
+    """A URL's text for display: secret query values and any ``user:password@`` password
+    shown as ``***`` (no parsing beyond that: safe on malformed text)."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text
+    head, q, qs = rest.partition("?")
+    slash = head.find("/")
+    auth, path = (head, "") if slash < 0 else (head[:slash], head[slash:])
+    if "@" in auth:
+        user, _, hostport = auth.rpartition("@")
+        if ":" in user:
+            user = user.split(":", 1)[0] + ":" + REDACTED
+        auth = f"{user}@{hostport}"
+    if q:
+        parts = []
+        for item in qs.split("&"):
+            key, eq, _ = item.partition("=")
+            parts.append(f"{key}={REDACTED}" if eq and urllib.parse.unquote(key) in SECRET_OPTIONS else item)
+        qs = "&".join(parts)
+    return f"{scheme}{sep}{auth}{path}{q}{qs}"
+
 
 _SCHEME: Final = re.compile(r"[a-z][a-z0-9+.\-]*\Z")
 _HOST_LABEL: Final = re.compile(r"(?!-)[A-Za-z0-9_\-]{1,63}(?<!-)\Z")
@@ -48,7 +82,7 @@ class URLParts:
         return AddressError(f"{self.text!r}: {what}")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Address:
     """A parsed, validated address.
 
@@ -78,7 +112,8 @@ class Address:
             host = f"[{host}]"
         return f"{host}:{self.port}" if self.port is not None else host
 
-    def __str__(self) -> str:
+    def url(self) -> str:
+        """The whole URL, secrets included: for parsing again, never for display."""
         if self.path is not None:
             rest = urllib.parse.quote(self.path, safe="/@:~+-._")
         else:
@@ -89,6 +124,26 @@ class Address:
         q = ("?" + urllib.parse.urlencode(self.query)) if self.query else ""
         return f"{self.scheme}://{rest}{q}"
 
+    def __str__(self) -> str:
+        """The URL again, with the values of secret options (passwords) shown as ``***``."""
+        if not self.query or SECRET_OPTIONS.isdisjoint(k for k, _ in self.query):
+            return self.url()
+        shown = dataclasses.replace(self, query=redact_query(self.query)).url()
+        return shown.replace("=%2A%2A%2A", "=" + REDACTED)
+
+    def __repr__(self) -> str:
+        return f"Address({str(self)!r})"
+
+
+_BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def check_escapes(text: str, shown: str) -> None:
+    """AddressError if ``text`` has a ``%`` that does not start a ``%XX`` escape."""
+    bad = _BAD_ESCAPE.search(text)
+    if bad is not None:
+        raise AddressError(f"{shown!r}: invalid percent-escape in the query (write '%' itself as %25)")
+
 
 def split_url(text: object) -> URLParts:
     """Cut ``scheme://authority/path?query`` into parts, rejecting junk.
@@ -98,7 +153,8 @@ def split_url(text: object) -> URLParts:
     """
     if not isinstance(text, str):
         raise AddressError(f"an address must be a str URL, not {type(text).__name__}")
-    shown = text if len(text) <= 200 else text[:200] + "..."
+    shown = redact_url(text)
+    shown = shown if len(shown) <= 200 else shown[:200] + "..."
     if not text:
         raise AddressError("empty address: expected a URL like tcp://host:port")
     if len(text) > _MAX_URL:
@@ -119,6 +175,7 @@ def split_url(text: object) -> URLParts:
     authority, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
     query: list[tuple[str, str]] = []
     if qs:
+        check_escapes(qs, shown)
         try:
             pairs = urllib.parse.parse_qsl(qs, keep_blank_values=True, strict_parsing=True, errors="strict")
         except (ValueError, UnicodeDecodeError) as exc:
@@ -248,16 +305,72 @@ def parse_bool(text: str) -> bool:
 
 
 def _parse_seconds(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {text[:100]!r}") from None
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"expected a finite number of seconds >= 0, got {text!r}")
     return value
 
 
-def _parse_count(text: str) -> int:
+#: The largest count an option takes unless it says otherwise (a C ``int``).
+COUNT_MAX: Final = 2**31 - 1
+
+
+def _parse_count(text: str, maximum: int = COUNT_MAX, minimum: int = 0) -> int:
+    if not text.isascii() or not text.strip().lstrip("+").isdigit():
+        raise ValueError(f"expected a whole number >= {minimum}, got {text!r}")
+    if len(text.strip()) > 24:
+        raise ValueError(f"expected a count from {minimum} to {maximum}, got {text[:24]!r}...")
     value = int(text)
-    if value < 0:
-        raise ValueError(f"expected a count >= 0, got {text!r}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"expected a count from {minimum} to {maximum}, got {text!r}")
+    return value
+
+
+def _type_name(value: object) -> str:
+    return type(value).__name__
+
+
+def check_bool(value: object) -> bool:
+    """A keyword value for a boolean option: a bool (or 0/1, or the URL's words)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        return parse_bool(value)
+    raise TypeError(f"expected a bool, not {_type_name(value)} {value!r}")
+
+
+def check_seconds(value: object) -> float:
+    """A keyword value for a seconds option: an int or float, finite and >= 0 (or its text)."""
+    if isinstance(value, str):
+        return _parse_seconds(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number of seconds, not {_type_name(value)} {value!r}")
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"expected a finite number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _counter(maximum: int, minimum: int = 0) -> Callable[[object], int]:
+    def check_count(value: object) -> int:
+        if isinstance(value, str):
+            return _parse_count(value, maximum, minimum)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected an int, not {_type_name(value)} {value!r}")
+        if not minimum <= value <= maximum:
+            raise ValueError(f"expected a count from {minimum} to {maximum}, got {value!r}")
+        return value
+
+    return check_count
+
+
+def check_text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a str, not {_type_name(value)} {value!r}")
     return value
 
 
@@ -265,30 +378,53 @@ def _parse_count(text: str) -> int:
 class Option:
     """A transport option: settable as a keyword argument or a URL query parameter.
 
-    ``parse`` converts the URL's text (keyword values are taken as they are) and
-    raises ``ValueError`` on bad text.
+    ``parse`` converts the URL's text and raises ``ValueError`` on bad text.
+    ``check`` checks (and may convert) a keyword argument's value, raising
+    ``TypeError`` or ``ValueError``; without one, keyword values are taken as
+    they are. ``None`` is always accepted for an option whose default is ``None``.
+    ``secret``: the value is never shown — ``str(address)``, reprs, trace lines
+    and errors print ``***`` in its place (a password).
     """
 
     name: str
     parse: Callable[[str], object]
     default: object
     doc: str
+    check: Callable[[object], object] | None = None
+    secret: bool = False
+
+    def __post_init__(self) -> None:
+        if self.secret:
+            SECRET_OPTIONS.add(self.name)
 
     @staticmethod
     def boolean(name: str, default: bool, doc: str) -> Option:
-        return Option(name, parse_bool, default, doc)
+        return Option(name, parse_bool, default, doc, check_bool)
 
     @staticmethod
-    def seconds(name: str, default: float | None, doc: str) -> Option:
-        return Option(name, _parse_seconds, default, doc)
+    def seconds(name: str, default: float | None, doc: str, *, maximum: float | None = None) -> Option:
+        if maximum is None:
+            return Option(name, _parse_seconds, default, doc, check_seconds)
+        limit = maximum
+
+        def check(value: object) -> float:
+            seconds = check_seconds(value)
+            if seconds > limit:
+                raise ValueError(f"expected at most {limit:g} seconds, got {value!r}")
+            return seconds
+
+        return Option(name, check, default, doc, check)
 
     @staticmethod
-    def count(name: str, default: int | None, doc: str) -> Option:
-        return Option(name, _parse_count, default, doc)
+    def count(
+        name: str, default: int | None, doc: str, *, maximum: int = COUNT_MAX, minimum: int = 0
+    ) -> Option:
+        check = _counter(maximum, minimum)
+        return Option(name, check, default, doc, check)
 
     @staticmethod
-    def text(name: str, default: str | None, doc: str) -> Option:
-        return Option(name, str, default, doc)
+    def text(name: str, default: str | None, doc: str, *, secret: bool = False) -> Option:
+        return Option(name, str, default, doc, check_text, secret)
 
 
 def resolve_options(
@@ -313,7 +449,16 @@ def resolve_options(
         except ValueError as exc:
             raise AddressError(f"{where}: bad value for option {key!r}: {exc}") from None
     for key, value in given.items():
-        if key not in known:
+        opt = known.get(key)
+        if opt is None:
             raise TypeError(f"{where}: unknown option {key!r} (known: {', '.join(sorted(known)) or 'none'})")
+        if opt.check is not None and not (value is None and opt.default is None):
+            shown = "***" if opt.secret else None
+            try:
+                value = opt.check(value)
+            except TypeError as exc:
+                raise TypeError(f"{where}: option {key!r}: {shown or exc}") from None
+            except ValueError as exc:
+                raise ValueError(f"{where}: bad value for option {key!r}: {shown or exc}") from None
         out[key] = value
     return out

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import heapq
 import logging
+import math
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -41,15 +43,60 @@ Handler = Callable[[Any], Awaitable[object]]
 #: How long ``conduit_connection_lost`` hooks and a handler's final close may take.
 CLOSE_GRACE: Final = 5.0
 
+#: IPv4 options fit in 40 bytes (a 60-byte header at most, 20 of them fixed).
+IP_OPTIONS_MAX: Final = 40
+
+
+def _check_ip_options(value: object) -> bytes:
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"expected bytes, not {type(value).__name__} {value!r}")
+    data = bytes(value)
+    if len(data) > IP_OPTIONS_MAX:
+        raise ValueError(f"IPv4 options are at most {IP_OPTIONS_MAX} bytes; got {len(data)}")
+    return data
+
+
+def _parse_ip_options(text: str) -> bytes:
+    try:
+        data = bytes.fromhex(text)
+    except ValueError:
+        raise ValueError(f"expected hex digits, got {text[:100]!r}") from None
+    return _check_ip_options(data)
+
+
+def _check_local(value: object) -> object:
+    """``local=``: ``"host:port"``, ``"host"``, a port, a path (unix), or a sockaddr tuple."""
+    if isinstance(value, (str, bytes)):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= 65535:
+            raise ValueError(f"local port {value} is out of range (0-65535)")
+        return value
+    if isinstance(value, tuple) and len(value) in (2, 4):
+        host, port = value[0], value[1]
+        if not isinstance(host, str):
+            raise TypeError(f"local address {value!r}: the host must be a str, not {type(host).__name__}")
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise TypeError(f"local address {value!r}: the port must be an int, not {type(port).__name__}")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"local address {value!r}: port {port} is out of range (0-65535)")
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in value[2:]):
+            raise TypeError(f"local address {value!r}: flowinfo and scope id must be ints")
+        return value
+    raise TypeError(
+        f"local address must be 'host:port', 'host', a port, a path or a (host, port) tuple, not {value!r}"
+    )
+
+
 # Options every kernel-socket transport takes from the URL too (keywords win).
 CORE_OPTIONS: Final = {
     o.name: o
     for o in (
-        Option.text("local", None, "local address to bind before connecting"),
+        Option("local", str, None, "local address to bind before connecting", _check_local),
         Option.text("device", None, "network device to bind to (SO_BINDTODEVICE)"),
         Option.boolean("broadcast", False, "allow sending to broadcast addresses (SO_BROADCAST)"),
-        Option.count("backlog", None, "listen backlog"),
-        Option("ip_options", bytes.fromhex, None, "raw IPv4 options (hex in a URL)"),
+        Option.count("backlog", None, "listen backlog", maximum=65535),
+        Option("ip_options", _parse_ip_options, None, "raw IPv4 options (hex in a URL)", _check_ip_options),
     )
 }
 _PARSE_CACHE_MAX: Final = 512
@@ -118,6 +165,102 @@ class _Owner:
         if self.scope.has_impls("conduit_connection_lost"):
             with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_GRACE):
                 await self.scope.notify("conduit_connection_lost", conn=conn, exc=exc)
+
+
+#: Connection methods whose completed calls count as activity for ``idle_timeout``.
+_IO_METHODS: Final = ("receive_some", "send_all", "receive", "send", "receive_from", "send_to")
+
+
+@final
+class _IdleWatch:
+    """One connection's ``idle_timeout``: when its last send/receive completed."""
+
+    __slots__ = ("conn", "done", "handled", "last", "scope", "timeout")
+
+    def __init__(self, conn: Connection, timeout: float, handled: bool) -> None:
+        self.conn = conn
+        self.timeout = timeout
+        self.last = trio.current_time()
+        self.scope = trio.CancelScope()  # a handler runs in it (serve, spawn)
+        self.handled = handled  # a handler runs in scope: cancel it (it closes the connection)
+        self.done = False
+
+
+def _counting(method: Callable[..., Awaitable[Any]], watch: _IdleWatch) -> Callable[..., Awaitable[Any]]:
+    clock = trio.current_time
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        result = await method(*args, **kwargs)
+        watch.last = clock()
+        return result
+
+    return counted
+
+
+@final
+class _IdleReaper:
+    """``idle_timeout`` for every connection of a pool, in one task.
+
+    A send or receive that completes stores the time (one float, no deadline
+    moved); the reaper sleeps until the earliest possible expiry, and at each
+    wake-up checks only the connections due then: a busy one is pushed back to
+    ``last + timeout``, an idle one is closed (its handler, if any, cancelled).
+    A connection without ``idle_timeout`` pays nothing.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        self._heap: list[tuple[float, int, _IdleWatch]] = []
+        self._wake = trio.Event()
+        self._started = False
+
+    def watch(self, conn: Connection, timeout: float, *, handled: bool = False) -> _IdleWatch:
+        watch = _IdleWatch(conn, timeout, handled)
+        target: Any = conn
+        while target._upgraded is not None:
+            target = target._upgraded
+        for name in _IO_METHODS:
+            method = getattr(target, name, None)
+            if method is not None:
+                setattr(target, name, _counting(method, watch))
+        expiry = watch.last + timeout
+        earliest = self._heap[0][0] if self._heap else math.inf
+        heapq.heappush(self._heap, (expiry, id(watch), watch))
+        if not self._started:
+            self._started = True
+            self._pool._nursery.start_soon(self._run, name="conduit idle timeouts")
+        elif expiry < earliest:
+            self._wake.set()
+        return watch
+
+    async def _run(self) -> None:
+        heap = self._heap
+        while True:
+            with trio.move_on_at(heap[0][0] if heap else math.inf):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                _, key, watch = heapq.heappop(heap)
+                conn_id = watch.conn.id
+                if watch.done or conn_id not in self._pool._conns:
+                    continue  # its handler ended, or it was closed
+                due = watch.last + watch.timeout
+                if due > now:
+                    heapq.heappush(heap, (due, key, watch))
+                    continue
+                watch.done = True
+                tracer = self._pool.tracer
+                tracer.info(
+                    "idle for %g s: closing conn #%d event #%d",
+                    watch.timeout,
+                    conn_id,
+                    tracer.next_event_id(),
+                )
+                if watch.handled:
+                    watch.scope.cancel()  # the handler's task ends, then closes the connection
+                else:
+                    self._pool._nursery.start_soon(trio.aclose_forcefully, watch.conn)
 
 
 @final
@@ -197,6 +340,15 @@ class PoolListener(Listener):
         await self._inner.aclose()
 
 
+def _check_timeout(name: str, value: object) -> float:
+    """A timeout in seconds: a finite number > 0 (``TypeError``/``ValueError`` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__} {value!r}")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
+    return float(value)
+
+
 def _fmt(sockaddr: object) -> str:
     if isinstance(sockaddr, tuple) and len(sockaddr) >= 2 and isinstance(sockaddr[0], str):
         host = sockaddr[0]
@@ -246,6 +398,7 @@ class Pool:
         # resolved options by (transport, address object, keyword options): (address, options, socket options)
         self._resolved: dict[tuple[object, ...], tuple[Address, Mapping[str, object], SocketOptions]] = {}
         self._closed = False
+        self._idle = _IdleReaper(self)
 
     # -- addresses ----------------------------------------------------------
     @property
@@ -258,7 +411,7 @@ class Pool:
     ) -> tuple[Transport, Address]:
         """Parse ``url`` with its scheme's transport: (transport, address) or AddressError."""
         scope = scope or self.scope
-        text = str(url) if isinstance(url, Address) else url
+        text = url.url() if isinstance(url, Address) else url
         key = (text, listening, scope)  # the scope itself, not id(): ids are reused once a scope dies
         hit = self._parsed.get(key) if isinstance(text, str) else None
         if hit is not None:
@@ -348,6 +501,7 @@ class Pool:
         url: str | Address,
         *,
         timeout: float | None = None,
+        idle_timeout: float | None = None,
         local: object | None = None,
         device: str | None = None,
         ip_options: bytes | None = None,
@@ -364,17 +518,25 @@ class Pool:
         the pool: it is closed when the pool closes, if not before.
         ``proxies``: reach ``url`` through this chain of proxy URLs, first hop
         first (see :doc:`proxies`); ``timeout`` then covers the whole chain.
+        ``idle_timeout``: close the connection once no send or receive call on it
+        has completed for that many seconds (see :doc:`pool`, "Connection lifetime").
 
         :meth:`connect_stream` and :meth:`connect_channel` do the same and say
         (to the type checker too) which kind of connection they return.
         """
-        return await self._connect(url, None, timeout, local, device, ip_options, broadcast, proxies, opts)
+        if idle_timeout is not None:
+            idle_timeout = _check_timeout("idle_timeout", idle_timeout)
+        conn = await self._connect(url, None, timeout, local, device, ip_options, broadcast, proxies, opts)
+        if idle_timeout is not None:
+            self._idle.watch(conn, idle_timeout)
+        return conn
 
     async def connect_stream(
         self,
         url: str | Address,
         *,
         timeout: float | None = None,
+        idle_timeout: float | None = None,
         local: object | None = None,
         device: str | None = None,
         ip_options: bytes | None = None,
@@ -388,11 +550,15 @@ class Pool:
         transport's ``?mode=message``) raises :class:`~trio_conduit.AddressError`
         before anything is connected.
         """
+        if idle_timeout is not None:
+            idle_timeout = _check_timeout("idle_timeout", idle_timeout)
         conn = await self._connect(
             url, Kind.STREAM, timeout, local, device, ip_options, broadcast, proxies, opts
         )
         if not isinstance(conn, StreamConnection):
             await _wrong_class(conn, "StreamConnection")
+        if idle_timeout is not None:
+            self._idle.watch(conn, idle_timeout)
         return conn
 
     async def connect_channel(
@@ -400,6 +566,7 @@ class Pool:
         url: str | Address,
         *,
         timeout: float | None = None,
+        idle_timeout: float | None = None,
         local: object | None = None,
         device: str | None = None,
         ip_options: bytes | None = None,
@@ -413,11 +580,15 @@ class Pool:
         A URL whose connections are byte streams raises
         :class:`~trio_conduit.AddressError` before anything is connected.
         """
+        if idle_timeout is not None:
+            idle_timeout = _check_timeout("idle_timeout", idle_timeout)
         conn = await self._connect(
             url, Kind.DATAGRAM, timeout, local, device, ip_options, broadcast, proxies, opts
         )
         if not isinstance(conn, DatagramConnection):
             await _wrong_class(conn, "DatagramConnection")
+        if idle_timeout is not None:
+            self._idle.watch(conn, idle_timeout)
         return conn
 
     async def _connect(
@@ -498,22 +669,39 @@ class Pool:
         Returns at once. A connect failure or a handler's exception is logged
         and passed to ``conduit_handler_error`` (``conn`` is ``None`` for a
         connect failure); the connection is closed when the handler ends.
-        ``kwargs`` are :meth:`connect`'s.
+        ``kwargs`` are :meth:`connect`'s, checked now (a bad one raises here);
+        with ``idle_timeout`` an idle connection's handler is cancelled.
         """
         self._check_open()
         transport, address = self.parse(url)  # a malformed URL or unknown scheme raises here, at once
-        if kwargs.get("proxies"):
-            ProxyChain.build(kwargs["proxies"], transport, address, self.scope)  # and a bad proxy URL
+        self._check_connect_kwargs(transport, address, kwargs)  # and a bad keyword or value
         self._nursery.start_soon(self._spawned, url, handler, kwargs, name=f"conduit spawn {url}")
 
+    def _check_connect_kwargs(self, transport: Transport, address: Address, kwargs: dict[str, Any]) -> None:
+        """What :meth:`connect` would refuse in ``kwargs``, refused now (``spawn``)."""
+        given = dict(kwargs)
+        for name in ("timeout", "idle_timeout"):
+            value = given.pop(name, None)
+            if value is not None:
+                _check_timeout(name, value)
+        proxies = given.pop("proxies", None)
+        if proxies:
+            ProxyChain.build(proxies, transport, address, self.scope)
+        if given.get("broadcast") is False:
+            del given["broadcast"]
+        given = {k: v for k, v in given.items() if not (v is None and k in CORE_OPTIONS)}
+        _take_tls(transport, given)  # a bad tls= raises
+        _resolve(transport, address, given)
+
     async def _spawned(self, url: str | Address, handler: Handler, kwargs: dict[str, Any]) -> None:
+        idle_timeout = kwargs.pop("idle_timeout", None)
         try:
             conn = await self.connect(url, **kwargs)
         except (ConduitError, OSError) as exc:
             _log.error("spawn %s: %s", url, exc)
             await self.scope.notify("conduit_handler_error", conn=None, exc=exc)
             return
-        await _run_handler(conn, handler, self.scope)
+        await _run_handler(conn, handler, self.scope, idle=(self._idle, idle_timeout))
 
     # -- listening ----------------------------------------------------------
     async def listen(
@@ -541,7 +729,11 @@ class Pool:
         if tls is not None:
             from .tls._api import tls_listener
 
-            inner = tls_listener(inner, tls, ctx)
+            try:
+                inner = tls_listener(inner, tls, ctx)
+            except BaseException:  # a certificate that does not load: no listener at all
+                await trio.aclose_forcefully(inner)
+                raise
         listener = PoolListener(inner, _Owner(self, scope), transport)
         self._listeners.add(listener)
         self.tracer.info("%s listening on %s", transport.name, listener.address)
@@ -554,6 +746,7 @@ class Pool:
         *,
         handlers: Mapping[str, Handler] | None = None,
         max_connections: int | None = None,
+        idle_timeout: float | None = None,
         plugins: Iterable[object] = (),
         backlog: int | None = None,
         task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
@@ -568,6 +761,10 @@ class Pool:
         the listener goes on. Runs until cancelled or until the pool closes (then it
         returns); its handlers are cancelled with it.
 
+        ``idle_timeout``: a connection on which no send or receive call has
+        completed for that many seconds is closed and its handler cancelled (the
+        handler's task ends quietly; see :doc:`pool`, "Connection lifetime").
+
         ``handlers`` maps ALPN protocols to handlers (TLS: ``tls://`` or
         ``tls=``): each connection runs the one its negotiated protocol selects,
         else ``handler`` (see :doc:`tls`).
@@ -580,6 +777,9 @@ class Pool:
             raise TypeError("serve() needs a handler, or handlers= mapping ALPN protocols to handlers")
         if max_connections is not None and max_connections < 1:
             raise ValueError("max_connections must be >= 1")
+        if idle_timeout is not None:
+            idle_timeout = _check_timeout("idle_timeout", idle_timeout)
+        idle = (self._idle, idle_timeout)
         listener = await self.listen(url, plugins=plugins, backlog=backlog, **opts)
         scope = listener._owner.scope
         limit = trio.Semaphore(max_connections) if max_connections else None
@@ -607,6 +807,7 @@ class Pool:
                             handler,
                             scope,
                             limit,
+                            idle,
                             name=f"conduit handler #{conn.id}",
                         )
         except trio.ClosedResourceError:
@@ -645,6 +846,7 @@ async def _finish_and_run_handler(
     handler: Handler,
     scope: HookScope,
     limit: trio.Semaphore | None,
+    idle: tuple[_IdleReaper, float | None],
 ) -> None:
     conn = None
     try:
@@ -655,14 +857,26 @@ async def _finish_and_run_handler(
         if conn is None and limit is not None:
             limit.release()  # no handler will run to release it
     if conn is not None:
-        await _run_handler(conn, handler, scope, limit)
+        await _run_handler(conn, handler, scope, limit, idle)
 
 
 async def _run_handler(
-    conn: Connection, handler: Handler, scope: HookScope, limit: trio.Semaphore | None = None
+    conn: Connection,
+    handler: Handler,
+    scope: HookScope,
+    limit: trio.Semaphore | None = None,
+    idle: tuple[_IdleReaper, float | None] | None = None,
 ) -> None:
     try:
-        await handler(conn)
+        if idle is None or idle[1] is None:
+            await handler(conn)
+        else:
+            watch = idle[0].watch(conn, idle[1], handled=True)
+            try:
+                with watch.scope:
+                    await handler(conn)
+            finally:
+                watch.done = True
     except Exception as exc:
         _log.error("handler for conn #%d raised %s: %s", conn.id, type(exc).__name__, exc, exc_info=exc)
         await scope.notify("conduit_handler_error", conn=conn, exc=exc)

@@ -17,7 +17,7 @@ import sys
 import traceback
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import Final, NoReturn
 
 import trio
 
@@ -85,8 +85,26 @@ def with_options(url: str, options: Sequence[tuple[str, str]]) -> str:
     return f"{base}?{urllib.parse.urlencode(pairs)}"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line: ``conduit: connect: <what> (-h for help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        where = self.prog.removeprefix("conduit").strip()
+        prefix = f"{where}: " if where else ""
+        _say(f"{prefix}{message} (-h for help)")
+        raise SystemExit(EXIT_USAGE)
+
+
 def _add_common_relay(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("url", metavar="URL", help="tcp://host:port, udp://host:port, unix:///path, ...")
+    sub.add_argument(
+        "-i",
+        "--idle-timeout",
+        metavar="S",
+        type=_seconds,
+        default=None,
+        help="close a connection when no data has moved either way for S seconds (as ncat -i)",
+    )
     sub.add_argument(
         "-o",
         "--option",
@@ -119,7 +137,7 @@ def _add_common_relay(sub: argparse.ArgumentParser) -> None:
 
 def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
     """The argument parser; ``bench_wanted`` finds the benchmarks (trio_conduit.bench's, plugins')."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="conduit",
         description="Open, accept and test network connections over trio-conduit's transports.",
         epilog="Exit status: 0 ok, 1 failure (one line on stderr), 2 usage error or bad URL, "
@@ -233,6 +251,10 @@ def _say(line: str) -> None:
         pass
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _run_trio(command: Callable[[], Awaitable[int]]) -> int:
     """Run ``command`` under trio; SIGINT/SIGTERM/SIGHUP cancel it cleanly (exit 128 + signal)."""
     result = EXIT_FAILURE
@@ -306,13 +328,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``conduit`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     reserve_standard_fds()
+    # Until trio's signal handling takes over, SIGTERM and SIGHUP unwind (atexit runs: an
+    # ephemeral TLS key written at start-up is removed) rather than kill the process outright.
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    for signum, handler in previous.items():
+        if handler is signal.SIG_DFL:
+            signal.signal(signum, _exit_on_signal)
+    try:
+        return _main(argv)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser(bench_wanted=_command_of(argv) == "bench")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command is None:
-        parser.print_usage(sys.stderr)
         _say("a command is needed: check, connect, listen, plugins or bench (-h for help)")
         return EXIT_USAGE
     if args.command == "listen" and args.max_conns is not None and not (args.keep_open or args.socks5):

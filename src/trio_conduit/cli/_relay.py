@@ -25,8 +25,9 @@ import argparse
 import logging
 import math
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -178,7 +179,9 @@ async def _relay(conn: Connection, args: argparse.Namespace, output: Output) -> 
     if isinstance(conn, DatagramConnection):
         await relay_datagrams(conn, stdin, output, lines=args.lines, linger=args.linger)
     elif isinstance(conn, StreamConnection):
-        await relay_stream(conn, stdin, output, zero_copy=not args.no_splice)
+        # splice(2) moves data past the connection's methods, where idle_timeout counts it
+        zero_copy = not args.no_splice and args.idle_timeout is None
+        await relay_stream(conn, stdin, output, zero_copy=zero_copy)
     else:  # pragma: no cover - a plugin handing out something else
         raise TypeError(f"{conn!r} is neither a stream nor a datagram connection")
 
@@ -194,9 +197,28 @@ async def run_connect(args: argparse.Namespace, url: str) -> int:
             url, timeout=args.timeout, local=args.local, proxies=args.proxy or None
         )
         try:
-            await _relay(conn, args, output)
+            return await _until_idle(pool, conn, args, _relay(conn, args, output))
         finally:
             await conn.aclose()
+
+
+async def _until_idle(
+    pool: Pool, conn: Connection, args: argparse.Namespace, work: Coroutine[Any, Any, object]
+) -> int:
+    """Run ``work`` on ``conn``; with ``--idle-timeout`` stop it when ``conn`` has been idle
+    that long (then say so; exit status 1, as ncat's ``-i``)."""
+    if args.idle_timeout is None:
+        await work
+        return 0
+    watch = pool._idle.watch(conn, args.idle_timeout, handled=True)
+    try:
+        with watch.scope:
+            await work
+    finally:
+        watch.done = True
+    if watch.scope.cancelled_caught:
+        _say(f"idle timeout: no data either way for {args.idle_timeout:g} s")
+        return 1
     return 0
 
 
@@ -225,14 +247,11 @@ async def _listen_once(pool: Pool, url: str, args: argparse.Namespace, output: O
         # A datagram listener must stay open: it reads the socket for the peer's channel.
         await listener.aclose()
     try:
-        if args.echo:
-            await _echo(conn)
-        else:
-            await _relay(conn, args, output)
+        work = _echo(conn) if args.echo else _relay(conn, args, output)
+        return await _until_idle(pool, conn, args, work)
     finally:
         await conn.aclose()
         await listener.aclose()
-    return 0
 
 
 async def _broadcast_stdin(live: set[Connection], *, lines: bool, chunk: int) -> None:
@@ -278,7 +297,7 @@ async def _listen_keep_open(pool: Pool, url: str, args: argparse.Namespace, outp
             finally:
                 live.discard(conn)
 
-        bound: Address = await nursery.start(_serve, pool, url, handler, args.max_conns)
+        bound: Address = await nursery.start(_serve, pool, url, handler, args.max_conns, args.idle_timeout)
         announce(requested, bound, args.verbose)
         if not args.echo:
             nursery.start_soon(
@@ -298,10 +317,13 @@ async def _serve(
     url: str,
     handler: Callable[[Connection], Awaitable[None]],
     max_conns: int | None,
+    idle_timeout: float | None,
     *,
     task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    await pool.serve(url, handler, max_connections=max_conns, task_status=task_status)
+    await pool.serve(
+        url, handler, max_connections=max_conns, idle_timeout=idle_timeout, task_status=task_status
+    )
 
 
 async def _listen_socks5(pool: Pool, url: str, args: argparse.Namespace) -> int:
@@ -310,7 +332,9 @@ async def _listen_socks5(pool: Pool, url: str, args: argparse.Namespace) -> int:
 
     requested = pool.parse(url, listening=True)[1]
     async with trio.open_nursery() as nursery:
-        bound: Address = await nursery.start(_serve, pool, url, ProxyServer(pool), args.max_conns)
+        bound: Address = await nursery.start(
+            _serve, pool, url, ProxyServer(pool), args.max_conns, args.idle_timeout
+        )
         announce(requested, bound, args.verbose)
     return 0
 

@@ -169,12 +169,18 @@ class ProxyType(abc.ABC):
     datagrams: bool = False
     #: Set by the registry: the plugin that registered this proxy type.
     plugin_name: str = "?"
+    #: Query parameters mean something to this type (it checks them in :meth:`parse`);
+    #: when false, a URL with any is refused.
+    takes_query: bool = False
 
     def parse(self, parts: URLParts, username: str | None, password: str | None) -> ProxyURL:
         """Turn a proxy URL's parts into a :class:`ProxyURL`, or raise AddressError.
 
         ``parts.text`` shows the password as ``***``; never put the password in a message.
         """
+        if parts.query and not self.takes_query:
+            names = ", ".join(repr(k) for k, _ in parts.query)
+            raise parts.error(f"unknown option {names}: {self.name} proxy URLs take no query parameters")
         return parse_proxy_parts(parts, username, password, default_port=self.default_port)
 
     def check_target(self, proxy: ProxyURL, target: Target) -> None:
@@ -240,6 +246,7 @@ class HTTPSProxy(HTTPProxy):
     schemes = ("https",)
     name = "HTTPS"
     default_port = 443
+    takes_query = True
     description = "HTTP CONNECT inside TLS to the proxy (TLS options as query parameters)"
 
     def parse(self, parts: URLParts, username: str | None, password: str | None) -> ProxyURL:

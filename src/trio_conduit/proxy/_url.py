@@ -8,6 +8,7 @@ nowhere else: ``str()``, ``repr()``, trace lines and error messages show
 from __future__ import annotations
 
 import ipaddress
+import re
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Final
@@ -110,6 +111,8 @@ class ProxyURL:
 
 
 def _decode(text: str, what: str, shown: str) -> str:
+    if "%" in text and re.search(r"%(?![0-9A-Fa-f]{2})", text):
+        raise AddressError(f"{shown!r}: invalid percent-escape in the {what} (write '%' itself as %25)")
     try:
         return urllib.parse.unquote(text, errors="strict")
     except UnicodeDecodeError:

@@ -13,18 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._address import split_url
+from .._address import Address, split_url
 from .._connection import Connection, Kind, Listener, StreamConnection
 from .._plugins import global_scope
 from .._trace import Tracer
-from ._config import TLSConfig
+from ._config import TLSConfig, build_context
 from ._errors import TLSError
 from ._handshake import TunnelPlan, client_handshake, server_handshake
 from ._listener import TLSListener
 from ._stream import TLSConnection
 
 if TYPE_CHECKING:
-    from .._address import Address
     from .._transport import Context, Transport
 
 __all__ = ["alpn_handler", "start_tls", "take_tls_option", "tls_client", "tls_listener"]
@@ -70,7 +69,12 @@ def tls_listener(
     """TLS over what ``inner`` accepts: handshakes run concurrently in the pool's nursery.
 
     ``address`` is what the listener reports as bound (default: the inner listener's).
+    A certificate given in ``config`` is loaded now: a missing file or a wrong key
+    password raises :class:`TLSError` here, before anything is announced as
+    listening (the caller closes ``inner``).
     """
+    if config.builds_context and config.has_certificate():
+        build_context(config, "server")  # cached: the first handshake uses this one
     return TLSListener(
         inner,
         config,
@@ -103,7 +107,7 @@ def alpn_handler(
             config = config.replace(alpn=protocols)
         opts["tls"] = config
     elif "alpn" not in opts:
-        query = split_url(str(url)).query
+        query = split_url(url.url() if isinstance(url, Address) else str(url)).query
         if not any(key == "alpn" for key, _ in query):
             opts["alpn"] = protocols
 

@@ -26,6 +26,7 @@ from ._hello import DEFAULT_MAX_HELLO_SIZE
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_HELLO_TIMEOUT",
     "DYNAMIC",
     "OPTION_NAMES",
     "Side",
@@ -40,6 +41,8 @@ ClientAuth = Literal["none", "optional", "required"]
 #: ``record_size="dynamic"``: ATS's ``max_record_size = -1`` (see :mod:`._records`).
 DYNAMIC: Final = "dynamic"
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 30.0
+#: Seconds a server waits for a client's whole ClientHello (see docs/tls.rst).
+DEFAULT_HELLO_TIMEOUT: Final = 10.0
 _CONTEXT_CACHE_MAX: Final = 128
 _VERSIONS: Final = {
     "1.2": ssl.TLSVersion.TLSv1_2,
@@ -74,7 +77,8 @@ class TLSConfig:
     trace (``trace``: addresses, networks or server names whose plaintext is
     logged at DEBUG_ALL); one record per write (``record_size``: ``"dynamic"``
     or a fixed size); 30 s to finish a handshake, hooks included
-    (``handshake_timeout``); servers ask no client certificate
+    (``handshake_timeout``), of which a server gives a client 10 s to send
+    its whole ClientHello (``hello_timeout``); servers ask no client certificate
     (``client_auth``: ``"optional"``/``"required"``), refuse client
     renegotiation (``allow_renegotiation``), accept ClientHellos up to 32 KiB
     (``max_hello_size``) and run up to 256 handshakes at once per listener
@@ -105,6 +109,7 @@ class TLSConfig:
     trace: tuple[str, ...] = ()
     record_size: int | Literal["dynamic"] | None = None
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT
+    hello_timeout: float | None = DEFAULT_HELLO_TIMEOUT
     client_auth: ClientAuth = "none"
     allow_renegotiation: bool = False
     ragged_eof: bool = False
@@ -262,15 +267,17 @@ def _positive_int(value: object, name: str) -> int:
     raise ValueError(f"{name}: expected a positive whole number, got {value!r}")
 
 
-def _timeout(value: object) -> float | None:
+def _timeout(value: object, name: str = "handshake_timeout") -> float | None:
     if value is None or value in ("none", "inf"):
         return None
     try:
+        if isinstance(value, bool):
+            raise TypeError(value)
         seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"handshake_timeout: expected seconds, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name}: expected seconds, got {value!r}") from None
     if not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"handshake_timeout: expected a positive number of seconds, got {value!r}")
+        raise ValueError(f"{name}: expected a positive number of seconds, got {value!r}")
     return seconds
 
 
@@ -297,6 +304,28 @@ def _optional_text(value: object, name: str) -> str | None:
     raise ValueError(f"{name}: expected text, got {value!r}")
 
 
+_CIPHER_CHECKED: dict[str, bool] = {}
+
+
+def _ciphers(value: object) -> str | None:
+    """An OpenSSL cipher list, checked now (a list that selects nothing fails here)."""
+    text = _optional_text(value, "ciphers")
+    if text is None:
+        return None
+    ok = _CIPHER_CHECKED.get(text)
+    if ok is None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).set_ciphers(text)
+            ok = True
+        except ssl.SSLError:
+            ok = False
+        if len(_CIPHER_CHECKED) < 256:
+            _CIPHER_CHECKED[text] = ok
+    if not ok:
+        raise ValueError(f"ciphers: OpenSSL selects no cipher from {text[:100]!r}")
+    return text
+
+
 def normalize_option(name: str, value: object) -> Any:
     """Turn an option's value (a URL's text or a keyword's object) into its :class:`TLSConfig` form.
 
@@ -304,7 +333,9 @@ def normalize_option(name: str, value: object) -> Any:
     """
     if name in ("verify", "session_cache", "allow_renegotiation", "ragged_eof"):
         return value if isinstance(value, bool) else _bool(value)
-    if name in ("cafile", "capath", "certfile", "keyfile", "keylog_file", "ciphers", "server_hostname"):
+    if name == "ciphers":
+        return _ciphers(value)
+    if name in ("cafile", "capath", "certfile", "keyfile", "keylog_file", "server_hostname"):
         return _optional_text(value, name)
     if name in ("min_version", "max_version"):
         if value is None and name == "max_version":
@@ -324,8 +355,10 @@ def normalize_option(name: str, value: object) -> Any:
         return _trace(value) if value else ()
     if name == "record_size":
         return value if value is None or value == DYNAMIC else _record_size(value)
-    if name == "handshake_timeout":
-        return value if value is None or (isinstance(value, float) and value > 0) else _timeout(value)
+    if name in ("handshake_timeout", "hello_timeout"):
+        if value is None or (isinstance(value, float) and value > 0 and value != float("inf")):
+            return value
+        return _timeout(value, name)
     if name == "client_auth":
         if value in ("none", "optional", "required"):
             return value
@@ -351,7 +384,8 @@ def normalize_option(name: str, value: object) -> Any:
     if name in ("cadata", "password"):
         if value is None or isinstance(value, (str, bytes)):
             return value
-        raise ValueError(f"{name}: expected str or bytes, got {value!r}")
+        # never the value itself: it may be a secret
+        raise ValueError(f"{name}: expected str or bytes, got a {type(value).__name__}")
     raise ValueError(f"unknown TLS option {name!r}")
 
 
@@ -399,9 +433,8 @@ def _make_context(config: TLSConfig, side: Side) -> ssl.SSLContext:
     try:
         return _configure(config, side)
     except ssl.SSLError as exc:
-        raise TLSError(
-            f"cannot set up a TLS {side} context: {exc}", reason=exc.reason or "BAD_CONFIG"
-        ) from exc
+        reason = getattr(exc, "reason", None) or "BAD_CONFIG"  # set_ciphers' SSLError has none
+        raise TLSError(f"cannot set up a TLS {side} context: {exc}", reason=reason) from exc
     except OSError as exc:
         raise TLSError(f"cannot set up a TLS {side} context: {exc}", reason="BAD_CONFIG") from exc
 

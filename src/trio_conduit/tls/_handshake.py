@@ -26,7 +26,7 @@ import hashlib
 import logging
 import socket
 import ssl
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, TypeVar, cast, final
 
 import trio
@@ -178,6 +178,9 @@ class TLSHandshake:
     _stash: Stash | None = None
     _context_used: ssl.SSLContext | None = None
     _finished = False
+    #: A server's: called once the whole ClientHello has arrived (the listener stops
+    #: counting the handshake as evictable then).
+    _on_hello: Callable[[], object] | None = None
 
     def __init__(
         self,
@@ -384,7 +387,7 @@ def translate_error(exc: BaseException, hs: TLSHandshake) -> TLSError:
         message = cause.verify_message or "verification failed"
         return TLSVerifyError(
             f"{where}: certificate verify failed: {message} (X509 verify code {code})",
-            reason=cause.reason or "CERTIFICATE_VERIFY_FAILED",
+            reason=getattr(cause, "reason", None) or "CERTIFICATE_VERIFY_FAILED",
             peer=hs.peer,
             verify_code=code,
             verify_message=message,
@@ -399,7 +402,9 @@ def translate_error(exc: BaseException, hs: TLSHandshake) -> TLSError:
         )
     if isinstance(cause, ssl.SSLError):
         return TLSError(
-            f"{where}: {describe_ssl_error(cause)}", reason=cause.reason or "SSL_ERROR", peer=hs.peer
+            f"{where}: {describe_ssl_error(cause)}",
+            reason=getattr(cause, "reason", None) or "SSL_ERROR",
+            peer=hs.peer,
         )
     if isinstance(cause, OSError) or isinstance(exc, trio.BrokenResourceError):
         return TLSError(
@@ -627,14 +632,17 @@ def server_handshake(
     tracer: Tracer | None = None,
     address: Address | None = None,
     transport_name: str | None = None,
+    on_hello: Callable[[], object] | None = None,
 ) -> Coroutine[Any, Any, TLSConnection | TunnelPlan]:
     """Run a server handshake over an accepted ``conn`` (await it), hooks and all.
 
     Returns the :class:`TLSConnection`, or a :class:`TunnelPlan` when a hook
     decided a blind tunnel (the caller relays it). On failure ``conn`` is
-    closed and a :class:`TLSError` raised.
+    closed and a :class:`TLSError` raised. ``on_hello()`` is called once the
+    whole ClientHello has arrived (within ``hello_timeout``).
     """
     hs = TLSHandshake("server", conn, config, scope=scope, tracer=tracer, address=address)
+    hs._on_hello = on_hello
     return _guarded(hs, _server_steps(hs, transport_name))
 
 
@@ -655,25 +663,15 @@ async def _read_hello(hs: TLSHandshake, parse: bool) -> bytes:
     scan, for ``hs.server_name``).
     """
     reader = ClientHelloReader(hs.config.max_hello_size)
+    hello_timeout = hs.config.hello_timeout
     try:
-        while True:
-            try:
-                data = await hs.conn.receive_some(_HELLO_READ)
-            except trio.BrokenResourceError as exc:
-                raise TLSError(
-                    f"TLS handshake with {hs.peer} failed: connection broken before the ClientHello: {exc}",
-                    reason="CONNECTION_BROKEN",
-                    peer=hs.peer,
-                ) from exc
-            if not data:
-                reader.feed_eof()
-            message = reader.feed_message_untrusted(data)
-            if message is not None:
-                hs._hello_reader = reader
-                hs._server_name_pending = True
-                if parse:
-                    hs.hello  # noqa: B018 - parsed (and refused if malformed) before the hooks run
-                return reader.buffered
+        with _deadline(hello_timeout) as deadline:
+            buffered = await _read_hello_records(hs, reader, parse)
+        if deadline.cancelled_caught:
+            raise TLSHandshakeTimeout(
+                f"TLS handshake with {hs.peer} failed: no complete ClientHello within {hello_timeout:g} s",
+                peer=hs.peer,
+            )
     except ClientHelloError as exc:
         exc.peer = hs.peer
         if exc.reason not in ("EOF", "NOT_TLS"):
@@ -682,6 +680,30 @@ async def _read_hello(hs: TLSHandshake, parse: bool) -> bytes:
         raise ClientHelloError(
             f"TLS handshake with {hs.peer} failed: {exc}", reason=exc.reason, peer=hs.peer
         ) from None
+    if hs._on_hello is not None:
+        hs._on_hello()
+    return buffered
+
+
+async def _read_hello_records(hs: TLSHandshake, reader: ClientHelloReader, parse: bool) -> bytes:
+    while True:
+        try:
+            data = await hs.conn.receive_some(_HELLO_READ)
+        except trio.BrokenResourceError as exc:
+            raise TLSError(
+                f"TLS handshake with {hs.peer} failed: connection broken before the ClientHello: {exc}",
+                reason="CONNECTION_BROKEN",
+                peer=hs.peer,
+            ) from exc
+        if not data:
+            reader.feed_eof()
+        message = reader.feed_message_untrusted(data)
+        if message is not None:
+            hs._hello_reader = reader
+            hs._server_name_pending = True
+            if parse:
+                hs.hello  # noqa: B018 - parsed (and refused if malformed) before the hooks run
+            return reader.buffered
 
 
 async def _server_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConnection | TunnelPlan:

@@ -2,10 +2,15 @@
 
 Handshakes run concurrently, each its own task, so a client that stalls
 halfway (or a hook that takes its time) delays no one else; at most
-``max_handshakes`` run at once (then accepting waits, and the kernel's
-backlog holds new clients). ``accept()`` returns the next connection whose
-handshake succeeded; failed handshakes are traced and dropped; blind
-tunnels run in the listener's own tasks until they end.
+``max_handshakes`` run at once. A client has ``hello_timeout`` to send its
+whole ClientHello; and when every slot is taken and another client arrives,
+the handshake that has waited longest for its ClientHello is dropped to make
+room (a slowloris's stalled hellos are the oldest; a real client's hello
+arrives within a round trip). Only when every slot holds a handshake past its
+ClientHello does accepting wait (the kernel's backlog holds new clients).
+``accept()`` returns the next connection whose handshake succeeded; failed
+handshakes are traced and dropped; blind tunnels run in the listener's own
+tasks until they end.
 """
 
 from __future__ import annotations
@@ -66,6 +71,10 @@ class TLSListener(Listener):
         self._closed = False
         self._error: BaseException | None = None
         self._limit = trio.Semaphore(config.max_handshakes)
+        # handshakes still waiting for their whole ClientHello, oldest first: conn id → its scope
+        self._awaiting_hello: dict[int, trio.CancelScope] = {}
+        #: How many handshakes were dropped to make room for newer clients.
+        self.evicted = 0
 
     @property
     def inner(self) -> Listener:
@@ -110,12 +119,19 @@ class TLSListener(Listener):
         try:
             self._limit.acquire_nowait()  # a free slot: no trip through the scheduler (accept checkpoints)
         except trio.WouldBlock:
-            await self._limit.acquire()
-        try:
-            conn = await self._inner.accept()
-        except BaseException:
-            self._limit.release()
-            raise
+            conn = await self._accept_when_full()
+        else:
+            try:
+                conn = await self._inner.accept()
+            except BaseException:
+                self._limit.release()
+                raise
+        evict = trio.CancelScope()
+        awaiting = self._awaiting_hello
+        awaiting[conn.id] = evict
+
+        def hello_arrived() -> None:
+            awaiting.pop(conn.id, None)
 
         async def finish() -> Connection | None:
             try:
@@ -123,14 +139,24 @@ class TLSListener(Listener):
                     await trio.aclose_forcefully(conn)
                     _log.error("TLS needs a stream transport; %r is not one: dropped", conn)
                     return None
-                result = await server_handshake(
-                    conn,
-                    self.config,
-                    scope=self._scope,
-                    tracer=self._tracer,
-                    address=self.address,
-                    transport_name=self._transport_name,
-                )
+                with evict:
+                    result = await server_handshake(
+                        conn,
+                        self.config,
+                        scope=self._scope,
+                        tracer=self._tracer,
+                        address=self.address,
+                        transport_name=self._transport_name,
+                        on_hello=hello_arrived,
+                    )
+                if evict.cancelled_caught:
+                    self._tracer.info(
+                        "TLS handshake dropped (conn #%d): no complete ClientHello yet, and every "
+                        "handshake slot (max_handshakes %d) was wanted for newer clients",
+                        conn.id,
+                        self.config.max_handshakes,
+                    )
+                    return None
             except TLSError as exc:
                 self._tracer.info("TLS handshake failed (conn #%d): %s", conn.id, exc)
                 return None
@@ -138,6 +164,7 @@ class TLSListener(Listener):
                 _log.exception("TLS handshake for conn #%d raised; connection dropped", conn.id)
                 return None
             finally:
+                awaiting.pop(conn.id, None)
                 self._limit.release()
             if isinstance(result, TunnelPlan):
                 await self._tunnel(result)
@@ -145,6 +172,23 @@ class TLSListener(Listener):
             return result
 
         return conn, finish
+
+    async def _accept_when_full(self) -> Connection:
+        """Every handshake slot is taken: accept the next client, then make room for it by
+        dropping the handshake that has waited longest for its ClientHello (when none is
+        still waiting for one, wait for a slot to free up)."""
+        conn = await self._inner.accept()
+        try:
+            if self._awaiting_hello:
+                oldest = next(iter(self._awaiting_hello))
+                self._awaiting_hello.pop(oldest).cancel()
+                self.evicted += 1
+            await self._limit.acquire()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(conn)
+            raise
+        return conn
 
     async def _accept_inline(self) -> Connection:
         while True:

@@ -38,6 +38,7 @@ _TLS_OPTIONS: Final = {
     "trace": "peers (addresses, networks, server names) whose plaintext is logged at DEBUG_ALL",
     "record_size": "TLS record sizing: dynamic, off (default) or a size in bytes",
     "handshake_timeout": "seconds for the whole TLS setup, hooks included (default 30)",
+    "hello_timeout": "server: seconds for a client's whole ClientHello to arrive (default 10)",
     "client_auth": "server: ask for client certificates: none (default), optional, required",
     "allow_renegotiation": "server: allow client-initiated renegotiation on TLS 1.2 (default off)",
     "ragged_eof": "treat a close without close_notify as an end of stream (default off)",
@@ -54,6 +55,7 @@ _KIND_NAMES: Final = {
     "allow_renegotiation": "parse_bool",
     "ragged_eof": "parse_bool",
     "handshake_timeout": "_parse_seconds",
+    "hello_timeout": "_parse_seconds",
     "max_hello_size": "_parse_count",
     "max_handshakes": "_parse_count",
 }
@@ -72,7 +74,10 @@ def _parser(name: str) -> Callable[[str], object]:
 
 
 def _tls_option_objects() -> tuple[Option, ...]:
-    opts = [Option(name, _parser(name), None, doc) for name, doc in _TLS_OPTIONS.items()]
+    opts = [
+        Option(name, _parser(name), None, doc, secret=name == "password")
+        for name, doc in _TLS_OPTIONS.items()
+    ]
     opts.append(
         Option("tls", _parser("context"), None, "a whole TLSConfig (or ssl.SSLContext); keyword only")
     )
