@@ -548,3 +548,32 @@ async def test_cancellation_at_random_points_leaves_nothing(pki: PKI) -> None:
         assert task_count() <= tasks + 1
         await listener.aclose()
     assert_no_fd_leak(before)
+
+
+# ---------------------------------------------------------------------------
+# the hook catalogue
+# ---------------------------------------------------------------------------
+
+
+async def test_every_tls_hook_fires_for_dtls_in_order(pki: PKI) -> None:
+    from .test_hooks import SERVER_HOOKS, Recorder
+
+    rec = Recorder()
+    url = server_url(pki, client_auth="required", cafile=pki.cafile, alpn="coap")
+    query = {"certfile": pki.client.certfile, "keyfile": pki.client.keyfile, "alpn": "coap"}
+    async with (
+        conduit.open_pool(plugins=[rec]) as pool,
+        serving(pool, url) as addr,
+        await pool.connect(client_url(pki, addr.port, host="localhost", **query)) as conn,
+    ):
+        await conn.send(b"hooked")
+        assert await conn.receive() == b"hooked"
+    with trio.fail_after(5):
+        while ("server", "close") not in rec.calls:
+            await trio.sleep(0.01)
+    assert [name for side, name in rec.calls if side == "server"] == SERVER_HOOKS
+    # (DTLS sessions are pyOpenSSL's, not ssl.SSLSession: the session hooks do not fire.)
+    client_hooks = ["outbound_start", "verify_peer", "handshake_done", "close"]
+    assert [name for side, name in rec.calls if side == "client"] == client_hooks
+    assert [c.subject.rfc4514_string() for c in rec.chains["server"]] == ["CN=alice", "CN=conduit test CA"]
+    assert rec.close_exc == [None, None]

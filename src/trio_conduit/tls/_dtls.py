@@ -415,13 +415,13 @@ async def _client_steps(conn: DTLSConnection, hs: TLSHandshake, config: TLSConfi
 
 
 async def _after(hs: TLSHandshake, conn: DTLSConnection, info: TLSInfo) -> None:
+    hs.connection = cast("Any", conn)  # (hooks see the DTLSConnection where TLS has its TLSConnection)
     _check_pins(hs, info)
     impls = hs.scope.implemented
     if info.peer_certificate_der is not None and "conduit_tls_verify_peer" in impls:
         await hs._hook("conduit_tls_verify_peer", chain=list(info.peer_chain))
     if "conduit_tls_handshake_done" in impls:
         await hs._hook("conduit_tls_handshake_done", conn=conn)
-    hs.connection = None
     tracer = hs.tracer
     if tracer is not None:
         tracer.debug(
