@@ -111,3 +111,18 @@ def test_check_round_trips_dtls_and_says_which_versions() -> None:
     )
     assert versions.openssl in line
     assert "EndOfChannel" not in text.stderr.decode()  # the close_notify ended the echo cleanly
+
+
+def test_bench_only_dtls_reports_both_figures_against_raw_trio() -> None:
+    import json
+
+    result = run_conduit(
+        "bench", "--only", "dtls", "--repeat", "1", "--tls-connections", "3", "--connections", "20", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    for name in ("dtls_handshakes_per_s", "dtls_ping_pong_per_s"):
+        figure = doc[name] if name in doc else doc["dtls"][name]
+        assert figure["raw_trio"] > 0
+        assert figure["pool"] > 0
+        assert figure["ratio"] == figure["pool"] / figure["raw_trio"]

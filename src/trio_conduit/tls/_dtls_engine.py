@@ -105,6 +105,11 @@ def split_records(data: bytes) -> list[bytes]:
     return out
 
 
+def _record_end(data: bytes) -> int:
+    """Where the first record of ``data`` ends (its header's length field; 0 if no header)."""
+    return _HEADER.size + int.from_bytes(data[11:13], "big") if len(data) >= _HEADER.size else 0
+
+
 def pack_records(records: list[bytes], mtu: int) -> list[bytes]:
     """Whole records packed in order into datagrams of at most ``mtu`` bytes (a larger record alone)."""
     out: list[bytes] = []
@@ -153,6 +158,7 @@ class DTLSEngine:
         self.retransmits = 0
         self.mtu_fallbacks = 0
         self.started = now
+        self._cleartext_mtu: int | None = None  # (known once the handshake set the cipher)
 
     # -- facts ----------------------------------------------------------------
     @property
@@ -167,7 +173,9 @@ class DTLSEngine:
     @property
     def cleartext_mtu(self) -> int:
         """The largest message :meth:`send` takes: the MTU less record overhead."""
-        return int(self._ssl.get_cleartext_mtu())
+        if self._cleartext_mtu is None:
+            return int(self._ssl.get_cleartext_mtu())
+        return self._cleartext_mtu
 
     @property
     def handshake_done(self) -> bool:
@@ -185,6 +193,19 @@ class DTLSEngine:
         then among the datagrams to send). Records OpenSSL refuses after the
         handshake (bad MAC, replays) are dropped silently, as DTLS asks.
         """
+        if self.state is DTLSState.OPEN and data[:1] == b"\x17" and len(data) == _record_end(data):
+            # The common case, one application_data record: one read, nothing to write.
+            self._ssl.bio_write(data)
+            try:
+                self._received.append(self._ssl.recv(_READ))
+            except SSL.WantReadError:
+                pass  # a replay, a duplicate, a record that does not authenticate: dropped
+            except SSL.ZeroReturnError:
+                self.peer_closed = True
+                self.state = DTLSState.CLOSED
+            except SSL.Error:
+                pass
+            return
         if self.state is DTLSState.CLOSED and not self.peer_closed:
             return
         if not data:
@@ -208,6 +229,7 @@ class DTLSEngine:
             raise TLSError(f"DTLS handshake failed: {_describe(exc)}", reason=_reason(exc)) from exc
         self.state = DTLSState.OPEN
         self._retransmit_at = None
+        self._cleartext_mtu = int(self._ssl.get_cleartext_mtu())
         self._collect(as_flight=False)
 
     def _read_application_data(self) -> None:
@@ -296,10 +318,13 @@ class DTLSEngine:
         self._mtu = smaller[0]
         self.mtu_fallbacks += 1
         self._ssl.set_ciphertext_mtu(self._mtu)
+        self._cleartext_mtu = None
 
     # -- output -----------------------------------------------------------------
     def datagrams_to_send(self) -> list[bytes]:
         """Everything to send now, in order (then forgotten here)."""
+        if not self._out:
+            return []
         out = list(self._out)
         self._out.clear()
         return out
@@ -318,7 +343,7 @@ class DTLSEngine:
             raise ValueError(f"a message of {len(message)} bytes is larger than the cleartext MTU ({limit})")
         if message:  # (OpenSSL writes no record for an empty write: an empty message is not sent)
             self._ssl.send(message)
-        self._collect(as_flight=False)
+            self._out.append(self._ssl.bio_read(_READ))  # one message, one record, one datagram
 
     def close(self) -> None:
         """Write close_notify (to be sent); the association is then closed."""
