@@ -577,3 +577,51 @@ async def test_every_tls_hook_fires_for_dtls_in_order(pki: PKI) -> None:
     assert [name for side, name in rec.calls if side == "client"] == client_hooks
     assert [c.subject.rfc4514_string() for c in rec.chains["server"]] == ["CN=alice", "CN=conduit test CA"]
     assert rec.close_exc == [None, None]
+
+
+async def test_mtu_falls_back_when_the_path_drops_large_datagrams(pki: PKI) -> None:
+    """A path that drops every datagram over 700 bytes: the server's first flight (one
+    1024-byte datagram) is lost twice, the MTU steps down to 576 and the handshake completes."""
+    accepted: list[Any] = []
+
+    async def handler(conn: Any) -> None:
+        accepted.append(conn)
+        await echo(conn)
+
+    async with (
+        conduit.open_pool() as pool,
+        serving(pool, server_url(pki, mtu=1024), handler) as addr,
+        trio.open_nursery() as nursery,
+    ):
+        relay_sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        await relay_sock.bind(("127.0.0.1", 0))
+        dropped = 0
+
+        async def relay_loop() -> None:
+            nonlocal dropped
+            client = None
+            with relay_sock:
+                while True:
+                    data, source = await relay_sock.recvfrom(65536)
+                    if len(data) > 700:
+                        dropped += 1
+                        continue
+                    if source[1] == addr.port:
+                        if client is not None:
+                            await relay_sock.sendto(data, client)
+                    else:
+                        client = source
+                        await relay_sock.sendto(data, ("127.0.0.1", addr.port))
+
+        nursery.start_soon(relay_loop)
+        port = relay_sock.getsockname()[1]
+        with trio.fail_after(30):
+            conn = await pool.connect(client_url(pki, port, host="localhost", mtu=1024))
+            await conn.send(b"through a narrow path")
+            assert await conn.receive() == b"through a narrow path"
+        (server_side,) = accepted
+        assert isinstance(server_side, DTLSConnection)
+        assert server_side.mtu == 576
+        assert dropped >= 2
+        await conn.aclose()
+        nursery.cancel_scope.cancel()
