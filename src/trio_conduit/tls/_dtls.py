@@ -151,10 +151,13 @@ def _der(cert: x509.Certificate) -> bytes:
 
 
 def _session_reused(conn: SSL.Connection) -> bool:
-    # pyOpenSSL has no SSL_session_reused; its cffi binding does.
-    from OpenSSL._util import lib
+    # pyOpenSSL has no SSL_session_reused; its cffi binding does (private: False if it goes away).
+    try:
+        from OpenSSL._util import lib
 
-    return bool(lib.SSL_session_reused(conn._ssl))
+        return bool(lib.SSL_session_reused(conn._ssl))
+    except (ImportError, AttributeError):
+        return False
 
 
 def _peer_text(addr: object) -> str:
