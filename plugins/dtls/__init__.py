@@ -58,6 +58,8 @@ class DTLSTransport(Transport):
 
     def __init__(self) -> None:
         self._options: tuple[Option, ...] | None = None
+        # (id of tls=, the other TLS options) → (tls=, config): a config is made once per setting.
+        self._configs: dict[Any, tuple[Any, TLSConfig]] = {}
 
     def _below(self) -> Transport | None:
         return self.scope.transport_for(self.inner_scheme) if self.scope is not None else None
@@ -103,8 +105,21 @@ class DTLSTransport(Transport):
 
         base: Any = ctx.options.get("tls")
         changes = {k: v for k, v in ctx.options.items() if k in TLS_OPTION_NAMES and v is not None}
+        try:
+            key: Any = (id(base), tuple(sorted(changes.items())))
+            hash(key)
+        except TypeError:  # an unhashable value (a list of ALPN protocols): no caching
+            key = None
+        hit = self._configs.get(key) if key is not None else None
+        if hit is not None and hit[0] is base:
+            return hit[1]
         config = TLSConfig() if base is None or base is True else TLSConfig.coerce(base)
-        return config.replace(**changes) if changes else config
+        config = config.replace(**changes) if changes else config
+        if key is not None:
+            if len(self._configs) >= 256:
+                self._configs.clear()
+            self._configs[key] = (base, config)
+        return config
 
     def inner_context(self, ctx: Context) -> Context:
         inner = ctx.scope.transport_for(self.inner_scheme)
