@@ -625,3 +625,42 @@ async def test_mtu_falls_back_when_the_path_drops_large_datagrams(pki: PKI) -> N
         assert dropped >= 2
         await conn.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_max_handshakes_drops_hellos_beyond_it_until_one_finishes(pki: PKI) -> None:
+    hook = SlowName()
+    async with conduit.open_pool(plugins=[hook]) as pool:
+        listener = await pool.listen(server_url(pki, max_handshakes=1))
+        inner = listener.inner
+        assert isinstance(inner, DTLSListener)
+        port = listener.address.port
+        done: list[bytes] = []
+
+        async def serve() -> None:
+            while True:
+                conn = await listener.accept()
+                async with conn:
+                    await conn.send(await conn.receive())
+
+        async def client(name: str) -> None:
+            url = f"dtls://127.0.0.1:{port}?verify=0&server_hostname={name}"
+            async with await pool.connect(url) as conn:
+                await conn.send(name.encode())
+                done.append(await conn.receive())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            nursery.start_soon(client, "slow.test")
+            await hook.waiting.wait()  # the one handshake allowed is held in its hook
+            nursery.start_soon(client, "b.test")
+            with trio.fail_after(10):
+                while inner.dropped == 0:  # b.test's hello with a cookie found no room
+                    await trio.sleep(0.01)
+            assert done == []
+            hook.release.set()  # then b.test's retransmitted hello gets its turn
+            with trio.fail_after(20):
+                while len(done) < 2:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        assert sorted(done) == [b"b.test", b"slow.test"]
+        await listener.aclose()
