@@ -44,6 +44,14 @@ loaded: ['a.example', 'b.example']
 origin.example: certificate CN=origin.example, reply b'from the origin'
 front.example: certificate CN=front.example, reply b'from the front'
 """,
+    "dtls_quickstart.py": """\
+b'HELLO OVER DTLS'
+DTLSv1.2 localhost CN=localhost
+too large for one datagram
+server: peer closed
+hook saw: ['localhost']
+DTLS 1.2 available: True
+""",
     "quickstart.py": """\
 b'hello, conduit'
 tcp 1

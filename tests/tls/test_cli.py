@@ -93,8 +93,8 @@ def test_mutual_tls_from_the_command_line(tmp_path: Path, pki: PKI) -> None:
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["connect", "tcp://127.0.0.1:9", "--cafile", "x.pem"], "TLS options need a tls:// URL or --tls"),
-        (["connect", "unix:///tmp/x.sock", "--tls"], "--tls works with tcp:// and sctp:// URLs"),
+        (["connect", "tcp://127.0.0.1:9", "--cafile", "x.pem"], "need a tls:// or dtls:// URL or --tls"),
+        (["connect", "unix:///tmp/x.sock", "--tls"], "--tls works with tcp://, sctp:// and udp:// URLs"),
         (["listen", "tls://127.0.0.1:0", "--key", "k.pem"], "--key needs --cert"),
         (["connect", "tls://127.0.0.1:9?record_size=huge"], "record_size"),
     ],

@@ -9,6 +9,7 @@ is :mod:`trio_conduit.cli._bench`.
 * :mod:`.cli_pipe`: ``cli``, the ``conduit`` command against ``ncat``;
 * :mod:`.socks5`: ``socks5``, connects through a SOCKS5 hop against python-socks;
 * :mod:`.tls`: ``tls``, TLS against raw ``trio.SSLStream`` (and the TLS pipe);
+* :mod:`.dtls`: ``dtls``, DTLS against raw ``trio.DTLSEndpoint``;
 * :mod:`._runner`: what they share (pinned processes, alternating runs, medians);
 * :mod:`._worker`: the entry point of their worker processes.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import trio_conduit
 
 from .cli_pipe import CLI
+from .dtls import DTLS
 from .socks5 import SOCKS5
 from .tcp import BULK, RATE
 from .tls import TLS
@@ -28,4 +30,4 @@ from .tls import TLS
 __all__ = ["BENCHMARKS"]
 
 #: trio-conduit's own benchmarks, in the order they run.
-BENCHMARKS: tuple[trio_conduit.Benchmark, ...] = (BULK, RATE, CLI, SOCKS5, TLS)
+BENCHMARKS: tuple[trio_conduit.Benchmark, ...] = (BULK, RATE, CLI, SOCKS5, TLS, DTLS)

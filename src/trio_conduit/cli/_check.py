@@ -147,6 +147,8 @@ def _facts(transport: Transport) -> TransportFacts:
         facts.reason = f"the availability probe raised {error_line(exc)}"
         return facts
     facts.available = availability.available
+    if availability.available and availability.reason:
+        facts.reason = availability.reason  # what an available transport says of itself (DTLS: its versions)
     if not availability.available:
         facts.reason = availability.reason or "unavailable (no reason given)"
         facts.errno = availability.errno
@@ -165,8 +167,11 @@ def _show(value: object) -> str:
 
 async def _echo(conn: Connection) -> None:
     if isinstance(conn, DatagramConnection):
-        while True:
-            await conn.send(await conn.receive())
+        try:
+            while True:
+                await conn.send(await conn.receive())
+        except trio.EndOfChannel:  # (DTLS: the peer's close_notify)
+            return
     elif isinstance(conn, StreamConnection):
         while data := await conn.receive_some():
             await conn.send_all(data)
@@ -256,6 +261,8 @@ def _print_inventory(plugins: list[PluginFacts], transports: list[TransportFacts
     for f in transports:
         if f.available:
             state = f"available    {', '.join(f.capabilities) or '-'}"
+            if f.reason:
+                state += f"; {f.reason}"
         else:
             state = f"unavailable  {f.reason}"
             if f.errno_name and f.errno_name not in state:

@@ -3,9 +3,10 @@
 The flags become TLS options in the URL's query, so they mean exactly what
 the options mean (see the TLS page): ``--insecure`` is ``verify=0``,
 ``--sni`` is ``server_hostname``, ``--cert``/``--key`` are
-``certfile``/``keyfile``. ``conduit listen`` without ``--cert`` makes a
-self-signed certificate for the occasion (as ``ncat --ssl`` does) and prints
-its SHA-256 fingerprint, for the client's ``--pin``.
+``certfile``/``keyfile``; ``dtls://`` (or ``udp://`` with ``--tls``) takes
+the same flags. ``conduit listen`` without ``--cert`` makes a self-signed
+certificate for the occasion (as ``ncat --ssl`` does) and prints its SHA-256
+fingerprint, for the client's ``--pin``.
 """
 
 from __future__ import annotations
@@ -25,13 +26,26 @@ from .._errors import AddressError
 __all__ = ["add_tls_arguments", "tls_url"]
 
 #: Plain schemes ``--tls`` turns into their TLS scheme.
-_TLS_SCHEMES: Final = {"tcp": "tls", "sctp": "tls+sctp", "tls": "tls", "tls+sctp": "tls+sctp"}
+_TLS_SCHEMES: Final = {
+    "tcp": "tls",
+    "sctp": "tls+sctp",
+    "udp": "dtls",
+    "tls": "tls",
+    "tls+sctp": "tls+sctp",
+    "dtls": "dtls",
+}
 
 
 def add_tls_arguments(parser: argparse.ArgumentParser, *, listening: bool) -> None:
     """Add the TLS flags of ``conduit connect`` (``listening=False``) or ``conduit listen``."""
-    group = parser.add_argument_group("TLS", "for tls:// URLs, or tcp:// ones with --tls")
-    group.add_argument("--tls", action="store_true", help="TLS over the URL's transport (tcp:// as tls://)")
+    group = parser.add_argument_group(
+        "TLS", "for tls:// and dtls:// URLs, or tcp:// and udp:// ones with --tls"
+    )
+    group.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS over the URL's transport (tcp:// as tls://, udp:// as dtls://)",
+    )
     group.add_argument("--alpn", metavar="PROTOS", help="ALPN protocols, comma-separated (h2,http/1.1)")
     if listening:
         group.add_argument(
@@ -104,13 +118,15 @@ def tls_url(args: argparse.Namespace, url: str, *, listening: bool) -> str:
     elif getattr(args, "key", None):
         raise AddressError("--key needs --cert")
     scheme = parts.scheme
-    wants_tls = bool(getattr(args, "tls", False)) or scheme in ("tls", "tls+sctp")
+    wants_tls = bool(getattr(args, "tls", False)) or scheme in ("tls", "tls+sctp", "dtls")
     if not wants_tls:
         if options:
-            raise AddressError(f"TLS options need a tls:// URL or --tls (the URL is {parts.scheme}://)")
+            raise AddressError(
+                f"TLS options need a tls:// or dtls:// URL or --tls (the URL is {parts.scheme}://)"
+            )
         return url
     if scheme not in _TLS_SCHEMES:
-        raise AddressError(f"--tls works with tcp:// and sctp:// URLs, not {scheme}://")
+        raise AddressError(f"--tls works with tcp://, sctp:// and udp:// URLs, not {scheme}://")
     query = dict(parts.query)
     if listening and "certfile" not in query and not getattr(args, "cert", None):
         host = parts.authority.rsplit(":", 1)[0].strip("[]") or None

@@ -18,6 +18,12 @@ from ._config import DYNAMIC as DYNAMIC
 from ._config import TLSConfig as TLSConfig
 from ._config import build_context as build_context
 from ._config import clear_context_cache as clear_context_cache
+from ._dtls import DTLSConnection as DTLSConnection
+from ._dtls import DTLSListener as DTLSListener
+from ._dtls import dtls_client as dtls_client
+from ._dtls_config import DTLSVersions as DTLSVersions
+from ._dtls_config import dtls_versions as dtls_versions
+from ._dtls_hello import CookieJar as CookieJar
 from ._errors import ClientHelloError as ClientHelloError
 from ._errors import TLSError as TLSError
 from ._errors import TLSHandshakeTimeout as TLSHandshakeTimeout

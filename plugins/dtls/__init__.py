@@ -1,0 +1,194 @@
+"""``dtls://host:port`` — DTLS over ``udp://``: whole messages, encrypted, with the TLS hooks.
+
+A layer (``Transport.layered_over``) over the datagram transport registered
+for ``udp``, as ``tls://`` is over ``tcp://``. Options: the TLS ones
+(:data:`trio_conduit.tls.TLS_OPTIONS`, same names and defaults: verification
+on), ``mtu`` (the ciphertext MTU to start from) and ``queue`` (datagrams held
+per association on a server), and the inner transport's own. A client's
+association is a handshake over a connected ``udp://`` channel; a server
+binds one UDP socket through the inner transport's context and serves every
+peer from it (:class:`trio_conduit.tls.DTLSListener`: stateless cookies
+first).
+
+Written as a third-party plugin must be: it imports ``trio_conduit``,
+``trio_conduit.transport`` and ``trio_conduit.tls`` only, the last when
+first needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from collections.abc import Sequence
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from trio_conduit import Address, Connection, Kind, TransportUnavailable
+from trio_conduit.transport import (
+    Availability,
+    Capabilities,
+    Context,
+    Listener,
+    Option,
+    Transport,
+    URLParts,
+    hookimpl,
+    parse_host_port,
+)
+
+if TYPE_CHECKING:
+    from trio_conduit.tls import TLSConfig
+
+_OWN = (
+    Option.count("mtu", 1472, "ciphertext MTU to start from, bytes (falls back after losses; default 1472)"),
+    Option.count("queue", 64, "server: datagrams held per association before dropping (default 64)"),
+)
+
+
+class DTLSTransport(Transport):
+    """DTLS over the datagram transport registered for ``udp`` (looked up when used)."""
+
+    schemes = ("dtls",)
+    name = "DTLS"
+    kind = Kind.DATAGRAM
+    capabilities = Capabilities(message_boundaries=True, device=True, ip_options=True)
+    description = "DTLS over udp:// (pyOpenSSL; stateless cookies; hooks may await)"
+    inner_scheme = "udp"
+    layered_over = "udp"
+
+    def __init__(self) -> None:
+        self._options: tuple[Option, ...] | None = None
+        # (id of tls=, the other TLS options) → (tls=, config): a config is made once per setting.
+        self._configs: dict[Any, tuple[Any, TLSConfig]] = {}
+
+    def _below(self) -> Transport | None:
+        return self.scope.transport_for(self.inner_scheme) if self.scope is not None else None
+
+    @property
+    def options(self) -> tuple[Option, ...]:  # type: ignore[override]  # with the inner transport's
+        if self._options is None:
+            from trio_conduit.tls import TLS_OPTIONS
+
+            own = TLS_OPTIONS + _OWN
+            inner = self._below()
+            if inner is None:
+                return own
+            names = {o.name for o in own}
+            self._options = own + tuple(o for o in inner.options if o.name not in names)
+        return self._options
+
+    def parse_address(self, parts: URLParts, *, listening: bool) -> Address:
+        return parse_host_port(parts, listening=listening)
+
+    def availability(self) -> Availability:
+        inner = self._below()
+        if inner is None:
+            return Availability(False, "needs the udp:// transport, which no plugin registers")
+        try:
+            from trio_conduit.tls import dtls_versions
+        except ImportError as exc:  # pragma: no cover - pyOpenSSL is a dependency
+            return Availability(False, f"needs pyOpenSSL: {exc}")
+        found = inner.availability()
+        if not found.available:
+            return found
+        return Availability(True, dtls_versions().reason)
+
+    def loopback_url(self, tmpdir: str) -> str | None:
+        from trio_conduit.tls import self_signed_certificate
+
+        cert, key = self_signed_certificate("127.0.0.1").write(tmpdir, "conduit-check-dtls")
+        return f"dtls://127.0.0.1:0?certfile={cert}&keyfile={key}&cafile={cert}"
+
+    # -- options ------------------------------------------------------------------
+    def config(self, ctx: Context) -> TLSConfig:
+        from trio_conduit.tls import TLS_OPTION_NAMES, TLSConfig
+
+        base: Any = ctx.options.get("tls")
+        changes = {k: v for k, v in ctx.options.items() if k in TLS_OPTION_NAMES and v is not None}
+        try:
+            key: Any = (id(base), tuple(sorted(changes.items())))
+            hash(key)
+        except TypeError:  # an unhashable value (a list of ALPN protocols): no caching
+            key = None
+        hit = self._configs.get(key) if key is not None else None
+        if hit is not None and hit[0] is base:
+            return hit[1]
+        config = TLSConfig() if base is None or base is True else TLSConfig.coerce(base)
+        config = config.replace(**changes) if changes else config
+        if key is not None:
+            if len(self._configs) >= 256:
+                self._configs.clear()
+            self._configs[key] = (base, config)
+        return config
+
+    def inner_context(self, ctx: Context) -> Context:
+        inner = ctx.scope.transport_for(self.inner_scheme)
+        if inner is None or inner.kind is not Kind.DATAGRAM:
+            raise TransportUnavailable(
+                0,
+                "dtls:// needs a udp:// datagram transport, which no plugin registers",
+                address=str(ctx.address),
+            )
+        names = {o.name for o in inner.options}
+        options = {k: v for k, v in ctx.options.items() if k in names}
+        options["connected"] = True
+        query = tuple((k, v) for k, v in ctx.address.query if k in names)
+        address = dataclasses.replace(ctx.address, scheme=self.inner_scheme, query=query)
+        return Context(
+            inner,
+            address,
+            MappingProxyType(options),
+            ctx.socket_options,
+            ctx.scope,
+            ctx.tracer,
+            ctx.role,
+            ctx.conn_id,
+            ctx.event_id,
+            nursery=ctx.nursery,
+            extra=ctx.extra,
+        )
+
+    # -- connecting ---------------------------------------------------------------
+    async def connect_over(self, conn: Connection, ctx: Context) -> Connection:
+        from trio_conduit.tls import dtls_client
+
+        return await dtls_client(
+            conn, self.config(ctx), ctx, transport_name="dtls", mtu=ctx.int_option("mtu")
+        )
+
+    async def connect(self, ctx: Context) -> Connection:
+        from trio_conduit.tls import dtls_client
+
+        config = self.config(ctx)  # bad TLS options fail before a socket is opened
+        inner_ctx = self.inner_context(ctx)
+        conn = await inner_ctx.transport.connect(inner_ctx)
+        return await dtls_client(conn, config, ctx, transport_name="dtls", mtu=ctx.int_option("mtu"))
+
+    async def listen(self, ctx: Context) -> Listener:
+        from trio_conduit.tls import DTLSListener
+
+        config = self.config(ctx)
+        if ctx.nursery is None:
+            raise RuntimeError("a dtls:// listener needs the pool's nursery")
+        inner_ctx = self.inner_context(ctx)
+        sock = await inner_ctx.listen_inet(socket.SOCK_DGRAM)
+        host, port = sock.getsockname()[:2]
+        address = Address("dtls", host=host, port=port, query=ctx.address.query)
+        backlog = ctx.socket_options.backlog
+        return DTLSListener(
+            sock,
+            config,
+            address=address,
+            scope=ctx.scope,
+            tracer=ctx.tracer,
+            nursery=ctx.nursery,
+            transport_name="dtls",
+            mtu=ctx.int_option("mtu"),
+            queue=ctx.int_option("queue"),
+            backlog=128 if backlog is None else max(1, backlog),
+        )
+
+
+@hookimpl
+def conduit_transports() -> Sequence[Transport]:
+    return [DTLSTransport()]

@@ -1,0 +1,666 @@
+"""``dtls://``: client and server over real UDP sockets on loopback, hooks, cookies, errors, leaks."""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from OpenSSL import SSL
+
+import trio_conduit as conduit
+from trio_conduit.tls import (
+    Certificate,
+    DTLSConnection,
+    DTLSListener,
+    TLSError,
+    TLSHandshake,
+    TLSHandshakeTimeout,
+    TLSVerifyError,
+)
+from trio_conduit.tls._dtls_config import build_dtls_context
+from trio_conduit.tls._dtls_engine import DTLSEngine
+
+from ..conftest import assert_no_fd_leak, open_fds, task_count
+from .conftest import PKI
+
+RELAY = Path(__file__).resolve().parent.parent / "udt" / "relay.py"
+
+
+async def echo(conn: Any) -> None:
+    async for message in conn:
+        await conn.send(message)
+
+
+def server_url(pki: PKI, **query: object) -> str:
+    extra = "".join(f"&{k}={v}" for k, v in query.items())
+    return f"dtls://127.0.0.1:0?certfile={pki.server.certfile}&keyfile={pki.server.keyfile}{extra}"
+
+
+def client_url(pki: PKI, port: int, host: str = "127.0.0.1", **query: object) -> str:
+    extra = "".join(f"&{k}={v}" for k, v in query.items())
+    return f"dtls://{host}:{port}?cafile={pki.cafile}{extra}"
+
+
+@asynccontextmanager
+async def serving(
+    pool: conduit.Pool, url: str, handler: Callable[[Any], Awaitable[object]] = echo, **kw: Any
+) -> AsyncIterator[conduit.Address]:
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(
+            lambda task_status: pool.serve(url, handler, task_status=task_status, **kw)
+        )
+        yield address
+        nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------
+# a channel: round trips, facts, sizes, close_notify
+# ---------------------------------------------------------------------------
+
+
+async def test_round_trip_and_facts(pki: PKI) -> None:
+    seen: list[Any] = []
+
+    async def handler(conn: Any) -> None:
+        seen.append(conn.info)
+        await echo(conn)
+
+    async with (
+        conduit.open_pool() as pool,
+        serving(pool, server_url(pki, alpn="coap,x"), handler) as addr,
+        await pool.connect(client_url(pki, addr.port, host="localhost", alpn="x")) as conn,
+    ):
+        assert isinstance(conn, DTLSConnection)
+        for message in (b"one", b"two" * 100, b"\0"):
+            await conn.send(message)
+            assert await conn.receive() == message
+        tls = conn.info.tls
+        assert tls is not None
+        assert conn.info.transport == "dtls"
+        assert tls.version == "DTLSv1.2"
+        assert tls.alpn == "x"
+        assert tls.server_name == "localhost"
+        assert tls.session_reused is False
+        assert tls.peer_certificate is not None
+        assert tls.peer_certificate.fingerprint  # a cryptography object
+        assert tls.peer_chain[0] == tls.peer_certificate
+        assert tls.handshake_seconds > 0
+        local = conn.info.local
+    (server,) = seen
+    assert server.tls.side == "server"
+    assert server.tls.server_name == "localhost"
+    assert server.tls.alpn == "x"
+    assert server.remote == local
+
+
+async def test_many_peers_on_one_socket(pki: PKI) -> None:
+    async with conduit.open_pool() as pool, serving(pool, server_url(pki)) as addr:
+
+        async def one(i: int, results: dict[int, bytes]) -> None:
+            async with await pool.connect(client_url(pki, addr.port)) as conn:
+                await conn.send(b"peer %d" % i)
+                results[i] = await conn.receive()
+
+        results: dict[int, bytes] = {}
+        async with trio.open_nursery() as nursery:
+            for i in range(8):
+                nursery.start_soon(one, i, results)
+    assert results == {i: b"peer %d" % i for i in range(8)}
+
+
+async def test_message_too_large_leaves_the_association_usable(pki: PKI) -> None:
+    async with (
+        conduit.open_pool() as pool,
+        serving(pool, server_url(pki, mtu=512)) as addr,
+        await pool.connect(client_url(pki, addr.port, mtu=512)) as conn,
+    ):
+        assert isinstance(conn, DTLSConnection)
+        limit = conn.max_message_size
+        assert 400 < limit < 512
+        with pytest.raises(conduit.MessageTooLarge):
+            await conn.send(b"x" * (limit + 1))
+        await conn.send(b"y" * limit)
+        assert await conn.receive() == b"y" * limit
+
+
+async def test_close_notify_ends_the_peers_channel(pki: PKI) -> None:
+    ended = trio.Event()
+    received: list[bytes] = []
+
+    async def handler(conn: Any) -> None:
+        with pytest.raises(trio.EndOfChannel):
+            while True:
+                received.append(await conn.receive())
+        ended.set()
+
+    async with conduit.open_pool() as pool, serving(pool, server_url(pki), handler) as addr:
+        conn = await pool.connect(client_url(pki, addr.port))
+        await conn.send(b"last words")
+        await conn.aclose()
+        with trio.fail_after(10):
+            await ended.wait()
+        with pytest.raises(trio.ClosedResourceError):
+            await conn.send(b"after")
+    assert received == [b"last words"]
+
+
+async def test_server_close_notify_ends_the_clients_channel(pki: PKI) -> None:
+    async def handler(conn: Any) -> None:
+        await conn.send(await conn.receive())  # then the pool closes it: close_notify
+
+    async with (
+        conduit.open_pool() as pool,
+        serving(pool, server_url(pki), handler) as addr,
+        await pool.connect(client_url(pki, addr.port)) as conn,
+    ):
+        await conn.send(b"bye")
+        assert await conn.receive() == b"bye"
+        with pytest.raises(trio.EndOfChannel):
+            await conn.receive()
+
+
+async def test_channel_conformance(pki: PKI) -> None:
+    """What a ``trio.abc.Channel`` must do: busy guards, closed errors, aclose idempotent, iteration."""
+    async with conduit.open_pool() as pool, serving(pool, server_url(pki)) as addr:
+        conn = await pool.connect(client_url(pki, addr.port))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(conn.receive)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await conn.receive()
+            await conn.send(b"wake")
+        await conn.aclose()
+        await conn.aclose()  # twice is fine
+        with pytest.raises(trio.ClosedResourceError):
+            await conn.receive()
+        with pytest.raises(trio.ClosedResourceError):
+            await conn.send(b"x")
+        # Cancelled receive leaves it usable.
+        conn = await pool.connect(client_url(pki, addr.port))
+        with trio.move_on_after(0.05):
+            await conn.receive()
+        await conn.send(b"still")
+        assert await conn.receive() == b"still"
+        await conn.aclose()
+
+
+# ---------------------------------------------------------------------------
+# verification
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("server", "client_query", "code", "words"),
+    [
+        ("stranger", {}, 20, "unable to get local issuer certificate"),
+        ("expired", {}, 10, "certificate has expired"),
+        ("server", {"server_hostname": "wrong.test"}, 62, "hostname mismatch"),
+    ],
+)
+async def test_verification_failures_say_why(
+    pki: PKI, server: str, client_query: dict[str, str], code: int, words: str
+) -> None:
+    pair = getattr(pki, server)
+    url = f"dtls://127.0.0.1:0?certfile={pair.certfile}&keyfile={pair.keyfile}"
+    async with conduit.open_pool() as pool, serving(pool, url) as addr:
+        with pytest.raises(TLSVerifyError) as caught:
+            await pool.connect(client_url(pki, addr.port, **client_query))
+    assert caught.value.verify_code == code
+    assert words in str(caught.value)
+
+
+async def test_verification_off_and_pins(pki: PKI) -> None:
+    good = pki.server.cert.sha256.replace(":", "")
+    async with conduit.open_pool() as pool, serving(pool, server_url(pki)) as addr:
+        port = addr.port
+        async with await pool.connect(f"dtls://127.0.0.1:{port}?verify=0&pin_sha256={good}") as conn:
+            await conn.send(b"pinned")
+            assert await conn.receive() == b"pinned"
+        with pytest.raises(TLSVerifyError) as caught:
+            await pool.connect(f"dtls://127.0.0.1:{port}?verify=0&pin_sha256={'0' * 64}")
+        assert caught.value.reason == "PIN_MISMATCH"
+
+
+async def test_mutual_auth(pki: PKI) -> None:
+    async def handler(conn: Any) -> None:
+        leaf = conn.info.tls.peer_certificate
+        await conn.send(leaf.subject.rfc4514_string().encode())
+
+    url = server_url(pki, client_auth="required", cafile=pki.cafile)
+    async with conduit.open_pool() as pool, serving(pool, url, handler) as addr:
+        query = {"certfile": pki.client.certfile, "keyfile": pki.client.keyfile}
+        async with await pool.connect(client_url(pki, addr.port, **query)) as conn:
+            assert b"alice" in await conn.receive()
+        with pytest.raises(TLSError):
+            async with await pool.connect(client_url(pki, addr.port)) as conn:
+                await conn.receive()  # the server refused us during or right after the handshake
+
+
+async def test_session_resumption(pki: PKI) -> None:
+    async with conduit.open_pool() as pool, serving(pool, server_url(pki)) as addr:
+        reused = []
+        for _ in range(2):
+            async with await pool.connect(client_url(pki, addr.port)) as conn:
+                assert conn.info.tls is not None
+                reused.append(conn.info.tls.session_reused)
+                await conn.send(b"x")
+                await conn.receive()
+    assert reused == [False, True]
+
+
+async def test_handshake_timeout_against_a_silent_peer() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        async with conduit.open_pool() as pool:
+            with pytest.raises(TLSHandshakeTimeout):
+                await pool.connect(f"dtls://127.0.0.1:{port}?verify=0&handshake_timeout=1.5")
+        assert silent.recv(4096)[0] == 22  # it did get our hello (and retransmissions)
+
+
+# ---------------------------------------------------------------------------
+# the server: cookies, spoofing, §4.2.8, hooks, errors
+# ---------------------------------------------------------------------------
+
+
+def _client_hello(pki: PKI, mtu: int = 1472) -> tuple[DTLSEngine, list[bytes]]:
+    ssl_conn = SSL.Connection(build_dtls_context(pki.client_config(verify=False), "client"))
+    ssl_conn.set_connect_state()
+    engine = DTLSEngine(ssl_conn, now=0.0, mtu=mtu)
+    engine.start(0.0)
+    return engine, engine.datagrams_to_send()
+
+
+async def test_spoofed_hellos_allocate_nothing(pki: PKI) -> None:
+    """Hellos from 40 source addresses that never answer the cookie: no association, no state."""
+    async with conduit.open_pool() as pool:
+        listener = await pool.listen(server_url(pki))
+        inner = listener.inner
+        assert isinstance(inner, DTLSListener)
+        port = listener.address.port
+        _, hello = _client_hello(pki)
+        tasks_before = task_count()
+        sockets = []
+        try:
+            for i in range(40):
+                s = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sockets.append(s)
+                await s.bind((f"127.0.0.{2 + i % 20}", 0))
+                for datagram in hello:
+                    await s.sendto(datagram, ("127.0.0.1", port))
+            for s in sockets:  # each "spoofer" gets a HelloVerifyRequest (and ignores it)
+                with trio.fail_after(10):
+                    answer = await s.recv(4096)
+                assert answer[0] == 22
+                assert answer[13] == 3  # hello_verify_request
+        finally:
+            for s in sockets:
+                s.close()
+        assert inner.cookies_sent == 40
+        assert inner.associations == 0
+        assert inner.reassembling == 0
+        assert task_count() == tasks_before
+        await listener.aclose()
+
+
+async def test_fragmented_hello_is_reassembled(pki: PKI) -> None:
+    async with (
+        conduit.open_pool() as pool,
+        serving(pool, server_url(pki)) as addr,
+        await pool.connect(client_url(pki, addr.port, mtu=256)) as conn,
+    ):
+        await conn.send(b"small path")
+        assert await conn.receive() == b"small path"
+
+
+async def raw_handshake(sock: trio.socket.SocketType, engine: DTLSEngine, port: int) -> None:
+    """Drive a client engine over a plain UDP socket until its handshake is done."""
+    with trio.fail_after(20):
+        while not engine.handshake_done:
+            for datagram in engine.datagrams_to_send():
+                await sock.sendto(datagram, ("127.0.0.1", port))
+            deadline = engine.next_deadline()
+            with trio.move_on_at(deadline if deadline is not None else trio.current_time() + 1):
+                engine.receive_datagram(await sock.recv(65536), trio.current_time())
+                continue
+            engine.handle_timeout(trio.current_time())
+        for datagram in engine.datagrams_to_send():
+            await sock.sendto(datagram, ("127.0.0.1", port))
+
+
+async def test_a_cookieless_hello_does_not_disturb_an_association(pki: PKI) -> None:
+    """RFC 6347 §4.2.8: a (spoofed) hello from a live peer's address, without a cookie, leaves
+    the association alone and is answered statelessly."""
+    async with conduit.open_pool() as pool:
+        listener = await pool.listen(server_url(pki))
+        inner = listener.inner
+        assert isinstance(inner, DTLSListener)
+        port = listener.address.port
+        context = build_dtls_context(pki.client_config(verify=False), "client")
+        engine = DTLSEngine(SSL.Connection(context), now=trio.current_time())
+        engine.ssl.set_connect_state()
+        engine.start(trio.current_time())
+        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            await sock.bind(("127.0.0.1", 0))
+            async with trio.open_nursery() as nursery:
+                accepted: list[Any] = []
+
+                async def accept() -> None:
+                    accepted.append(await listener.accept())
+
+                nursery.start_soon(accept)
+                await raw_handshake(sock, engine, port)
+            (server_side,) = accepted
+            assert inner.associations == 1
+            cookies = inner.cookies_sent
+            _, hello = _client_hello(pki)
+            for datagram in hello:  # a new, cookieless hello from the same address
+                await sock.sendto(datagram, ("127.0.0.1", port))
+            with trio.fail_after(10):
+                answer = await sock.recv(65536)
+            assert answer[13] == 3  # a HelloVerifyRequest, made from no state
+            assert inner.cookies_sent == cookies + 1
+            engine.send(b"still here")
+            for datagram in engine.datagrams_to_send():
+                await sock.sendto(datagram, ("127.0.0.1", port))
+            with trio.fail_after(10):
+                assert await server_side.receive() == b"still here"
+            assert inner.associations == 1
+            await server_side.aclose()
+        await listener.aclose()
+
+
+class SlowName:
+    """An async servername hook that holds the handshake for ``slow.test`` until released."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+        self.waiting = trio.Event()
+        self.names: list[str] = []
+
+    @conduit.hookimpl
+    async def conduit_tls_servername(self, handshake: TLSHandshake, server_name: str) -> None:
+        self.names.append(server_name)
+        if server_name == "slow.test":
+            self.waiting.set()
+            await self.release.wait()
+
+
+async def test_an_async_servername_hook_pauses_only_its_own_handshake(pki: PKI) -> None:
+    hook = SlowName()
+    async with conduit.open_pool() as pool, serving(pool, server_url(pki), plugins=[hook]) as addr:
+        slow_done = trio.Event()
+
+        async def slow_named() -> None:
+            async with await pool.connect(
+                f"dtls://127.0.0.1:{addr.port}?verify=0&server_hostname=slow.test"
+            ) as conn:
+                await conn.send(b"slow")
+                assert await conn.receive() == b"slow"
+            slow_done.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow_named)
+            await hook.waiting.wait()
+            # While slow.test's handshake waits in its hook, another completes.
+            async with await pool.connect(client_url(pki, addr.port, server_hostname="b.test")) as conn:
+                await conn.send(b"fast")
+                assert await conn.receive() == b"fast"
+            assert not slow_done.is_set()
+            hook.release.set()
+        assert slow_done.is_set()
+        assert hook.names[:2] == ["slow.test", "b.test"]
+
+
+class ByName:
+    @conduit.hookimpl
+    async def conduit_tls_certificate(self, handshake: TLSHandshake, server_name: str | None) -> Certificate:
+        await trio.lowlevel.checkpoint()
+        return self.cert
+
+    def __init__(self, cert: Certificate) -> None:
+        self.cert = cert
+
+
+async def test_certificate_hook_chooses_the_certificate(pki: PKI) -> None:
+    other = pki.issue("hooked", "hooked.test")
+    url = "dtls://127.0.0.1:0"  # no certificate: the hook gives one
+    async with (
+        conduit.open_pool() as pool,
+        serving(pool, url, plugins=[ByName(other.cert)]) as addr,
+        await pool.connect(client_url(pki, addr.port, server_hostname="hooked.test")) as conn,
+    ):
+        assert conn.info.tls is not None
+        assert conn.info.tls.peer_certificate == other.cert.leaf
+
+
+async def test_a_handlers_error_is_logged_and_the_server_goes_on(
+    pki: PKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = 0
+
+    async def handler(conn: Any) -> None:
+        nonlocal calls
+        calls += 1
+        message = await conn.receive()
+        if message == b"boom":
+            raise RuntimeError("handler failed on purpose")
+        await conn.send(message)
+
+    caplog.set_level(logging.WARNING)
+    async with (
+        conduit.open_pool() as pool,
+        serving(pool, server_url(pki), handler) as addr,
+        await pool.connect(client_url(pki, addr.port)) as conn,
+    ):
+        await conn.send(b"boom")
+        with pytest.raises(trio.EndOfChannel):
+            await conn.receive()  # the failed handler's association was closed (close_notify)
+        async with await pool.connect(client_url(pki, addr.port)) as conn:
+            await conn.send(b"fine")
+            assert await conn.receive() == b"fine"
+    assert calls == 2
+    assert "handler failed on purpose" in caplog.text
+
+
+# ---------------------------------------------------------------------------
+# impairment and cancellation
+# ---------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def relay(to_port: int, seed: int, **impairment: float) -> AsyncIterator[int]:
+    args = [sys.executable, str(RELAY), "--to", f"127.0.0.1:{to_port}", "--seed", str(seed)]
+    for name, value in impairment.items():
+        args += [f"--{name}", str(value)]
+    proc = await trio.lowlevel.open_process(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = b""
+        with trio.fail_after(20):
+            while not line.endswith(b"\n"):
+                line += await proc.stdout.receive_some(1)
+        yield int(line.split()[1])
+    finally:
+        proc.terminate()
+        with trio.CancelScope(shield=True):
+            await proc.wait()
+        if proc.stdin is not None:
+            await proc.stdin.aclose()
+        await proc.stdout.aclose()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_lossy_network_handshake_and_intact_messages(pki: PKI, seed: int) -> None:
+    received: list[bytes] = []
+
+    async def handler(conn: Any) -> None:
+        async for message in conn:
+            received.append(message)  # noqa: PERF401 - as they come (the close may be lost)
+
+    sent = [b"%04d:" % i + bytes(random.Random(i).randbytes(200)) for i in range(60)]
+    async with (
+        conduit.open_pool() as pool,
+        serving(pool, server_url(pki), handler) as addr,
+        relay(addr.port, seed, loss=0.2, dup=0.1, reorder=0.1, delay=0.002) as port,
+    ):
+        with trio.fail_after(60):
+            conn = await pool.connect(client_url(pki, port, server_hostname="localhost"))
+        for message in sent:
+            await conn.send(message)
+            await trio.sleep(0.002)
+        await trio.sleep(0.3)
+        await conn.aclose()
+    assert received  # most arrive
+    assert len(set(received)) == len(received)  # duplicates were dropped (replay protection)
+    assert set(received) <= set(sent)  # every one delivered is intact
+
+
+async def test_cancellation_at_random_points_leaves_nothing(pki: PKI) -> None:
+    before = open_fds()
+    async with conduit.open_pool() as pool:
+        listener = await pool.listen(server_url(pki, handshake_timeout=2))
+        inner = listener.inner
+        assert isinstance(inner, DTLSListener)
+        port = listener.address.port
+        tasks = task_count()
+        rng = random.Random(7)
+        for _ in range(15):
+            with trio.move_on_after(rng.uniform(0, 0.01)):
+                conn = await pool.connect(client_url(pki, port))
+                await conn.aclose()
+        with trio.fail_after(10):
+            while inner.associations:
+                await trio.sleep(0.01)  # handshakes whose client vanished time out or finish
+                # (finished ones wait for accept: take them)
+                with trio.move_on_after(0.01):
+                    c = await listener.accept()
+                    await c.aclose()
+        assert task_count() <= tasks + 1
+        await listener.aclose()
+    assert_no_fd_leak(before)
+
+
+# ---------------------------------------------------------------------------
+# the hook catalogue
+# ---------------------------------------------------------------------------
+
+
+async def test_every_tls_hook_fires_for_dtls_in_order(pki: PKI) -> None:
+    from .test_hooks import SERVER_HOOKS, Recorder
+
+    rec = Recorder()
+    url = server_url(pki, client_auth="required", cafile=pki.cafile, alpn="coap")
+    query = {"certfile": pki.client.certfile, "keyfile": pki.client.keyfile, "alpn": "coap"}
+    async with (
+        conduit.open_pool(plugins=[rec]) as pool,
+        serving(pool, url) as addr,
+        await pool.connect(client_url(pki, addr.port, host="localhost", **query)) as conn,
+    ):
+        await conn.send(b"hooked")
+        assert await conn.receive() == b"hooked"
+    with trio.fail_after(5):
+        while ("server", "close") not in rec.calls:
+            await trio.sleep(0.01)
+    assert [name for side, name in rec.calls if side == "server"] == SERVER_HOOKS
+    # (DTLS sessions are pyOpenSSL's, not ssl.SSLSession: the session hooks do not fire.)
+    client_hooks = ["outbound_start", "verify_peer", "handshake_done", "close"]
+    assert [name for side, name in rec.calls if side == "client"] == client_hooks
+    assert [c.subject.rfc4514_string() for c in rec.chains["server"]] == ["CN=alice", "CN=conduit test CA"]
+    assert rec.close_exc == [None, None]
+
+
+async def test_mtu_falls_back_when_the_path_drops_large_datagrams(pki: PKI) -> None:
+    """A path that drops every datagram over 700 bytes: the server's first flight (one
+    1024-byte datagram) is lost twice, the MTU steps down to 576 and the handshake completes."""
+    accepted: list[Any] = []
+
+    async def handler(conn: Any) -> None:
+        accepted.append(conn)
+        await echo(conn)
+
+    async with (
+        conduit.open_pool() as pool,
+        serving(pool, server_url(pki, mtu=1024), handler) as addr,
+        trio.open_nursery() as nursery,
+    ):
+        relay_sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        await relay_sock.bind(("127.0.0.1", 0))
+        dropped = 0
+
+        async def relay_loop() -> None:
+            nonlocal dropped
+            client = None
+            with relay_sock:
+                while True:
+                    data, source = await relay_sock.recvfrom(65536)
+                    if len(data) > 700:
+                        dropped += 1
+                        continue
+                    if source[1] == addr.port:
+                        if client is not None:
+                            await relay_sock.sendto(data, client)
+                    else:
+                        client = source
+                        await relay_sock.sendto(data, ("127.0.0.1", addr.port))
+
+        nursery.start_soon(relay_loop)
+        port = relay_sock.getsockname()[1]
+        with trio.fail_after(30):
+            conn = await pool.connect(client_url(pki, port, host="localhost", mtu=1024))
+            await conn.send(b"through a narrow path")
+            assert await conn.receive() == b"through a narrow path"
+        (server_side,) = accepted
+        assert isinstance(server_side, DTLSConnection)
+        assert server_side.mtu == 576
+        assert dropped >= 2
+        await conn.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_max_handshakes_drops_hellos_beyond_it_until_one_finishes(pki: PKI) -> None:
+    hook = SlowName()
+    async with conduit.open_pool(plugins=[hook]) as pool:
+        listener = await pool.listen(server_url(pki, max_handshakes=1))
+        inner = listener.inner
+        assert isinstance(inner, DTLSListener)
+        port = listener.address.port
+        done: list[bytes] = []
+
+        async def serve() -> None:
+            while True:
+                conn = await listener.accept()
+                async with conn:
+                    await conn.send(await conn.receive())
+
+        async def client(name: str) -> None:
+            url = f"dtls://127.0.0.1:{port}?verify=0&server_hostname={name}"
+            async with await pool.connect(url) as conn:
+                await conn.send(name.encode())
+                done.append(await conn.receive())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            nursery.start_soon(client, "slow.test")
+            await hook.waiting.wait()  # the one handshake allowed is held in its hook
+            nursery.start_soon(client, "b.test")
+            with trio.fail_after(10):
+                while inner.dropped == 0:  # b.test's hello with a cookie found no room
+                    await trio.sleep(0.01)
+            assert done == []
+            hook.release.set()  # then b.test's retransmitted hello gets its turn
+            with trio.fail_after(20):
+                while len(done) < 2:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        assert sorted(done) == [b"b.test", b"slow.test"]
+        await listener.aclose()
