@@ -743,7 +743,7 @@ def _check_drain_timeout(drain_timeout: float | None) -> None:
     if drain_timeout is not None and (
         isinstance(drain_timeout, bool)
         or not isinstance(drain_timeout, (int, float))
-        or not 0 <= drain_timeout < float("inf")
+        or not drain_timeout >= 0  # NaN too
     ):
         raise ValueError(f"drain_timeout must be a number of seconds >= 0, not {drain_timeout!r}")
 
