@@ -1,6 +1,6 @@
 """A seeded UDP impairment relay: loss, duplication, reordering, delay, and a bounded queue.
 
-    python -m trio_conduit.testing._relay --to 127.0.0.1:9000 [--listen 127.0.0.1:0]
+    python -m trio_conduit.testing._relay_process --to 127.0.0.1:9000 [--listen 127.0.0.1:0]
         [--loss 0.05] [--dup 0.01] [--reorder 0.02] [--delay 0.002] [--jitter 0.0005]
         [--queue 10000] [--seed 1]
 
@@ -176,7 +176,7 @@ async def impairment_relay(
     """
     host, port = ("127.0.0.1", target) if isinstance(target, int) else target
     params = {**(impairment or Impairment()).__dict__, **changes}
-    args = [sys.executable, "-m", "trio_conduit.testing._relay", "--to", f"{host}:{port}"]
+    args = [sys.executable, "-m", "trio_conduit.testing._relay_process", "--to", f"{host}:{port}"]
     args += ["--seed", str(seed)]
     for key, value in params.items():
         args += [f"--{key}", str(value)]
