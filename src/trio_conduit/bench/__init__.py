@@ -9,6 +9,8 @@ is :mod:`trio_conduit.cli._bench`.
 * :mod:`.cli_pipe`: ``cli``, the ``conduit`` command against ``ncat``;
 * :mod:`.socks5`: ``socks5``, connects through a SOCKS5 hop against python-socks;
 * :mod:`.tls`: ``tls``, TLS against raw ``trio.SSLStream`` (and the TLS pipe);
+* :mod:`.serving`: ``workers`` (``conduit listen --workers 2`` against one) and
+  ``memory`` (RSS per idle connection, ``pool.serve`` against ``trio.serve_tcp``);
 * :mod:`._runner`: what they share (pinned processes, alternating runs, medians);
 * :mod:`._worker`: the entry point of their worker processes.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import trio_conduit
 
 from .cli_pipe import CLI
+from .serving import MEMORY, WORKERS
 from .socks5 import SOCKS5
 from .tcp import BULK, RATE
 from .tls import TLS
@@ -28,4 +31,4 @@ from .tls import TLS
 __all__ = ["BENCHMARKS"]
 
 #: trio-conduit's own benchmarks, in the order they run.
-BENCHMARKS: tuple[trio_conduit.Benchmark, ...] = (BULK, RATE, CLI, SOCKS5, TLS)
+BENCHMARKS: tuple[trio_conduit.Benchmark, ...] = (BULK, RATE, CLI, SOCKS5, TLS, WORKERS, MEMORY)
