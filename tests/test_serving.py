@@ -202,3 +202,19 @@ async def test_two_processes_serve_one_port_with_reuse_port() -> None:
             if proc.stdout is not None:
                 proc.stdout.close()
     assert os.getpid() not in seen
+
+
+def test_the_serving_benchmarks_run_and_measure() -> None:
+    """``conduit bench --only memory`` / ``--only workers`` at a tiny size: figures, not speeds."""
+    from trio_conduit.bench.serving import run_memory_bench, run_workers_bench
+
+    memory = run_memory_bench(300, 1)["memory_per_idle_connection_kb"]
+    assert memory["connections"] == 300
+    assert memory["raw_trio"] > 0
+    assert memory["pool"] > 0
+    workers = run_workers_bench(40, 10, 1)
+    assert set(workers) == {"workers_connections_per_s", "workers_tls_handshakes_per_s"}
+    for figure in workers.values():
+        assert len(figure["runs"]["1"]) == len(figure["runs"]["2"]) == 1
+        assert figure["one_worker"] > 0
+        assert figure["two_workers"] > 0
