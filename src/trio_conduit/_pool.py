@@ -155,7 +155,9 @@ class PoolListener(Listener):
 
     async def _accept_in_steps(
         self,
-    ) -> tuple[Connection, Callable[[], Awaitable[Any]], Callable[[Connection], Awaitable[Any]] | None]:
+    ) -> tuple[
+        Connection, Callable[[], Awaitable[Any]] | None, Callable[[Connection], Awaitable[Any]] | None
+    ]:
         """For ``serve()``: an accepted connection whose setup may not be done, the async
         ``finish()`` that completes it, and the registering with the pool that must follow
         (``None``: ``finish()`` returns the connection ready and registered).
@@ -163,15 +165,12 @@ class PoolListener(Listener):
         A transport listener that sets connections up in steps (TLS: ``accept_unfinished``)
         leaves its handshake to ``finish()``, which ``serve()`` runs in the connection's own
         handler task; ``finish()`` returns ``None`` when that failed (traced and closed).
+        A listener without steps gives ``(conn, None, None)``: ``conn`` is ready and registered
+        (nothing more to keep per connection: idle connections cost less).
         """
         steps = getattr(self._inner, "accept_unfinished", None)
         if steps is None:
-            conn = await self.accept()
-
-            async def ready() -> Any:
-                return conn
-
-            return conn, ready, None
+            return await self.accept(), None, None
         raw, finish = await steps()
         return raw, finish, self._register
 
@@ -630,15 +629,25 @@ class Pool:
                                         if limit is not None:
                                             limit.release()
                                         raise
-                                    nursery.start_soon(
-                                        _finish_and_run_handler,
-                                        finish,
-                                        register,
-                                        handler,
-                                        scope,
-                                        limit,
-                                        name=f"conduit handler #{conn.id}",
-                                    )
+                                    if finish is None:
+                                        nursery.start_soon(
+                                            _run_handler,
+                                            conn,
+                                            handler,
+                                            scope,
+                                            limit,
+                                            name=f"conduit handler #{conn.id}",
+                                        )
+                                    else:
+                                        nursery.start_soon(
+                                            _finish_and_run_handler,
+                                            finish,
+                                            register,
+                                            handler,
+                                            scope,
+                                            limit,
+                                            name=f"conduit handler #{conn.id}",
+                                        )
                     except BaseException as exc:
                         # Re-raised once the handlers are done: raised here, it would cancel them.
                         stopped = exc
