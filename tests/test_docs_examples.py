@@ -120,6 +120,12 @@ relay is the server: False
     "proxy_plugin.py": """\
 b'you are 192.0.2.10; you said hi'
 """,
+    "testing_kit.py": """\
+udp:// passes check_datagram_channel
+b'hello over TLS' True
+b'twice?' b'twice?'
+relay: 2 received, 2 duplicated
+""",
     "errors.py": """\
 AddressError: 'tcp://127.0.0.1': missing port (expected host:port)
 AddressError: 'tcp://127.0.0.1:0': port 0 can only be used to listen (it asks the kernel to choose)

@@ -176,6 +176,17 @@ PUBLIC: dict[str, frozenset[str]] = {
             "splice",
         }
     ),
+    "trio_conduit.testing": frozenset(
+        {
+            "check_datagram_channel",
+            "ChannelPair",
+            "impairment_relay",
+            "Impairment",
+            "ImpairmentRelay",
+            "TestPKI",
+            "CertificateFiles",
+        }
+    ),
     "trio_conduit.proxy": frozenset(
         {
             "ProxyChain",
@@ -320,7 +331,14 @@ def test_the_api_reference_documents_no_name_the_package_lacks() -> None:
 
 
 @pytest.mark.parametrize(
-    "module_name", ["trio_conduit", "trio_conduit.transport", "trio_conduit.tls", "trio_conduit.proxy"]
+    "module_name",
+    [
+        "trio_conduit",
+        "trio_conduit.transport",
+        "trio_conduit.tls",
+        "trio_conduit.proxy",
+        "trio_conduit.testing",
+    ],
 )
 def test_classes_and_functions_are_defined_in_private_modules(module_name: str) -> None:
     """What a public module offers is re-exported from a private module on purpose

@@ -59,6 +59,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("tls and proxies", ("trio_conduit.tls", "trio_conduit.proxy"), "TLS on any stream; proxy chains"),
     ("pool", ("trio_conduit._pool",), "the pool: nursery, ids, connect / spawn / serve / listen"),
     ("package", ("trio_conduit",), "the public names"),
+    (
+        "testing",
+        ("trio_conduit.testing",),
+        "trio_conduit.testing: conformance checks, the impairment relay, certificates, pytest fixtures",
+    ),
     ("bench", ("trio_conduit.bench",), "conduit bench: every benchmark"),
     ("cli", ("trio_conduit.cli", "trio_conduit.__main__"), "the conduit command"),
 )

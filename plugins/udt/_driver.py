@@ -40,6 +40,7 @@ from trio_conduit import (
     ConnectTimeout,
     DatagramConnection,
     Listener,
+    MessageTooLarge,
     StreamConnection,
 )
 from trio_conduit import Connection as _Connection
@@ -50,7 +51,6 @@ from ._engine import (
     Accepted,
     CloseReason,
     FailReason,
-    LocalProtocolError,
     Readable,
     Snapshot,
     State,
@@ -646,6 +646,8 @@ class UDTMessageChannel(_Owner, DatagramConnection):
         super().__init__(mux, session, conn_id, **options)
         self._ttl = ttl
         self._in_order = in_order
+        # Whole messages cannot interleave: concurrent senders take turns (a channel allows them).
+        self._send_lock = trio.Lock()
 
     @property
     def max_message_size(self) -> int:
@@ -667,8 +669,12 @@ class UDTMessageChannel(_Owner, DatagramConnection):
         ``ttl``: seconds it may take to be delivered before the sender drops it
         (``None``: the connection's ``ttl`` option; ``math.inf``: never).
         ``in_order``: deliver only after every earlier message (``None``: the option).
+        A message larger than :attr:`max_message_size` raises
+        :class:`~trio_conduit.MessageTooLarge` (the channel stays usable). Tasks may
+        send at once: they take turns, one whole message each.
         """
-        with self._send_conflict:
+        self._check_open()
+        async with self._send_lock:
             self._check_open()
             await trio.lowlevel.checkpoint_if_cancelled()
             s = self._session
@@ -677,7 +683,7 @@ class UDTMessageChannel(_Owner, DatagramConnection):
                 life = None
             order = self._in_order if in_order is None else in_order
             if len(value) > s.max_message_size:
-                raise LocalProtocolError(
+                raise MessageTooLarge(
                     f"message of {len(value)} bytes is larger than the send buffer ({s.max_message_size})"
                 )
             deadline = _deadline(self._send_timeout)

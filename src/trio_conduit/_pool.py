@@ -96,6 +96,7 @@ CORE_OPTIONS: Final = {
         Option.text("device", None, "network device to bind to (SO_BINDTODEVICE)"),
         Option.boolean("broadcast", False, "allow sending to broadcast addresses (SO_BROADCAST)"),
         Option.count("backlog", None, "listen backlog", maximum=65535),
+        Option.boolean("reuse_port", False, "listeners: share the port with other processes (SO_REUSEPORT)"),
         Option("ip_options", _parse_ip_options, None, "raw IPv4 options (hex in a URL)", _check_ip_options),
     )
 }
@@ -297,7 +298,9 @@ class PoolListener(Listener):
 
     async def _accept_in_steps(
         self,
-    ) -> tuple[Connection, Callable[[], Awaitable[Any]], Callable[[Connection], Awaitable[Any]] | None]:
+    ) -> tuple[
+        Connection, Callable[[], Awaitable[Any]] | None, Callable[[Connection], Awaitable[Any]] | None
+    ]:
         """For ``serve()``: an accepted connection whose setup may not be done, the async
         ``finish()`` that completes it, and the registering with the pool that must follow
         (``None``: ``finish()`` returns the connection ready and registered).
@@ -305,15 +308,12 @@ class PoolListener(Listener):
         A transport listener that sets connections up in steps (TLS: ``accept_unfinished``)
         leaves its handshake to ``finish()``, which ``serve()`` runs in the connection's own
         handler task; ``finish()`` returns ``None`` when that failed (traced and closed).
+        A listener without steps gives ``(conn, None, None)``: ``conn`` is ready and registered
+        (nothing more to keep per connection: idle connections cost less).
         """
         steps = getattr(self._inner, "accept_unfinished", None)
         if steps is None:
-            conn = await self.accept()
-
-            async def ready() -> Any:
-                return conn
-
-            return conn, ready, None
+            return await self.accept(), None, None
         raw, finish = await steps()
         return raw, finish, self._register
 
@@ -377,6 +377,7 @@ def _resolve(
         ip_options=ip_options,
         broadcast=bool(opts.pop("broadcast")),
         backlog=backlog,
+        reuse_port=bool(opts.pop("reuse_port")),
     )
     return MappingProxyType(opts), sockopts
 
@@ -385,8 +386,12 @@ def _resolve(
 class Pool:
     """Owns connections, listeners and handler tasks. Make one with :func:`open_pool`."""
 
-    def __init__(self, nursery: trio.Nursery, scope: HookScope) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, scope: HookScope, *, drain_timeout: float | None = None
+    ) -> None:
+        _check_drain_timeout(drain_timeout)
         self._nursery = nursery
+        self._drain_timeout = drain_timeout
         #: This pool's plugins: the global ones plus those given to ``open_pool(plugins=...)``.
         self.scope: HookScope = scope
         self.tracer = Tracer()
@@ -399,6 +404,8 @@ class Pool:
         self._resolved: dict[tuple[object, ...], tuple[Address, Mapping[str, object], SocketOptions]] = {}
         self._closed = False
         self._idle = _IdleReaper(self)
+        #: The longest drain_timeout of a serve() running now (how long closing may wait for them).
+        self._max_drain = drain_timeout or 0.0
 
     # -- addresses ----------------------------------------------------------
     @property
@@ -710,12 +717,14 @@ class Pool:
         *,
         plugins: Iterable[object] = (),
         backlog: int | None = None,
+        reuse_port: bool = False,
         **opts: object,
     ) -> PoolListener:
         """Bind and listen on ``url``; accept connections yourself with ``accept()``.
 
         Port 0 asks the kernel for a free port: ``listener.address`` has it.
         ``plugins`` are hook implementations for this listener only.
+        ``reuse_port``: ``SO_REUSEPORT`` (see :meth:`serve`).
         """
         self._check_open()
         scope = self.scope.child(plugins)
@@ -724,6 +733,8 @@ class Pool:
         tls = _take_tls(transport, given)
         if backlog is not None:
             given["backlog"] = backlog
+        if reuse_port:
+            given["reuse_port"] = True
         ctx = self._context(transport, address, scope, SocketRole.LISTEN, given)
         inner = await transport.listen(ctx)
         if tls is not None:
@@ -749,6 +760,8 @@ class Pool:
         idle_timeout: float | None = None,
         plugins: Iterable[object] = (),
         backlog: int | None = None,
+        reuse_port: bool = False,
+        drain_timeout: float | None = None,
         task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
         **opts: object,
     ) -> None:
@@ -768,6 +781,14 @@ class Pool:
         ``handlers`` maps ALPN protocols to handlers (TLS: ``tls://`` or
         ``tls=``): each connection runs the one its negotiated protocol selects,
         else ``handler`` (see :doc:`tls`).
+
+        ``reuse_port``: ``SO_REUSEPORT``, so that other processes can serve the
+        same port (see :doc:`serving`). ``drain_timeout`` (default: the pool's,
+        see :func:`open_pool`): when the pool closes, :meth:`drain` is called or
+        the listener is closed, accepting stops at once and live handlers get
+        this many seconds to finish before they are cancelled (``None`` or 0:
+        cancelled at once). A cancellation from outside (the caller's cancel
+        scope, Ctrl-C) cancels the handlers at once.
         """
         if handlers is not None:
             from .tls._api import alpn_handler
@@ -780,36 +801,72 @@ class Pool:
         if idle_timeout is not None:
             idle_timeout = _check_timeout("idle_timeout", idle_timeout)
         idle = (self._idle, idle_timeout)
-        listener = await self.listen(url, plugins=plugins, backlog=backlog, **opts)
+        if drain_timeout is None:
+            drain_timeout = self._drain_timeout
+        _check_drain_timeout(drain_timeout)
+        self._max_drain = max(self._max_drain, drain_timeout or 0.0)
+        listener = await self.listen(url, plugins=plugins, backlog=backlog, reuse_port=reuse_port, **opts)
         scope = listener._owner.scope
         limit = trio.Semaphore(max_connections) if max_connections else None
-        # Closing the pool cancels this, even when we run in a nursery outside the pool.
+        # Closing the pool or drain() cancels this, even when we run in a nursery outside the pool.
         cancel = trio.CancelScope()
         done = self._serving[cancel] = trio.Event()
+        stopped: BaseException | None = None
         try:
-            with cancel:
-                async with listener, trio.open_nursery() as nursery:
-                    task_status.started(listener.address)
-                    while True:
-                        if limit is not None:
-                            await limit.acquire()
-                        try:
-                            # a TLS handshake runs in the handler's task, not in the accept loop
-                            conn, finish, register = await listener._accept_in_steps()
-                        except BaseException:
-                            if limit is not None:
-                                limit.release()
-                            raise
-                        nursery.start_soon(
-                            _finish_and_run_handler,
-                            finish,
-                            register,
-                            handler,
-                            scope,
-                            limit,
-                            idle,
-                            name=f"conduit handler #{conn.id}",
-                        )
+            with trio.CancelScope() as handlers_scope:
+                async with trio.open_nursery() as nursery:
+                    try:
+                        with cancel:
+                            async with listener:
+                                task_status.started(listener.address)
+                                while True:
+                                    if limit is not None:
+                                        await limit.acquire()
+                                    try:
+                                        # a TLS handshake runs in the handler's task, not in the accept loop
+                                        conn, finish, register = await listener._accept_in_steps()
+                                    except BaseException:
+                                        if limit is not None:
+                                            limit.release()
+                                        raise
+                                    if finish is None:
+                                        nursery.start_soon(
+                                            _run_handler,
+                                            conn,
+                                            handler,
+                                            scope,
+                                            limit,
+                                            idle,
+                                            name=f"conduit handler #{conn.id}",
+                                        )
+                                    else:
+                                        nursery.start_soon(
+                                            _finish_and_run_handler,
+                                            finish,
+                                            register,
+                                            handler,
+                                            scope,
+                                            limit,
+                                            idle,
+                                            name=f"conduit handler #{conn.id}",
+                                        )
+                    except BaseException as exc:
+                        # Re-raised once the handlers are done: raised here, it would cancel them.
+                        stopped = exc
+                    # Not accepting any more (the listener is closed): drain, or cancel at once.
+                    if isinstance(stopped, trio.Cancelled) or not drain_timeout:
+                        handlers_scope.cancel()
+                    else:
+                        if nursery.child_tasks:
+                            self.tracer.info(
+                                "draining %d connection(s) on %s for up to %g s",
+                                len(nursery.child_tasks),
+                                listener.address,
+                                drain_timeout,
+                            )
+                        handlers_scope.deadline = trio.current_time() + drain_timeout
+            if stopped is not None:
+                raise stopped
         except trio.ClosedResourceError:
             if not self._closed:
                 raise
@@ -817,13 +874,26 @@ class Pool:
             del self._serving[cancel]
             done.set()
 
+    async def drain(self) -> None:
+        """Stop every :meth:`serve` of this pool accepting, at once, and wait until they return.
+
+        Their live handlers get the ``drain_timeout`` of their ``serve`` to
+        finish, then are cancelled. The pool stays open: connections made with
+        :meth:`connect` are untouched, and ``serve`` may be called again.
+        """
+        serving = list(self._serving.items())
+        for cancel, _ in serving:
+            cancel.cancel()
+        for _, done in serving:
+            await done.wait()
+
     # -- closing ------------------------------------------------------------
     async def _close_all(self) -> None:
         self._closed = True
         serving = list(self._serving.items())
         for cancel, _ in serving:
             cancel.cancel()
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_GRACE):
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_GRACE + self._max_drain):
             # serve() calls running in nurseries outside the pool: let their handlers unwind
             # (cancelled, closing their own connections) before we force-close what is left.
             for _, done in serving:
@@ -893,6 +963,15 @@ async def _run_handler(
                 limit.release()
 
 
+def _check_drain_timeout(drain_timeout: float | None) -> None:
+    if drain_timeout is not None and (
+        isinstance(drain_timeout, bool)
+        or not isinstance(drain_timeout, (int, float))
+        or not drain_timeout >= 0  # NaN too
+    ):
+        raise ValueError(f"drain_timeout must be a number of seconds >= 0, not {drain_timeout!r}")
+
+
 _KIND_WORDS: Final = {
     Kind.STREAM: ("a byte stream", "connect_stream"),
     Kind.DATAGRAM: ("a channel of messages", "connect_channel"),
@@ -940,20 +1019,25 @@ def _with_tls(
 
 
 @asynccontextmanager
-async def open_pool(*, plugins: Iterable[object] = ()) -> AsyncIterator[Pool]:
+async def open_pool(
+    *, plugins: Iterable[object] = (), drain_timeout: float | None = None
+) -> AsyncIterator[Pool]:
     """Open a pool. ``plugins``: hook implementations for this pool only.
+    ``drain_timeout``: the default of :meth:`Pool.serve`'s (seconds a draining
+    server's handlers get to finish; ``None``: none, they are cancelled at once).
 
     Leaving the ``async with`` block cancels every task the pool runs
     (spawned handlers, datagram readers) and closes every connection and
     listener it handed out.
     """
+    _check_drain_timeout(drain_timeout)
     scope = global_scope().child(plugins)
     scope.transports  # noqa: B018 - build the registry now: a duplicate scheme fails here
     pool: Pool | None = None
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            pool = Pool(nursery, scope)
+            pool = Pool(nursery, scope, drain_timeout=drain_timeout)
             try:
                 yield pool
             except BaseException as exc:

@@ -78,7 +78,10 @@ class SocketOptions:
     sockaddr tuple, or a path for unix sockets). ``device``: ``SO_BINDTODEVICE``.
     ``ip_options``: raw IPv4 options (``IP_OPTIONS``). ``broadcast``:
     ``SO_BROADCAST`` (datagram sockets only; sending to a broadcast address
-    without it is ``EACCES``). ``backlog``: for listeners.
+    without it is ``EACCES``). ``backlog``: for listeners. ``reuse_port``:
+    ``SO_REUSEPORT`` on a listening socket, so that several processes (each
+    setting it, same user) share one port and the kernel spreads new
+    connections across them.
     """
 
     local: object | None = None
@@ -86,6 +89,7 @@ class SocketOptions:
     ip_options: bytes | None = None
     broadcast: bool = False
     backlog: int | None = None
+    reuse_port: bool = False
 
 
 # ---------------------------------------------------------------------------
@@ -160,7 +164,8 @@ async def make_socket(
 ) -> trio.socket.SocketType:
     """Create a non-blocking socket and apply the core options, then the plugins' hooks.
 
-    ``SO_REUSEADDR`` for listeners (not unix), ``SO_BINDTODEVICE`` for
+    ``SO_REUSEADDR`` for listeners (not unix), ``SO_REUSEPORT`` for listeners
+    asked for it (``reuse_port``), ``SO_BINDTODEVICE`` for
     ``device``, ``IP_OPTIONS`` for ``ip_options`` (IPv4), ``SO_BROADCAST``
     only when ``broadcast`` is set, and a bind to ``local`` before a connect.
     Then the transport's ``prepare(sock)`` (its own options, e.g. SCTP's
@@ -178,6 +183,10 @@ async def make_socket(
     try:
         if role is SocketRole.LISTEN and family != socket.AF_UNIX:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if opts.reuse_port and role is SocketRole.LISTEN:
+            if family == socket.AF_UNIX:
+                raise AddressError(f"{where}: reuse_port is for IP sockets, not unix sockets")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if opts.device is not None:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, opts.device.encode())

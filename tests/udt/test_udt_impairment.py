@@ -1,6 +1,6 @@
 """UDT through a seeded impairment relay (loss, duplication, reordering, delay), and flooding.
 
-The relay (``relay.py``) runs as its own process. Transfers of 24 MiB and
+The relay (:func:`trio_conduit.testing.impairment_relay`) runs as its own process. Transfers of 24 MiB and
 100 MiB (about 30 s) use different seeds. Spoofed handshakes are sent from a raw socket with
 thousands of 127/8 source addresses (root only).
 """
@@ -8,16 +8,10 @@ thousands of 127/8 source addresses (root only).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import socket
 import struct
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,40 +19,15 @@ import trio
 from trio_conduit_plugins.udt._packet import Handshake, RequestType, ip_to_wire
 
 import trio_conduit as conduit
+from trio_conduit.testing import Impairment, ImpairmentRelay, impairment_relay
 
-RELAY = Path(__file__).with_name("relay.py")
-IMPAIRMENT = {"loss": 0.05, "dup": 0.01, "reorder": 0.02, "delay": 0.002, "jitter": 0.001}
-
-
-class RelayProcess:
-    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
-        self.proc = proc
-        self.port = port
-        self.stats: dict[str, int] = {}
+IMPAIRMENT = Impairment(loss=0.05, dup=0.01, reorder=0.02, delay=0.002, jitter=0.001)
+RelayProcess = ImpairmentRelay
 
 
-@asynccontextmanager
-async def relay(target_port: int, seed: int = 1, **impairment: float) -> AsyncIterator[RelayProcess]:
-    params = {**IMPAIRMENT, **impairment}
-    args = [sys.executable, str(RELAY), "--to", f"127.0.0.1:{target_port}", "--seed", str(seed)]
-    for key, value in params.items():
-        args += [f"--{key}", str(value)]
-    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = await trio.to_thread.run_sync(proc.stdout.readline)
-        r = RelayProcess(proc, int(line.split()[1]))
-        yield r
-        assert proc.stdin is not None
-        proc.stdin.close()
-        r.stats = json.loads(await trio.to_thread.run_sync(proc.stdout.readline))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        for pipe in (proc.stdin, proc.stdout):
-            if pipe is not None:
-                pipe.close()
+def relay(target_port: int, seed: int = 1, **impairment: float) -> Any:
+    """The public impairment relay (trio_conduit.testing) with this module's default impairment."""
+    return impairment_relay(target_port, seed=seed, impairment=IMPAIRMENT, **impairment)
 
 
 async def transfer_through_relay(size: int, query: str, seed: int) -> tuple[Any, Any, RelayProcess]:

@@ -10,6 +10,8 @@ is :mod:`trio_conduit.cli._bench`.
 * :mod:`.socks5`: ``socks5``, connects through a SOCKS5 hop against python-socks;
 * :mod:`.tls`: ``tls``, TLS against raw ``trio.SSLStream`` (and the TLS pipe);
 * :mod:`.dtls`: ``dtls``, DTLS against raw ``trio.DTLSEndpoint``;
+* :mod:`.serving`: ``workers`` (``conduit listen --workers 2`` against one) and
+  ``memory`` (RSS per idle connection, ``pool.serve`` against ``trio.serve_tcp``);
 * :mod:`._runner`: what they share (pinned processes, alternating runs, medians);
 * :mod:`._worker`: the entry point of their worker processes.
 
@@ -23,6 +25,7 @@ import trio_conduit
 
 from .cli_pipe import CLI
 from .dtls import DTLS
+from .serving import MEMORY, WORKERS
 from .socks5 import SOCKS5
 from .tcp import BULK, RATE
 from .tls import TLS
@@ -30,4 +33,4 @@ from .tls import TLS
 __all__ = ["BENCHMARKS"]
 
 #: trio-conduit's own benchmarks, in the order they run.
-BENCHMARKS: tuple[trio_conduit.Benchmark, ...] = (BULK, RATE, CLI, SOCKS5, TLS, DTLS)
+BENCHMARKS: tuple[trio_conduit.Benchmark, ...] = (BULK, RATE, CLI, SOCKS5, TLS, DTLS, WORKERS, MEMORY)

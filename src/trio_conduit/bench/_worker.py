@@ -1,6 +1,6 @@
 """One side of a benchmark, in a process of its own: ``python -m trio_conduit.bench._worker NAME ARGS...``.
 
-NAME is the module whose ``worker(ARGS)`` runs: ``tcp``, ``tls``, ``dtls`` or ``socks5``
+NAME is the module whose ``worker(ARGS)`` runs: ``tcp``, ``tls``, ``dtls``, ``socks5`` or ``serving``
 (their docstrings give the arguments). A server side prints its port and
 serves until its stdin closes; a client side prints one JSON result.
 """
@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import sys
 
-from . import dtls, socks5, tcp, tls
+from . import dtls, serving, socks5, tcp, tls
 
-_WORKERS = {"tcp": tcp.worker, "tls": tls.worker, "socks5": socks5.worker, "dtls": dtls.worker}
+_WORKERS = {
+    "tcp": tcp.worker,
+    "tls": tls.worker,
+    "socks5": socks5.worker,
+    "dtls": dtls.worker,
+    "serving": serving.worker,
+}
 
 
 def main(argv: list[str]) -> None:

@@ -66,6 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser, found: list[Benchmark]) -> No
     parser.add_argument(
         "--tls-connections", type=int, default=500, help="full TLS handshakes per rate run (default 500)"
     )
+    parser.add_argument(
+        "--idle-connections",
+        type=int,
+        default=10_000,
+        help="idle connections held open for the memory benchmark (default 10000)",
+    )
     parser.add_argument("--cli", action="store_true", help="also pipe data through conduit vs ncat")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter

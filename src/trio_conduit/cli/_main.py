@@ -6,7 +6,9 @@ unreachable, a broken connection, a failed ``check``), reported as one line
 or option the transport rejects (:class:`~trio_conduit.AddressError`); 128 + N
 when signal N (SIGINT, SIGTERM, SIGHUP) ended the command, which then closes
 its connections and listeners (removing unix socket files) before it exits,
-quietly.
+quietly. ``conduit listen`` is the exception for SIGTERM: it drains (stops
+accepting at once, lets live connections finish within ``--drain-timeout``)
+and exits 0; SIGINT stays immediate.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import traceback
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, NoReturn
+from typing import Final, NoReturn, Protocol
 
 import trio
 
@@ -27,7 +29,7 @@ from .._trace import logger as trace_logger
 from .._version import __version__
 from . import _bench
 from ._check import error_line, leaves, run_check, run_plugins
-from ._relay import parse_linger, run_connect, run_listen
+from ._relay import Drain, parse_linger, run_connect, run_listen
 from ._stdio import OutputClosed, reserve_standard_fds
 from ._tls import add_tls_arguments, tls_url
 
@@ -36,6 +38,16 @@ __all__ = ["build_parser", "main"]
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: ``conduit listen --drain-timeout``'s default, seconds.
+DRAIN_TIMEOUT: Final = 10.0
+
+
+class OnTerm(Protocol):
+    """What SIGTERM does instead of cancelling the command (``conduit listen``: a drain)."""
+
+    requested: bool
+
+    async def start(self) -> None: ...
 
 
 # ---------------------------------------------------------------------------
@@ -201,6 +213,21 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
         help="be a proxy server on URL: SOCKS5 (CONNECT, UDP ASSOCIATE), SOCKS4/4a and HTTP CONNECT",
     )
     listen.add_argument(
+        "--drain-timeout",
+        metavar="S",
+        type=parse_linger,
+        default=DRAIN_TIMEOUT,
+        help="on SIGTERM: stop accepting, give live connections S seconds to finish, then exit 0 "
+        f"(default {DRAIN_TIMEOUT:g}; 0: at once). SIGINT stops at once",
+    )
+    listen.add_argument(
+        "--workers",
+        metavar="N",
+        type=_count,
+        help="with --keep-open or --socks5: N worker processes sharing the port (SO_REUSEPORT), "
+        "restarted when one dies",
+    )
+    listen.add_argument(
         "--max-conns",
         metavar="N",
         type=_count,
@@ -255,8 +282,12 @@ def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def _run_trio(command: Callable[[], Awaitable[int]]) -> int:
-    """Run ``command`` under trio; SIGINT/SIGTERM/SIGHUP cancel it cleanly (exit 128 + signal)."""
+def _run_trio(command: Callable[[], Awaitable[int]], on_term: OnTerm | None = None) -> int:
+    """Run ``command`` under trio; SIGINT/SIGTERM/SIGHUP cancel it cleanly (exit 128 + signal).
+
+    With ``on_term``, a first SIGTERM starts ``on_term`` instead (which ends the command
+    its own way, with its own status); a second SIGTERM, or SIGINT, cancels at once.
+    """
     result = EXIT_FAILURE
     caught: int | None = None
 
@@ -268,6 +299,9 @@ def _run_trio(command: Callable[[], Awaitable[int]]) -> int:
                 async def watch() -> None:
                     nonlocal caught
                     async for signum in signals:
+                        if signum == signal.SIGTERM and on_term is not None and not on_term.requested:
+                            nursery.start_soon(on_term.start)
+                            continue
                         caught = signum
                         nursery.cancel_scope.cancel()
                         return
@@ -307,15 +341,22 @@ def _report(exc: BaseException, verbose: int) -> int:
     return EXIT_FAILURE
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.command == "check":
         return _run_trio(lambda: run_check(args.json))
     if args.command == "plugins":
         return run_plugins(args.json)
     if args.command in ("connect", "listen"):
         url = tls_url(args, with_options(args.url, args.options), listening=args.command == "listen")
-        run = run_connect if args.command == "connect" else run_listen
-        return _run_trio(lambda: run(args, url))
+        if args.command == "connect":
+            return _run_trio(lambda: run_connect(args, url))
+        if args.workers is not None:
+            from ._workers import Supervisor
+
+            supervisor = Supervisor(args, url, argv)
+            return _run_trio(supervisor.run, supervisor)
+        drain = Drain(args.drain_timeout)
+        return _run_trio(lambda: run_listen(args, url, drain), drain)
     if args.command == "bench":
         if args.bench_error:
             _say(f"bench: {args.bench_error}")
@@ -353,11 +394,14 @@ def _main(argv: list[str]) -> int:
     if args.command == "listen" and args.max_conns is not None and not (args.keep_open or args.socks5):
         _say("listen: --max-conns needs --keep-open")
         return EXIT_USAGE
+    if args.command == "listen" and args.workers is not None and not (args.keep_open or args.socks5):
+        _say("listen: --workers needs --keep-open or --socks5")
+        return EXIT_USAGE
     if trace_logger.handlers:  # main() called again in this process: do not stack handlers
         trace_logger.setLevel(verbosity_level(args.verbose))
     else:
         configure_cli_logging(args.verbose)
     try:
-        return _dispatch(args)
+        return _dispatch(args, argv)
     except (Exception, KeyboardInterrupt) as exc:
         return _report(exc, args.verbose)

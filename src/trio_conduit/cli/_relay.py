@@ -52,7 +52,7 @@ from ._stdio import (
     splice_to_socket,
 )
 
-__all__ = ["announce", "run_connect", "run_listen"]
+__all__ = ["Drain", "announce", "run_connect", "run_listen"]
 
 _log = logging.getLogger("trio_conduit.cli")
 
@@ -233,7 +233,37 @@ async def _echo(conn: Connection) -> None:
             await conn.send_eof()
 
 
-async def _listen_once(pool: Pool, url: str, args: argparse.Namespace, output: Output) -> int:
+class Drain:
+    """SIGTERM for ``conduit listen``: stop accepting at once, let live connections finish.
+
+    :meth:`start` stops every ``serve`` of the pool (their handlers get
+    ``timeout`` seconds, then are cancelled), then ends the command, which
+    exits 0. Without ``--keep-open``, a connection already accepted gets the
+    same ``timeout`` to finish its relay.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.scope = trio.CancelScope()
+        self.pool: Pool | None = None
+        #: False while a single (not --keep-open) connection is being relayed.
+        self.stop_at_once = True
+        self.requested = False
+
+    async def start(self) -> None:
+        self.requested = True
+        _log.info("SIGTERM: draining (up to %g s)", self.timeout)
+        if self.pool is not None:
+            await self.pool.drain()
+        if self.stop_at_once:
+            self.scope.cancel()
+        else:
+            self.scope.deadline = min(self.scope.deadline, trio.current_time() + self.timeout)
+
+
+async def _listen_once(
+    pool: Pool, url: str, args: argparse.Namespace, output: Output, drain: Drain | None = None
+) -> int:
     requested = pool.parse(url, listening=True)[1]
     listener = await pool.listen(url)
     try:
@@ -242,6 +272,8 @@ async def _listen_once(pool: Pool, url: str, args: argparse.Namespace, output: O
     except BaseException:
         await trio.aclose_forcefully(listener)
         raise
+    if drain is not None:
+        drain.stop_at_once = False
     if not isinstance(conn, DatagramConnection):
         # One stream connection: stop listening, later clients are refused (as ``ncat -l``).
         # A datagram listener must stay open: it reads the socket for the peer's channel.
@@ -297,7 +329,9 @@ async def _listen_keep_open(pool: Pool, url: str, args: argparse.Namespace, outp
             finally:
                 live.discard(conn)
 
-        bound: Address = await nursery.start(_serve, pool, url, handler, args.max_conns, args.idle_timeout)
+        bound: Address = await nursery.start(
+            _serve, pool, url, handler, args.max_conns, args.idle_timeout, nursery.cancel_scope
+        )
         announce(requested, bound, args.verbose)
         if not args.echo:
             nursery.start_soon(
@@ -318,12 +352,15 @@ async def _serve(
     handler: Callable[[Connection], Awaitable[None]],
     max_conns: int | None,
     idle_timeout: float | None,
+    done: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """``pool.serve``; once it returns (a drain is over), ``done`` is cancelled."""
     await pool.serve(
         url, handler, max_connections=max_conns, idle_timeout=idle_timeout, task_status=task_status
     )
+    done.cancel()
 
 
 async def _listen_socks5(pool: Pool, url: str, args: argparse.Namespace) -> int:
@@ -333,7 +370,7 @@ async def _listen_socks5(pool: Pool, url: str, args: argparse.Namespace) -> int:
     requested = pool.parse(url, listening=True)[1]
     async with trio.open_nursery() as nursery:
         bound: Address = await nursery.start(
-            _serve, pool, url, ProxyServer(pool), args.max_conns, args.idle_timeout
+            _serve, pool, url, ProxyServer(pool), args.max_conns, args.idle_timeout, nursery.cancel_scope
         )
         announce(requested, bound, args.verbose)
     return 0
@@ -347,14 +384,23 @@ def _peer(conn: Connection) -> str:
     return str(remote) if remote else "(unnamed)"
 
 
-async def run_listen(args: argparse.Namespace, url: str) -> int:
-    """``conduit listen``: accept one connection (or many with ``--keep-open``) and relay it."""
-    async with open_pool() as pool, Output(probe(1)) as output:
-        if args.socks5:
-            return await _listen_socks5(pool, url, args)
-        if args.keep_open:
-            return await _listen_keep_open(pool, url, args, output)
-        return await _listen_once(pool, url, args, output)
+async def run_listen(args: argparse.Namespace, url: str, drain: Drain | None = None) -> int:
+    """``conduit listen``: accept one connection (or many with ``--keep-open``) and relay it.
+
+    ``drain``: how SIGTERM stops it (see :class:`Drain`); the status is then 0.
+    """
+    scope = drain.scope if drain is not None else trio.CancelScope()
+    timeout = drain.timeout if drain is not None else None
+    with scope:
+        async with open_pool(drain_timeout=timeout) as pool, Output(probe(1)) as output:
+            if drain is not None:
+                drain.pool = pool
+            if args.socks5:
+                return await _listen_socks5(pool, url, args)
+            if args.keep_open:
+                return await _listen_keep_open(pool, url, args, output)
+            return await _listen_once(pool, url, args, output, drain)
+    return 0  # drained
 
 
 def parse_linger(text: str) -> float:

@@ -1,7 +1,10 @@
 """A seeded UDP impairment relay: loss, duplication, reordering, delay, and a bounded queue.
 
-    python relay.py --to 127.0.0.1:9000 [--listen 127.0.0.1:0] [--loss 0.05] [--dup 0.01]
-                    [--reorder 0.02] [--delay 0.002] [--jitter 0.0005] [--queue 10000] [--seed 1]
+    python -m trio_conduit.testing._relay_process --to 127.0.0.1:9000 [--listen 127.0.0.1:0]
+        [--loss 0.05] [--dup 0.01] [--reorder 0.02] [--delay 0.002] [--jitter 0.0005]
+        [--queue 10000] [--seed 1]
+
+From Trio code, :func:`impairment_relay` runs it and stops it.
 
 Datagrams from the first client address go to ``--to``; datagrams from
 ``--to`` go back to that client. Each one is, in this order and with one
@@ -10,13 +13,15 @@ seeded ``random.Random``: dropped with probability ``loss``; held for
 to another ``3 * delay`` (so later packets overtake it); sent twice when
 ``dup`` strikes. At most ``queue`` datagrams wait (more are dropped, like a
 router's queue). The bound port is printed first (``listening PORT``);
-statistics as one JSON line when stdin closes or on SIGTERM. Standalone: the
-tests run it as a separate process so it does not share their CPU time slice.
+statistics as one JSON line when stdin closes or on SIGTERM. Standalone: it
+runs as a separate process so it does not share the CPU time slice of the
+Trio program under test.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
 import itertools
 import json
@@ -24,9 +29,16 @@ import random
 import select
 import signal
 import socket
+import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
+
+import trio
+
+__all__ = ["Impairment", "ImpairmentRelay", "Relay", "impairment_relay", "main"]
 
 
 def _addr(text: str) -> tuple[str, int]:
@@ -35,6 +47,8 @@ def _addr(text: str) -> tuple[str, int]:
 
 
 class Relay:
+    """The relay loop on one UDP socket (what the process runs); see the module's docstring."""
+
     def __init__(
         self,
         sock: socket.socket,
@@ -119,8 +133,78 @@ class Relay:
                         self._schedule(data, self.target, now)
 
 
+@dataclass(frozen=True)
+class Impairment:
+    """What the relay does to each datagram (probabilities 0..1, times in seconds); see :class:`Relay`."""
+
+    loss: float = 0.0
+    dup: float = 0.0
+    reorder: float = 0.0
+    delay: float = 0.0
+    jitter: float = 0.0
+    queue: int = 10000
+
+
+@dataclass
+class ImpairmentRelay:
+    """A running relay process: connect to ``127.0.0.1:port`` to reach the target through it.
+
+    ``stats`` is filled when the relay stops (leaving :func:`impairment_relay`): datagrams
+    ``received``, ``forwarded``, ``dropped``, ``duplicated``, ``reordered``, and ``overflow``
+    (dropped for a full queue).
+    """
+
+    process: subprocess.Popen[str] = field(repr=False)
+    port: int
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+
+@contextlib.asynccontextmanager
+async def impairment_relay(
+    target: tuple[str, int] | int, *, seed: int = 1, impairment: Impairment | None = None, **changes: float
+) -> AsyncIterator[ImpairmentRelay]:
+    """Run a seeded impairment relay (its own process) in front of ``target`` (a port on 127.0.0.1,
+    or an IPv4 (host, port)); yield it, then stop it and read its statistics.
+
+    ``impairment`` (default: none) with ``changes`` applied, e.g.
+    ``impairment_relay(port, seed=3, loss=0.05, delay=0.002)``. The same seed and the same
+    traffic give the same fate to the same datagrams.
+    """
+    host, port = ("127.0.0.1", target) if isinstance(target, int) else target
+    params = {**(impairment or Impairment()).__dict__, **changes}
+    args = [sys.executable, "-m", "trio_conduit.testing._relay_process", "--to", f"{host}:{port}"]
+    args += ["--seed", str(seed)]
+    for key, value in params.items():
+        args += [f"--{key}", str(value)]
+    # Popen returns at once; its pipe is read in a thread
+    proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # noqa: ASYNC220
+    try:
+        assert proc.stdout is not None
+        line = await trio.to_thread.run_sync(proc.stdout.readline)
+        if not line.startswith("listening "):
+            raise RuntimeError(f"the impairment relay did not start (it said {line!r})")
+        relay = ImpairmentRelay(proc, int(line.split()[1]))
+        yield relay
+        assert proc.stdin is not None
+        proc.stdin.close()
+        relay.stats = json.loads(await trio.to_thread.run_sync(proc.stdout.readline))
+    finally:
+        with trio.CancelScope(shield=True):
+            if proc.poll() is None:
+                proc.kill()
+            await trio.to_thread.run_sync(proc.wait)
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """The relay process: arguments as in the module's docstring."""
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--listen", type=_addr, default=("127.0.0.1", 0))
     p.add_argument("--to", type=_addr, required=True)
     p.add_argument("--loss", type=float, default=0.0)
