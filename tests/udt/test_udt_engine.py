@@ -1022,7 +1022,7 @@ def _full_ack_sent(net: Net, receiver: Session) -> int:
 
 def test_ack2_read_late_is_timed_by_its_arrival_stamp() -> None:
     net = Net()
-    c, s = connect_pair(net)
+    _c, s = connect_pair(net)
     s.rtt, s.rtt_var = 0.1, 0.05
     sent = net.now
     seqno = _full_ack_sent(net, s)
@@ -1043,7 +1043,7 @@ def _data(s: Session, seq: int, size: int) -> bytes:
 
 def test_receive_rate_per_read_pass_counts_the_time_away_from_the_socket() -> None:
     net = Net()
-    c, s = connect_pair(net)
+    _c, s = connect_pair(net)
     ep = s.endpoint
     ep.read_passes = True
     payload = s.payload_size
@@ -1071,7 +1071,7 @@ def test_receive_rate_per_read_pass_counts_the_time_away_from_the_socket() -> No
 
 def test_packet_pairs_are_timed_by_arrival_not_by_reading() -> None:
     net = Net()
-    c, s = connect_pair(net)
+    _c, s = connect_pair(net)
     ep = s.endpoint
     payload = s.payload_size
     r = s.receiver
