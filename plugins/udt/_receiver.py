@@ -141,6 +141,12 @@ class Receiver:
         self._last_arrival = now
         self._pass_pkts = 0
         self._in_pass = False
+        self._pass_speed = _RateWindow(16, 1.0)
+        self._pass_end = now
+        self._pass_wait = 0.0
+        self._behind_log = [False] * 16
+        self._behind_pos = 0
+        self._behind = 0
         self._probe = _RateWindow(64, 0.001)
         self._probe_time = -_NEVER
         self._probe_batch = -1
@@ -294,24 +300,32 @@ class Receiver:
 
     def _arrived(self, count: int, now: float) -> None:
         # The reference records the interval before each packet as its receiving thread takes
-        # it in: the rate the receiver absorbs packets at, which the sender's controller sizes
-        # its window by (rate x (RTT + SYN)). Its thread does nothing else; ours reads a pass
-        # of datagrams, then runs timers and the reader. So where the driver reads in passes
-        # (``Endpoint.read_passes``), a pass that took in ``n`` packets ``t`` after the end
-        # of the previous one counts as one interval of ``t / n``: the time spent away from
-        # the socket is in it (a burst read from a backlog does not pass for the rate), and
-        # a pass after an idle spell is one outlier that the median filter drops, as the
-        # reference drops one long interval. Without passes, each datagram is one: its ``n``
-        # packets (a coalesced batch) in the time since the previous datagram.
+        # it in, which is as it arrives: its median filter then reports the pace packets come
+        # at while they flow (a window-limited sender's bursts at the link's pace), which the
+        # sender's controller sizes its window by (rate x (RTT + SYN)). Ours takes the same
+        # intervals from the kernel's arrival stamps (a coalesced batch of ``count`` packets
+        # is ``count`` intervals sharing the gap before it).
+        #
+        # But ours reads in passes, between timers and the reader, and can be the slower
+        # side: then datagrams wait in the socket, and the pace they arrived at is not the
+        # pace this receiver takes them in; telling the sender the first would make it send
+        # more than we read. So where the driver reads in passes (``Endpoint.read_passes``),
+        # a second window gets one interval per pass -- the packets it took in over the time
+        # since the previous pass ended, time away from the socket included -- and a pass is
+        # "behind" when a datagram in it waited in the socket longer than that. While most
+        # recent passes are behind, the rate reported is the per-pass one.
+        arrival = self._session.endpoint.arrival
+        gap = arrival - self._last_arrival
+        self._last_arrival = arrival
+        self._speed.add_many(max(gap / count, BACK_TO_BACK), count)
         if self._session.endpoint.read_passes:
             self._pass_pkts += count
+            wait = now - arrival
+            if wait > self._pass_wait:
+                self._pass_wait = wait
             if not self._in_pass:
                 self._in_pass = True
                 self._session.endpoint._read_this_pass.append(self)
-            return
-        gap = now - self._last_arrival
-        self._last_arrival = now
-        self._speed.add(max(gap / count, BACK_TO_BACK))
 
     def end_of_pass(self, now: float) -> None:
         """The driver finished a pass of reads (see :meth:`_arrived`)."""
@@ -319,12 +333,19 @@ class Receiver:
         count = self._pass_pkts
         if count:
             self._pass_pkts = 0
-            gap = now - self._last_arrival
-            self._last_arrival = now
-            self._speed.add(max(gap / count, BACK_TO_BACK))
+            gap = now - self._pass_end
+            self._pass_speed.add(max(gap / count, BACK_TO_BACK))
+            behind = self._pass_wait > gap
+            self._behind += behind - self._behind_log[self._behind_pos]
+            self._behind_log[self._behind_pos] = behind
+            self._behind_pos = (self._behind_pos + 1) % len(self._behind_log)
+            self._pass_wait = 0.0
+        self._pass_end = now
 
     def arrival_rate(self) -> int:
         """Packets per second arriving lately (0 while too few intervals agree)."""
+        if self._behind * 2 > len(self._behind_log):
+            return self._pass_speed.rate(need_half=True)
         return self._speed.rate(need_half=True)
 
     def send_periodic_nak(self, now: float) -> None:
