@@ -26,6 +26,7 @@ import math
 import operator
 import socket
 import struct
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any, Final, final
@@ -69,7 +70,10 @@ __all__ = [
 SOL_UDP: Final = 17
 UDP_SEGMENT: Final = getattr(socket, "UDP_SEGMENT", 103)
 UDP_GRO: Final = getattr(socket, "UDP_GRO", 104)
-_GRO_SPACE: Final = socket.CMSG_SPACE(4)
+#: The kernel's receive timestamp of each datagram (a ``struct timespec``, CLOCK_REALTIME).
+SO_TIMESTAMPNS: Final = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC: Final = struct.Struct("@qq")
+_ANC_SPACE: Final = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(_TIMESPEC.size)
 _RECV_SIZE: Final = 65536
 #: Datagrams drained per wake-up before timers and sends get their turn.
 _DRAIN_BATCH: Final = 256
@@ -121,6 +125,7 @@ class Multiplexer:
         self.family = sock.family
         self.local: tuple[Any, ...] = sock.getsockname()
         self.endpoint = Endpoint(trio.current_time(), ipv6=sock.family == socket.AF_INET6)
+        self.endpoint.read_passes = True  # _drain calls end_of_pass
         _set_buffer(sock, getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF, udp_sndbuf)
         _set_buffer(sock, getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF, udp_rcvbuf)
         self.gso = gso
@@ -131,6 +136,15 @@ class Multiplexer:
                 self.gro = True
             except OSError:
                 pass
+        # Arrival times from the kernel: what the receiver measures (packet intervals, packet
+        # pairs, ACK2s for the RTT) is then the network's timing, not how long a datagram
+        # waited in the socket for this task to read it.
+        self.timestamps = False
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self.timestamps = True
+        except OSError:
+            pass
         self._setup_scatter(payload_size)
         self._owners: dict[Session, _Owner] = {}
         self._users = 0
@@ -270,6 +284,12 @@ class Multiplexer:
         self._use_big = False
 
     def _drain(self) -> None:
+        try:
+            self._read_pass()
+        finally:
+            self.endpoint.end_of_pass(trio.current_time())
+
+    def _read_pass(self) -> None:
         """Read every waiting datagram (up to a batch) and feed the engine.
 
         With GRO the socket is read with ``recvmsg_into`` over an iovec list
@@ -284,18 +304,27 @@ class Multiplexer:
         sock = self._sock
         ep = self.endpoint
         clock = trio.current_time
+        # the kernel stamps with the wall clock: its offset from trio's clock, once per wake-up
+        wall = time.clock_gettime(time.CLOCK_REALTIME) - clock()
+        recvmsg = sock.recvmsg
         if not self.gro:
-            recvfrom = sock.recvfrom
             for _ in range(_DRAIN_BATCH):
                 try:
-                    data, addr = recvfrom(_RECV_SIZE)
+                    data, anc, _flags, addr = recvmsg(_RECV_SIZE, _ANC_SPACE)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError as exc:
                     if exc.errno == errno.EBADF:
                         return
                     continue
-                ep.receive_datagram(data, addr, clock())
+                arrival = None
+                for level, kind, value in anc:
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                        sec, nsec = _TIMESPEC.unpack_from(value)
+                        arrival = sec + nsec * 1e-9 - wall
+                ep.receive_datagram(data, addr, clock(), arrival)
+                if ep._out:
+                    self._flush()  # a light ACK or a NAK: now, not after the pass
             return
         recvmsg_into = sock.recvmsg_into
         slot = self._slot
@@ -308,7 +337,7 @@ class Multiplexer:
                 break
             iov = self._iov_big if self._use_big else self._iov_small
             try:
-                n, anc, _flags, addr = recvmsg_into(iov, _GRO_SPACE)
+                n, anc, _flags, addr = recvmsg_into(iov, _ANC_SPACE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -318,9 +347,14 @@ class Multiplexer:
             now = clock()
             late = now > until  # this one, then stop
             segment = n
+            arrival = None
             for level, kind, value in anc:
                 if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
                     segment = int.from_bytes(value[:4], "little")
+                elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                    # a coalesced batch has one stamp, its first packet's: the rest came with it
+                    sec, nsec = _TIMESPEC.unpack_from(value)
+                    arrival = sec + nsec * 1e-9 - wall
             count = -(-n // segment) if segment else 1
             if count > 1 and not self._use_big:
                 self._use_big = True  # coalesced batches are coming: use the long list
@@ -329,13 +363,19 @@ class Multiplexer:
                     self._use_big = False  # full-size single datagrams: the peer does not batch
                 if (segment == full or (count == 1 and n <= full)) and n >= 16:
                     last_len = n - (count - 1) * full - 16
-                    if ep.receive_batch(self._headers, self._payloads, slot, count, last_len, addr, now):
+                    if ep.receive_batch(
+                        self._headers, self._payloads, slot, count, last_len, addr, now, arrival
+                    ):
+                        if ep._out:
+                            self._flush()  # a light ACK or a NAK: now, not after the pass
                         continue
             data = _gather(iov, n)
             if count > 1:
-                ep.receive_segments(data, n, segment, addr, now)
+                ep.receive_segments(data, n, segment, addr, now, arrival)
             else:
-                ep.receive_datagram(data, addr, now)
+                ep.receive_datagram(data, addr, now, arrival)
+            if ep._out:
+                self._flush()  # ACK2s, light ACKs, NAKs: now, not after the pass
 
     def _flush(self) -> None:
         if self._closed and not self._pending and not self.endpoint._out:

@@ -19,7 +19,7 @@ import os
 import random
 from collections import deque
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ._cookie import CookieJar
 from ._engine import (
@@ -49,6 +49,9 @@ from ._packet import (
 from ._seq import SEQ_MASK
 from ._session import Session, replace_handshake, sane_handshake
 
+if TYPE_CHECKING:
+    from ._receiver import Receiver
+
 __all__ = ["Endpoint"]
 
 _NEVER: Final = math.inf
@@ -70,6 +73,15 @@ class Endpoint:
         ipv6: bool = False,
     ) -> None:
         self.now = now
+        #: When the datagram being handled reached the host (the kernel's receive timestamp, on
+        #: the same clock as ``now``): the receiver times packet arrivals, packet pairs and ACK2s
+        #: by it, so that time the datagram spent queued in the socket is not taken for network
+        #: time. Without a timestamp (``arrival=None``) it is ``now``.
+        self.arrival = now
+        #: The driver reads datagrams in passes and calls :meth:`end_of_pass` after each: the
+        #: receivers measure their arrival rate per pass (see ``Receiver._arrived``).
+        self.read_passes = False
+        self._read_this_pass: list[Receiver] = []
         self._rng = rng or random.Random(int.from_bytes(os.urandom(8), "big"))
         self._secret = secret
         self.ipv6 = ipv6
@@ -164,10 +176,15 @@ class Endpoint:
 
     # -- I/O ------------------------------------------------------------------------------------
     def receive_datagram(
-        self, data: bytes | bytearray | memoryview, addr: tuple[Any, ...], now: float
+        self,
+        data: bytes | bytearray | memoryview,
+        addr: tuple[Any, ...],
+        now: float,
+        arrival: float | None = None,
     ) -> None:
-        """One UDP datagram arrived from ``addr``."""
+        """One UDP datagram arrived from ``addr`` (at ``arrival`` when the kernel says: :attr:`arrival`)."""
         self.now = now
+        self.arrival = now if arrival is None else min(arrival, now)
         size = len(data)
         if size < HEADER_SIZE:
             self.dropped += 1
@@ -207,12 +224,14 @@ class Endpoint:
         segment: int,
         addr: tuple[Any, ...],
         now: float,
+        arrival: float | None = None,
     ) -> None:
         """A GRO-coalesced datagram: ``nbytes`` of packets ``segment`` bytes each (the last maybe shorter)."""
         if segment <= 0 or segment >= nbytes:
-            self.receive_datagram(memoryview(data)[:nbytes], addr, now)
+            self.receive_datagram(memoryview(data)[:nbytes], addr, now, arrival)
             return
         self.now = now
+        self.arrival = now if arrival is None else min(arrival, now)
         view = data if isinstance(data, memoryview) else memoryview(data)
         off = 0
         while off < nbytes:
@@ -230,7 +249,7 @@ class Endpoint:
                     if stop > off:
                         off = stop
                         continue
-            self.receive_datagram(view[off:end], addr, now)
+            self.receive_datagram(view[off:end], addr, now, self.arrival)
             off = end
 
     def receive_batch(
@@ -242,6 +261,7 @@ class Endpoint:
         last_len: int,
         addr: tuple[Any, ...],
         now: float,
+        arrival: float | None = None,
     ) -> bool:
         """The fast path for ``count`` packets received scattered by the driver.
 
@@ -275,8 +295,17 @@ class Endpoint:
             if fields[0::2] != tuple(range(w0, w0 + count)) or fields[1::2] != (dest,) * count:
                 return False
         self.now = now
+        self.arrival = now if arrival is None else min(arrival, now)
         r.accept_run(bytes(payloads[: (count - 1) * slot + last_len]), count, w0, last_len, now)
         return True
+
+    def end_of_pass(self, now: float) -> None:
+        """The driver read what was waiting (a pass of :meth:`receive_datagram` and the like)."""
+        passed = self._read_this_pass
+        if passed:
+            self._read_this_pass = []
+            for r in passed:
+                r.end_of_pass(now)
 
     def datagrams_to_send(self) -> list[tuple[Any, tuple[Any, ...], int]]:
         """Everything queued for sending: ``(data, addr, segment_size)`` (0: a single datagram).

@@ -139,6 +139,14 @@ class Receiver:
         # arrival rate: median-filtered packet intervals (the reference's CPktTimeWindow)
         self._speed = _RateWindow(16, 1.0)
         self._last_arrival = now
+        self._pass_pkts = 0
+        self._in_pass = False
+        self._pass_speed = _RateWindow(16, 1.0)
+        self._pass_end = now
+        self._pass_wait = 0.0
+        self._behind_log = [False] * 16
+        self._behind_pos = 0
+        self._behind = 0
         self._probe = _RateWindow(64, 0.001)
         self._probe_time = -_NEVER
         self._probe_batch = -1
@@ -274,6 +282,9 @@ class Receiver:
         self.stats.pkt_sent_ack += 1
 
     def on_ack2(self, ack_seqno: int, now: float) -> None:
+        # the ACK2's arrival time, not when it was read: the RTT is the network's, as the
+        # reference's (whose receiving thread reads each packet as it comes) is
+        now = self._session.endpoint.arrival
         self.stats.pkt_recv_ack2 += 1
         window = self._ack_window
         for i, (seqno, ack, sent) in enumerate(window):
@@ -288,17 +299,53 @@ class Receiver:
                 return
 
     def _arrived(self, count: int, now: float) -> None:
-        # The reference records the interval before each packet. A datagram holding a
-        # coalesced batch is what the reference would see as one interval, then packets
-        # back to back (they came together, or the kernel would not have joined them).
-        gap = now - self._last_arrival
-        self._last_arrival = now
-        self._speed.add(gap if gap > 0 else BACK_TO_BACK)
-        if count > 1:
-            self._speed.add_many(BACK_TO_BACK, count - 1)
+        # The reference records the interval before each packet as its receiving thread takes
+        # it in, which is as it arrives: its median filter then reports the pace packets come
+        # at while they flow (a window-limited sender's bursts at the link's pace), which the
+        # sender's controller sizes its window by (rate x (RTT + SYN)). Ours takes the same
+        # intervals from the kernel's arrival stamps (a coalesced batch of ``count`` packets
+        # is ``count`` intervals sharing the gap before it).
+        #
+        # But ours reads in passes, between timers and the reader, and can be the slower
+        # side: then datagrams wait in the socket, and the pace they arrived at is not the
+        # pace this receiver takes them in; telling the sender the first would make it send
+        # more than we read. So where the driver reads in passes (``Endpoint.read_passes``),
+        # a second window gets one interval per pass -- the packets it took in over the time
+        # since the previous pass ended, time away from the socket included -- and a pass is
+        # "behind" when a datagram in it waited in the socket longer than that. While most
+        # recent passes are behind, the rate reported is the per-pass one.
+        arrival = self._session.endpoint.arrival
+        gap = arrival - self._last_arrival
+        self._last_arrival = arrival
+        self._speed.add_many(max(gap / count, BACK_TO_BACK), count)
+        if self._session.endpoint.read_passes:
+            self._pass_pkts += count
+            wait = now - arrival
+            if wait > self._pass_wait:
+                self._pass_wait = wait
+            if not self._in_pass:
+                self._in_pass = True
+                self._session.endpoint._read_this_pass.append(self)
+
+    def end_of_pass(self, now: float) -> None:
+        """The driver finished a pass of reads (see :meth:`_arrived`)."""
+        self._in_pass = False
+        count = self._pass_pkts
+        if count:
+            self._pass_pkts = 0
+            gap = now - self._pass_end
+            self._pass_speed.add(max(gap / count, BACK_TO_BACK))
+            behind = self._pass_wait > gap
+            self._behind += behind - self._behind_log[self._behind_pos]
+            self._behind_log[self._behind_pos] = behind
+            self._behind_pos = (self._behind_pos + 1) % len(self._behind_log)
+            self._pass_wait = 0.0
+        self._pass_end = now
 
     def arrival_rate(self) -> int:
         """Packets per second arriving lately (0 while too few intervals agree)."""
+        if self._behind * 2 > len(self._behind_log):
+            return self._pass_speed.rate(need_half=True)
         return self._speed.rate(need_half=True)
 
     def send_periodic_nak(self, now: float) -> None:
@@ -352,6 +399,7 @@ class Receiver:
         s._heard(now)
         self._batch += 1
         batch = self._batch
+        arrival = s.endpoint.arrival  # packet pairs are timed by arrival, not by reading
         view = buf if isinstance(buf, memoryview) else memoryview(buf)
         my_id = s.socket_id
         payload_size = s.payload_size
@@ -383,8 +431,8 @@ class Receiver:
                     if k:
                         # packet pairs, timed only across datagrams: the first packet here may
                         # complete a pair, the last one may start one
-                        self._pair_across(first, batch, now)
-                        self._pair_within(first, k, (expect - 1) & SEQ_MASK, batch, now)
+                        self._pair_across(first, batch, arrival)
+                        self._pair_within(first, k, (expect - 1) & SEQ_MASK, batch, arrival)
                         self._advanced_to(self.next + k, expect)
                         self.readable_bytes += k * payload_size
                         count += k
@@ -403,12 +451,13 @@ class Receiver:
                 short = True
             low = w0 & 0xF
             if low == 0:
-                self._probe_time = now
+                self._probe_time = arrival
                 self._probe_batch = batch
                 self._probe_seq31 = w0
             elif low == 1 and self._probe_seq31 == w0 - 1:
                 # across datagrams: their spacing; within one coalesced datagram: back to back
-                self._probe.add(now - self._probe_time if self._probe_batch != batch else BACK_TO_BACK)
+                gap = arrival - self._probe_time if self._probe_batch != batch else BACK_TO_BACK
+                self._probe.add(max(gap, BACK_TO_BACK))
                 self._probe_seq31 = -1
             if w0 == self.next31 and is_stream and not self.reorder and self.held() < self.rcv_buf - 1:
                 self.readable.append(view[off + HEADER_SIZE : pend])
@@ -428,9 +477,10 @@ class Receiver:
         s._heard(now)
         self._batch += 1
         batch = self._batch
-        # packet pairs (16n, 16n+1) timed only across datagrams
-        self._pair_across(first31, batch, now)
-        self._pair_within(first31, count, (first31 + count - 1) & SEQ_MASK, batch, now)
+        # packet pairs (16n, 16n+1) timed only across datagrams, by arrival
+        arrival = s.endpoint.arrival
+        self._pair_across(first31, batch, arrival)
+        self._pair_within(first31, count, (first31 + count - 1) & SEQ_MASK, batch, arrival)
         self.readable.append(payload)
         self.readable_bytes += len(payload)
         nxt = self.next + count

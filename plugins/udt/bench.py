@@ -5,18 +5,20 @@
 
 * **loopback**: bulk transfer over 127.0.0.1, two CPU-pinned processes
   (receiver on one core, sender on the other), throughput measured at the
-  receiver from its first byte to its last; our pair (stream mode, default
-  options) and the libudt pair (``udtpeer``, the C++ peer of the interop
-  tests) alternate run by run; medians and the ratio.
+  receiver from its first byte to its last; every pairing of ours (stream
+  mode, default options) and libudt's (``udtpeer``, the C++ peer of the
+  interop tests) -- ours to ours, ours to libudt, libudt to ours, libudt to
+  libudt -- in turn, the order rotated run by run; medians, and each
+  pairing's ratio to the libudt pair.
 * **link** (``--link``, root only): a 50 ms RTT, 1 % loss link built from
   two network namespaces joined by a TUN forwarder (``tunlink``), set up as
   ``netem delay 50ms loss 1%`` on the sender's egress would be: the data
   direction delayed 50 ms with Bernoulli loss and a 1000-packet queue
   (netem's default, which caps the link near 30 MB/s), the way back
   undelayed and lossless. Each
-  contender sends for ``--link-seconds``; throughput at the receiver: our UDT
-  with its native control and with ``congestion=bbr``, libudt, TCP cubic and
-  TCP bbr.
+  contender sends for ``--link-seconds``; throughput at the receiver: the
+  four pairings as on loopback (ours with its native control), our
+  ``congestion=bbr`` to ours and to libudt, TCP cubic and TCP bbr.
 
 The C++ programs are built with g++ from ``tests/udt/peer/`` (``--peer-dir``;
 by default looked up from the current directory, as nox runs from the
@@ -50,7 +52,16 @@ _NS_A, _NS_B = "conduit-udt-a", "conduit-udt-b"
 _TUN_A, _TUN_B = "cdudta", "cdudtb"
 _ADDR_A, _ADDR_B = "10.77.0.1", "10.77.0.2"
 #: The link's contenders, in the order they run.
-LINK_CONTENDERS: tuple[str, ...] = ("conduit_udt", "conduit_bbr", "libudt", "tcp_cubic", "tcp_bbr")
+LINK_CONTENDERS: tuple[str, ...] = (
+    "conduit_udt",
+    "conduit_to_libudt",
+    "libudt_to_conduit",
+    "libudt",
+    "conduit_bbr",
+    "conduit_bbr_to_libudt",
+    "tcp_cubic",
+    "tcp_bbr",
+)
 
 
 # ---------------------------------------------------------------------------
@@ -253,44 +264,64 @@ def _median_report(runs: dict[str, list[float]]) -> dict[str, Any]:
     return out
 
 
+#: The four pairings, sender then receiver: ours (``conduit``) and libudt's C++ peer.
+PAIRINGS: dict[str, tuple[str, str]] = {
+    "conduit": ("conduit", "conduit"),
+    "conduit_to_libudt": ("conduit", "libudt"),
+    "libudt_to_conduit": ("libudt", "conduit"),
+    "libudt": ("libudt", "libudt"),
+}
+
+
+def _receiver_cmd(
+    impl: str, udtpeer: Path | None, *, ns: str | None, cpu: int, host: str, amount: int, query: str
+) -> tuple[list[str], str]:
+    """A receiver's command line and where it prints its port (``amount`` bytes; 0: until closed)."""
+    if impl == "conduit":
+        return [*_ns(ns), *_ME, "worker", "udt", "server", str(cpu), host, query], "stdout"
+    assert udtpeer is not None
+    pin = ["taskset", "-c", str(cpu)] if cpu >= 0 else []
+    cmd = [*_ns(ns), *pin, str(udtpeer), "listen", "0", "--bind", host, "--recv", str(amount), "--discard"]
+    return cmd, "stderr"
+
+
+def _sender_cmd(
+    impl: str, udtpeer: Path | None, *, ns: str | None, cpu: int, host: str, amount: float, query: str
+) -> list[str]:
+    """A sender's command line: ``amount`` bytes (> 0) or for ``-amount`` seconds."""
+    if impl == "conduit":
+        return [*_ns(ns), *_ME, "worker", "udt", "client", str(cpu), host, "{port}", str(amount), query]
+    assert udtpeer is not None
+    pin = ["taskset", "-c", str(cpu)] if cpu >= 0 else []
+    what = ["--send", str(int(amount))] if amount > 0 else ["--seconds", str(-amount)]
+    return [*_ns(ns), *pin, str(udtpeer), "connect", host, "{port}", *what, "--gen"]
+
+
 def loopback(repeat: int, mib: int, udtpeer: Path | None, query: str = "") -> dict[str, Any]:
+    """Every pairing of ours and libudt's, ``mib`` MiB each, timed at the receiver, run by run in turn."""
     size = mib * 1024 * 1024
     rx, tx = _cpus()
-    runs: dict[str, list[float]] = {"conduit": [], "libudt": []}
+    names = [n for n, pair in PAIRINGS.items() if udtpeer is not None or "libudt" not in pair]
+    runs: dict[str, list[float]] = {n: [] for n in names}
     for i in range(repeat):
-        order = ("conduit", "libudt") if i % 2 == 0 else ("libudt", "conduit")
-        for impl in order:
-            if impl == "conduit":
-                r = _pair(
-                    [*_ME, "worker", "udt", "server", str(rx), "127.0.0.1", query],
-                    [*_ME, "worker", "udt", "client", str(tx), "127.0.0.1", "{port}", str(size), query],
-                )
-            elif udtpeer is not None:
-                r = _pair(
-                    ["taskset", "-c", str(rx), str(udtpeer), "listen", "0", "--recv", str(size), "--discard"],
-                    [
-                        "taskset",
-                        "-c",
-                        str(tx),
-                        str(udtpeer),
-                        "connect",
-                        "127.0.0.1",
-                        "{port}",
-                        "--send",
-                        str(size),
-                        "--gen",
-                    ],
-                    port_from="stderr",
-                )
-            else:
-                continue
+        # alternate the order run by run: a noisy neighbour hurts every pairing alike
+        order = names[i % len(names) :] + names[: i % len(names)]
+        for name in order:
+            snd, rcv = PAIRINGS[name]
+            server, port_from = _receiver_cmd(
+                rcv, udtpeer, ns=None, cpu=rx, host="127.0.0.1", amount=size, query=query
+            )
+            client = _sender_cmd(snd, udtpeer, ns=None, cpu=tx, host="127.0.0.1", amount=size, query=query)
+            r = _pair(server, client, port_from=port_from)
             if r.get("bytes") != size:  # a short transfer must not pass for a fast one
-                raise RuntimeError(f"{impl}: the receiver got {r.get('bytes')} of {size} bytes")
-            runs[impl].append(r["mb_per_s"])
+                raise RuntimeError(f"{name}: the receiver got {r.get('bytes')} of {size} bytes")
+            runs[name].append(r["mb_per_s"])
     out = _median_report(runs)
     out["bytes"] = size
-    if "libudt" in out and "conduit" in out:
-        out["ratio"] = out["conduit"] / out["libudt"]
+    if "libudt" in out:
+        out["ratios"] = {n: out[n] / out["libudt"] for n in names if n != "libudt" and n in out}
+        if "conduit" in out:
+            out["ratio"] = out["conduit"] / out["libudt"]
     return out
 
 
@@ -370,24 +401,22 @@ def link(
             f"unknown link contenders {sorted(unknown)}; choose from {', '.join(LINK_CONTENDERS)}"
         )
     table: list[tuple[str, list[str], list[str], str]] = []
-    for name, query in (("conduit_udt", ""), ("conduit_bbr", "?congestion=bbr")):
-        table.append(
-            (
-                name,
-                [*_ns(_NS_B), *_ME, "worker", "udt", "server", "-1", "0.0.0.0", query],
-                [*_ns(_NS_A), *_ME, "worker", "udt", "client", "-1", _ADDR_B, "{port}", str(-seconds), query],
-                "stdout",
-            )
-        )
-    if udtpeer is not None:
-        table.append(
-            (
-                "libudt",
-                [*_ns(_NS_B), str(udtpeer), "listen", "0", "--bind", _ADDR_B, "--recv", "0", "--discard"],
-                [*_ns(_NS_A), str(udtpeer), "connect", _ADDR_B, "{port}", "--gen", "--seconds", str(seconds)],
-                "stderr",
-            )
-        )
+    pairings = [
+        ("conduit_udt", "conduit", "conduit", ""),
+        ("conduit_to_libudt", "conduit", "libudt", ""),
+        ("libudt_to_conduit", "libudt", "conduit", ""),
+        ("libudt", "libudt", "libudt", ""),
+        ("conduit_bbr", "conduit", "conduit", "?congestion=bbr"),
+        ("conduit_bbr_to_libudt", "conduit", "libudt", "?congestion=bbr"),
+    ]
+    for name, snd, rcv, query in pairings:
+        if udtpeer is None and "libudt" in (snd, rcv):
+            continue
+        server, port_from = _receiver_cmd(rcv, udtpeer, ns=_NS_B, cpu=-1, host=_ADDR_B, amount=0, query=query)
+        if rcv == "conduit":
+            server[server.index(_ADDR_B)] = "0.0.0.0"
+        client = _sender_cmd(snd, udtpeer, ns=_NS_A, cpu=-1, host=_ADDR_B, amount=-seconds, query=query)
+        table.append((name, server, client, port_from))
     table.extend(
         (
             f"tcp_{cc}",
@@ -452,9 +481,10 @@ def format_results(results: dict[str, Any]) -> list[str]:
     lines = []
     lo = results.get("udt_loopback_mb_per_s")
     if lo:
-        line = f"{'udt_loopback_mb_per_s':24} conduit {lo.get('conduit', 0):9.1f}"
-        if "libudt" in lo:
-            line += f"   libudt {lo['libudt']:9.1f}   ratio {lo['ratio']:.2f}"
+        parts = [f"{n} {lo[n]:.1f}" for n in PAIRINGS if n in lo]
+        line = f"{'udt_loopback_mb_per_s':24} " + "   ".join(parts)
+        if "ratios" in lo:
+            line += "   vs libudt pair: " + ", ".join(f"{n} {r:.2f}" for n, r in lo["ratios"].items())
         else:
             line += f"   libudt skipped: {lo.get('libudt_skipped', '?')}"
         lines.append(line)

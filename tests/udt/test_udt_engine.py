@@ -25,6 +25,7 @@ from trio_conduit_plugins.udt._losslist import LossList
 from trio_conduit_plugins.udt._packet import (
     Ack,
     Ack2,
+    Boundary,
     DataPacket,
     DropRequest,
     Handshake,
@@ -1002,3 +1003,97 @@ def test_bbr_on_both_sides_exchanges_reports() -> None:
     assert transfer(net, c, s, data, timeout=120) == data
     assert isinstance(c.cc, BBRLikeCC)
     assert c.cc._reported
+
+
+# ---------------------------------------------------------------------------
+# what the receiver reports: RTT by arrival stamps, the receive rate per read pass
+# ---------------------------------------------------------------------------
+
+
+def _full_ack_sent(net: Net, receiver: Session) -> int:
+    """Give ``receiver`` a packet to acknowledge and make it send a full ACK now; its ACK number."""
+    r = receiver.receiver
+    receiver.endpoint.receive_datagram(_data(receiver, r.next, receiver.payload_size), A, net.now)
+    r.send_ack(net.now)
+    seqno, _ack, sent = r._ack_window[-1]
+    assert sent == net.now
+    return seqno
+
+
+def test_ack2_read_late_is_timed_by_its_arrival_stamp() -> None:
+    net = Net()
+    _c, s = connect_pair(net)
+    s.rtt, s.rtt_var = 0.1, 0.05
+    sent = net.now
+    seqno = _full_ack_sent(net, s)
+    ack2 = Ack2(seqno, dest=s.socket_id).encode()
+    # read half a second after it arrived (it waited in the socket behind data)
+    s.endpoint.receive_datagram(ack2, A, sent + 0.5, arrival=sent + 0.0002)
+    # one sample of 0.2 ms into the EWMA from 100 ms: 7/8 of the way stays
+    assert s.rtt == pytest.approx(0.1 * 7 / 8 + 0.0002 / 8)
+    seqno = _full_ack_sent(net, s)
+    # no stamp: the time it was handed over is the arrival
+    s.endpoint.receive_datagram(Ack2(seqno, dest=s.socket_id).encode(), A, net.now + 0.5)
+    assert s.rtt > 0.1 * 7 / 8 * 7 / 8 + 0.5 / 8 - 1e-9
+
+
+def _data(s: Session, seq: int, size: int) -> bytes:
+    return DataPacket(seq & 0x7FFFFFFF, 1, Boundary.SOLO, True, 0, s.socket_id, b"x" * size).encode()
+
+
+def test_receive_rate_is_the_arrival_pace_unless_the_reader_falls_behind() -> None:
+    net = Net()
+    _c, s = connect_pair(net)
+    ep = s.endpoint
+    ep.read_passes = True
+    payload = s.payload_size
+    seq = s.receiver.next
+    t = net.now
+
+    def passes(n: int, waited: float) -> None:
+        # passes of 10 packets that arrived 10 us apart and are read ``waited`` later, one
+        # pass every 2 ms: 5000 packets/s taken in, in bursts of 100,000 packets/s
+        nonlocal seq, t
+        for _ in range(n):
+            for i in range(10):
+                arrival = t + i * 1e-5
+                ep.receive_datagram(_data(s, seq, payload), A, arrival + waited, arrival=arrival)
+                seq += 1
+                s.receive(1 << 20)
+            ep.end_of_pass(t + waited + 100e-6)
+            t += 0.002
+
+    # keeping up (read 50 us after arrival): the pace they arrive at, as the reference reports
+    passes(20, 50e-6)
+    assert s.receiver.arrival_rate() == pytest.approx(100_000, rel=0.05)
+    # behind (each waited 3 ms in the socket, longer than a pass): the rate this reader keeps
+    passes(20, 0.003)
+    assert s.receiver.arrival_rate() == pytest.approx(5000, rel=0.05)
+    # caught up again
+    passes(20, 50e-6)
+    assert s.receiver.arrival_rate() == pytest.approx(100_000, rel=0.05)
+
+
+def test_packet_pairs_are_timed_by_arrival_not_by_reading() -> None:
+    net = Net()
+    _c, s = connect_pair(net)
+    ep = s.endpoint
+    payload = s.payload_size
+    r = s.receiver
+    seq = r.next
+    seq += (-seq) % 16  # the first of a pair: 16n
+    # catch up to the pair with in-order packets
+    t = net.now
+    while r.next < seq:
+        ep.receive_datagram(_data(s, r.next, payload), A, t)
+        s.receive(1 << 20)
+    for _ in range(64):
+        # each pair arrives 100 us apart (a link of 10,000 packets/s) but is read 1 ms apart
+        ep.receive_datagram(_data(s, seq, payload), A, t + 0.01, arrival=t)
+        ep.receive_datagram(_data(s, seq + 1, payload), A, t + 0.011, arrival=t + 1e-4)
+        for k in range(seq + 2, seq + 16):
+            ep.receive_datagram(_data(s, k, payload), A, t + 0.011)
+        s.receive(1 << 20)
+        seq += 16
+        t += 0.02
+    assert r._probe.rate(need_half=False) == pytest.approx(10_000, rel=0.01)

@@ -14,6 +14,10 @@
 //   --discard               do not write received bytes
 //   --bind ADDR             listen: the IPv4 address to listen on (default 127.0.0.1)
 //   --mss N --sndbuf B --rcvbuf B --udp-rcvbuf B --udp-sndbuf B
+//   --perfmon               sample UDT::perfmon every 100 ms while sending or receiving; at the end
+//                           one more JSON line on stderr: {"perfmon": [{...}, ...]} (msRTT,
+//                           mbpsBandwidth, pktFlowWindow, pktCongestionWindow, usPktSndPeriod,
+//                           mbpsSendRate, mbpsRecvRate per sample)
 //
 // "listening PORT" and "connected" go to stderr, and at the end one JSON line:
 // {"bytes": N, "seconds": S, "mbps": M} timed at the receiver from the first byte
@@ -38,7 +42,7 @@ namespace {
 struct Options {
     std::string role, host, bind = "127.0.0.1";
     int port = 0, local_port = 0;
-    bool message = false, gen = false, discard = false, recv_all = false;
+    bool message = false, gen = false, discard = false, recv_all = false, perfmon = false;
     long long send = 0, recv = 0;
     double seconds = 0;
     int msg = 65536, mss = 0, sndbuf = 0, rcvbuf = 0, udp_rcvbuf = 0, udp_sndbuf = 0;
@@ -103,8 +107,38 @@ UDTSOCKET make_socket(const Options& o) {
     return u;
 }
 
+// perfmon samples, taken every 100 ms by the send and receive loops when --perfmon is given
+std::vector<std::string> samples;
+double next_sample = 0;
+
+void sample(UDTSOCKET u, const Options& o) {
+    if (!o.perfmon) return;
+    double t = now();
+    if (t < next_sample) return;
+    next_sample = t + 0.1;
+    UDT::TRACEINFO perf;
+    if (UDT::ERROR == UDT::perfmon(u, &perf, true)) return;
+    char line[512];
+    std::snprintf(line, sizeof line,
+                  "{\"msRTT\": %.3f, \"mbpsBandwidth\": %.3f, \"pktFlowWindow\": %d, "
+                  "\"pktCongestionWindow\": %d, \"usPktSndPeriod\": %.3f, \"mbpsSendRate\": %.3f, "
+                  "\"mbpsRecvRate\": %.3f}",
+                  perf.msRTT, perf.mbpsBandwidth, perf.pktFlowWindow, perf.pktCongestionWindow,
+                  perf.usPktSndPeriod, perf.mbpsSendRate, perf.mbpsRecvRate);
+    samples.push_back(line);
+}
+
+void print_samples(const Options& o) {
+    if (!o.perfmon) return;
+    std::string out = "{\"perfmon\": [";
+    for (size_t i = 0; i < samples.size(); ++i) out += (i ? ", " : "") + samples[i];
+    out += "]}\n";
+    std::fputs(out.c_str(), stderr);
+    std::fflush(stderr);
+}
+
 void send_data(UDTSOCKET u, const Options& o) {
-    const size_t chunk = o.message ? o.msg : 1 << 20;
+    const size_t chunk = o.message ? o.msg : o.perfmon ? 1 << 16 : 1 << 20;
     std::vector<char> buf(chunk);
     if (o.gen)
         for (size_t i = 0; i < chunk; ++i) buf[i] = char((i * 7 + (i >> 9)) & 0xFF);
@@ -126,6 +160,7 @@ void send_data(UDTSOCKET u, const Options& o) {
                 off += s;
             }
         }
+        sample(u, o);
         left -= n;
     }
 }
@@ -148,6 +183,7 @@ void recv_data(UDTSOCKET u, const Options& o) {
         last = now();
         if (first == 0) first = now();
         got += r;
+        sample(u, o);
         if (!o.discard) {
             if (o.message) {
                 uint32_t len = htonl(uint32_t(r));
@@ -202,6 +238,7 @@ Options parse(int argc, char** argv) {
         else if (a == "--gen") o.gen = true;
         else if (a == "--discard") o.discard = true;
         else if (a == "--bind") o.bind = next();
+        else if (a == "--perfmon") o.perfmon = true;
         else if (a == "--mss") o.mss = std::atoi(next());
         else if (a == "--sndbuf") o.sndbuf = std::atoi(next());
         else if (a == "--rcvbuf") o.rcvbuf = std::atoi(next());
@@ -259,6 +296,7 @@ int main(int argc, char** argv) {
     std::fflush(stderr);
     if (o.send || o.seconds > 0) send_data(conn, o);
     if (o.recv || o.recv_all) recv_data(conn, o);
+    print_samples(o);
     UDT::close(conn);  // lingers until what was sent is acknowledged
     if (conn != u) UDT::close(u);
     UDT::cleanup();
