@@ -28,6 +28,8 @@ from .._version import __version__
 from . import _bench
 from ._check import error_line, leaves, run_check, run_plugins
 from ._relay import parse_linger, run_connect, run_listen
+from ._scan import add_arguments as add_scan_arguments
+from ._scan import run_scan
 from ._stdio import OutputClosed, reserve_standard_fds
 from ._tls import add_tls_arguments, tls_url
 
@@ -189,6 +191,15 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
         help="with --keep-open: serve at most N connections at once (others wait)",
     )
 
+    scan = subs.add_parser(
+        "scan",
+        help="port scan: open, closed, filtered per port (like nmap -sT / -sU)",
+        description="Scan PORTS on each URL's host and print nmap's table of interesting ports; "
+        "--json, -oX (nmap XML, read by ndiff) and -oG (grepable) for machines. "
+        "Exit status 0 when the scan ran, whatever it found.",
+    )
+    add_scan_arguments(scan)
+
     plugins = subs.add_parser("plugins", help="plugins, transports and their options, hook implementations")
     plugins.add_argument("--json", action="store_true", help="print one JSON document")
 
@@ -285,7 +296,7 @@ def _report(exc: BaseException, verbose: int) -> int:
     return EXIT_FAILURE
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "check":
         return _run_trio(lambda: run_check(args.json))
     if args.command == "plugins":
@@ -294,6 +305,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         url = tls_url(args, with_options(args.url, args.options), listening=args.command == "listen")
         run = run_connect if args.command == "connect" else run_listen
         return _run_trio(lambda: run(args, url))
+    if args.command == "scan":
+        return _run_trio(lambda: run_scan(args, argv))
     if args.command == "bench":
         if args.bench_error:
             _say(f"bench: {args.bench_error}")
@@ -313,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command is None:
         parser.print_usage(sys.stderr)
-        _say("a command is needed: check, connect, listen, plugins or bench (-h for help)")
+        _say("a command is needed: check, connect, listen, scan, plugins or bench (-h for help)")
         return EXIT_USAGE
     if args.command == "listen" and args.max_conns is not None and not (args.keep_open or args.socks5):
         _say("listen: --max-conns needs --keep-open")
@@ -323,6 +336,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         configure_cli_logging(args.verbose)
     try:
-        return _dispatch(args)
+        return _dispatch(args, argv)
     except (Exception, KeyboardInterrupt) as exc:
         return _report(exc, args.verbose)
