@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from trio_conduit._scan._engine import PortState, Reason, ScanEngine
+from trio_conduit._scan._engine import PortState, ScanEngine, ScanReason
 
 
 def targets(n: int) -> list[tuple[str, int]]:
@@ -19,15 +19,17 @@ def test_answers_give_nmap_states_and_reasons() -> None:
     probes = engine.launch(0.0)
     assert [p.port for p in probes] == [1, 2, 3, 4]
     for probe, reason in zip(
-        probes, [Reason.SYN_ACK, Reason.CONN_REFUSED, Reason.HOST_UNREACH, Reason.ADMIN_PROHIBITED]
+        probes,
+        [ScanReason.SYN_ACK, ScanReason.CONN_REFUSED, ScanReason.HOST_UNREACH, ScanReason.ADMIN_PROHIBITED],
+        strict=False,
     ):
         engine.answered(probe, reason, 0.001)
     got = {r.port: (r.state, r.reason) for r in engine.results()}
     assert got == {
-        1: (PortState.OPEN, Reason.SYN_ACK),
-        2: (PortState.CLOSED, Reason.CONN_REFUSED),
-        3: (PortState.FILTERED, Reason.HOST_UNREACH),
-        4: (PortState.FILTERED, Reason.ADMIN_PROHIBITED),
+        1: (PortState.OPEN, ScanReason.SYN_ACK),
+        2: (PortState.CLOSED, ScanReason.CONN_REFUSED),
+        3: (PortState.FILTERED, ScanReason.HOST_UNREACH),
+        4: (PortState.FILTERED, ScanReason.ADMIN_PROHIBITED),
     }
     assert engine.finished
 
@@ -40,14 +42,15 @@ def test_silence_is_retried_then_filtered() -> None:
     assert engine.expire(1.0) == [first]
     assert engine.results() == []  # a retry, not a verdict
     (second,) = engine.launch(1.0)
-    assert second.port == 1 and second.tries == 2
+    assert second.port == 1
+    assert second.tries == 2
     assert second.deadline > 1.0 + 1.0  # a retry waits longer (exponential back-off)
     engine.expire(second.deadline)
     (third,) = engine.launch(second.deadline)
     assert third.tries == 3
     engine.expire(third.deadline)
     (result,) = engine.results()
-    assert (result.state, result.reason, result.tries) == (PortState.FILTERED, Reason.NO_RESPONSE, 3)
+    assert (result.state, result.reason, result.tries) == (PortState.FILTERED, ScanReason.NO_RESPONSE, 3)
     assert engine.finished
 
 
@@ -64,9 +67,10 @@ def test_an_answer_on_a_retry_wins() -> None:
     (probe,) = engine.launch(0.0)
     engine.expire(probe.deadline)
     (again,) = engine.launch(probe.deadline)
-    engine.answered(again, Reason.SYN_ACK, again.deadline - 0.01)
+    engine.answered(again, ScanReason.SYN_ACK, again.deadline - 0.01)
     (result,) = engine.results()
-    assert result.state is PortState.OPEN and result.tries == 2
+    assert result.state is PortState.OPEN
+    assert result.tries == 2
 
 
 def test_window_grows_on_answers_and_halves_on_silence() -> None:
@@ -76,7 +80,7 @@ def test_window_grows_on_answers_and_halves_on_silence() -> None:
     for _ in range(10):  # answer everything in flight, launch what the window allows
         now += 0.001
         for probe in list(engine._in_flight):
-            engine.answered(probe, Reason.CONN_REFUSED, now)
+            engine.answered(probe, ScanReason.CONN_REFUSED, now)
         engine.launch(now)
     grown = engine.cwnd
     assert grown > 8  # slow start, then congestion avoidance
@@ -96,18 +100,18 @@ def test_window_never_exceeds_its_bound() -> None:
         probes = engine.launch(now)
         assert engine.in_flight <= 16
         for probe in probes:
-            engine.answered(probe, Reason.CONN_REFUSED, now)
+            engine.answered(probe, ScanReason.CONN_REFUSED, now)
     assert engine.cwnd <= 16
 
 
 def test_rtt_sets_the_timeout_within_bounds() -> None:
     engine = ScanEngine(targets(50), initial_timeout=1.0, min_timeout=0.1, max_timeout=10.0)
     for probe in engine.launch(0.0):
-        engine.answered(probe, Reason.CONN_REFUSED, 0.0005)
+        engine.answered(probe, ScanReason.CONN_REFUSED, 0.0005)
     assert engine.timeout == pytest.approx(0.1)  # clamped to the minimum on a fast network
     slow = ScanEngine(targets(5), initial_timeout=1.0)
     for probe in slow.launch(0.0):
-        slow.answered(probe, Reason.CONN_REFUSED, 0.4)
+        slow.answered(probe, ScanReason.CONN_REFUSED, 0.4)
     assert slow.srtt == pytest.approx(0.4)
     assert 0.4 < slow.timeout <= 10.0
 
@@ -119,11 +123,12 @@ def test_local_failure_is_never_a_verdict() -> None:
     assert engine.results() == []
     assert engine.max_window == 2  # bounded by what could be held open
     assert engine.launch(0.005) == []  # backing off
-    engine.answered(a, Reason.CONN_REFUSED, 0.006)
+    engine.answered(a, ScanReason.CONN_REFUSED, 0.006)
     (retry,) = engine.launch(0.02)
-    assert retry.port == 3 and retry.tries == 1  # the failed send did not use a try
-    engine.answered(b, Reason.CONN_REFUSED, 0.02)
-    engine.answered(retry, Reason.SYN_ACK, 0.02)
+    assert retry.port == 3
+    assert retry.tries == 1
+    engine.answered(b, ScanReason.CONN_REFUSED, 0.02)
+    engine.answered(retry, ScanReason.SYN_ACK, 0.02)
     assert {r.port: r.state for r in engine.results()} == {
         1: PortState.CLOSED,
         2: PortState.CLOSED,
@@ -145,8 +150,9 @@ def test_back_off_doubles_while_failures_repeat() -> None:
         now = deadline
     assert waits == [0.01, 0.02, 0.04, 0.05, 0.05]
     (probe,) = engine.launch(now)
-    engine.answered(probe, Reason.CONN_REFUSED, now)
-    assert engine.finished and engine.results()[0].state is PortState.CLOSED
+    engine.answered(probe, ScanReason.CONN_REFUSED, now)
+    assert engine.finished
+    assert engine.results()[0].state is PortState.CLOSED
 
 
 def test_every_target_gets_exactly_one_verdict() -> None:
@@ -162,7 +168,7 @@ def test_every_target_gets_exactly_one_verdict() -> None:
             elif step % 5 == 0:
                 pass  # silence
             else:
-                engine.answered(probe, Reason.CONN_REFUSED, now)
+                engine.answered(probe, ScanReason.CONN_REFUSED, now)
         deadline = engine.next_deadline()
         now = max(now + 0.001, deadline if deadline is not None else now)
         engine.expire(now)

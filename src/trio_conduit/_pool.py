@@ -11,7 +11,7 @@ import dataclasses
 import errno
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, NoReturn, final
@@ -22,6 +22,8 @@ from ._address import Address, Option, resolve_options, split_url
 from ._connection import Connection, DatagramConnection, Kind, Listener, StreamConnection
 from ._errors import AddressError, ConduitError, ConnectError, ConnectTimeout
 from ._plugins import HookScope, global_scope
+from ._scan._driver import scan, split_target
+from ._scan._engine import ScanResult
 from ._sockets import SocketOptions, SocketRole
 from ._trace import Tracer
 from ._transport import Context, Transport
@@ -514,6 +516,19 @@ class Pool:
             await self.scope.notify("conduit_handler_error", conn=None, exc=exc)
             return
         await _run_handler(conn, handler, self.scope)
+
+    # -- scanning -----------------------------------------------------------
+    def scan(
+        self, targets: str | Sequence[str], ports: str | Iterable[int] = "1-1000", **options: Any
+    ) -> AsyncGenerator[ScanResult, None]:
+        """:func:`trio_conduit.scan` over this pool's transports: each target's scheme must be
+        one this pool registers (and one the scanner can probe). ``options``: ``scan``'s."""
+        self._check_open()
+        for url in [targets] if isinstance(targets, str) else targets:
+            scheme, _ = split_target(url)
+            if scheme not in self.transports:
+                raise AddressError(f"{url!r}: no transport registers {scheme}:// in this pool")
+        return scan(targets, ports, **options)
 
     # -- listening ----------------------------------------------------------
     async def listen(

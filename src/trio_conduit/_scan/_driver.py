@@ -14,16 +14,16 @@ import os
 import resource
 import select
 import socket
-from _socket import socket as _raw_socket
 import struct
-from collections.abc import AsyncIterator, Iterable, Sequence
+from _socket import socket as _raw_socket
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import trio
 
 from .._errors import AddressError
-from ._engine import PortState, Probe, Reason, ScanEngine, ScanResult
+from ._engine import PortState, Probe, ScanEngine, ScanReason, ScanResult
 from ._ports import parse_ports
 
 __all__ = ["SCANNABLE", "ScanStats", "expand_hosts", "raise_nofile_limit", "scan", "split_target"]
@@ -52,11 +52,11 @@ LOCAL_ERRNOS: Final = frozenset(
 )
 #: errno values that answer for the port.
 REASON_OF_ERRNO: Final = {
-    errno.ECONNREFUSED: Reason.CONN_REFUSED,
-    errno.EHOSTUNREACH: Reason.HOST_UNREACH,
-    errno.ENETUNREACH: Reason.NET_UNREACH,
-    errno.EACCES: Reason.ADMIN_PROHIBITED,
-    errno.EPERM: Reason.ADMIN_PROHIBITED,
+    errno.ECONNREFUSED: ScanReason.CONN_REFUSED,
+    errno.EHOSTUNREACH: ScanReason.HOST_UNREACH,
+    errno.ENETUNREACH: ScanReason.NET_UNREACH,
+    errno.EACCES: ScanReason.ADMIN_PROHIBITED,
+    errno.EPERM: ScanReason.ADMIN_PROHIBITED,
 }
 #: File descriptors kept free for everything else the process does.
 FD_RESERVE: Final = 24
@@ -111,7 +111,7 @@ def split_target(url: str) -> tuple[str, str]:
     if host.startswith("[") and "]" in host:
         inner, _, tail = host[1:].partition("]")
         host = inner + tail  # [v6]/64 -> v6/64
-    if not host or "/" in host.split("%")[0] and not _is_cidr(host):
+    if not host or ("/" in host.split("%")[0] and not _is_cidr(host)):
         raise AddressError(f"{url!r}: no host to scan (ports go in the port set, not the URL)")
     return scheme, host
 
@@ -162,7 +162,7 @@ async def scan(
     min_timeout: float = 0.1,
     max_timeout: float = 10.0,
     stats: ScanStats | None = None,
-) -> AsyncIterator[ScanResult]:
+) -> AsyncGenerator[ScanResult, None]:
     """Scan ``ports`` on each target (``tcp://host``, ``udp://10.0.0.0/24`` ...); yield a
     :class:`ScanResult` per port as its verdict is reached (not in port order).
 
@@ -185,7 +185,7 @@ async def scan(
         if not 0 <= port <= 65535:
             raise ValueError(f"port {port} is out of range")
     hosts = await expand_hosts(host for _, host in split)
-    family_of = dict((addr, family) for family, addr in hosts)
+    family_of = {addr: family for family, addr in hosts}
     bound = _fd_bound()
     window = bound if max_parallel is None else max_parallel
     engine = ScanEngine(
@@ -244,11 +244,11 @@ async def scan(
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)  # close with RST
         sock.close()
         if code == 0:
-            engine.answered(probe, Reason.SYN_ACK, now)
+            engine.answered(probe, ScanReason.SYN_ACK, now)
         elif code in REASON_OF_ERRNO:
             reason = REASON_OF_ERRNO[code]
-            if reason is Reason.CONN_REFUSED and not stream:
-                reason = Reason.PORT_UNREACH
+            if reason is ScanReason.CONN_REFUSED and not stream:
+                reason = ScanReason.PORT_UNREACH
             engine.answered(probe, reason, now)
         elif code in LOCAL_ERRNOS:
             engine.local_failure(probe, now)
@@ -268,7 +268,7 @@ async def scan(
                 code = exc.errno or errno.EIO
             else:
                 sock.close()
-                engine.answered(probe, Reason.UDP_RESPONSE, now)
+                engine.answered(probe, ScanReason.UDP_RESPONSE, now)
                 return
         finish(probe, sock, code, now)
 

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
-__all__ = ["PortState", "Probe", "Reason", "ScanEngine", "ScanResult"]
+__all__ = ["PortState", "Probe", "ScanReason", "ScanEngine", "ScanResult"]
 
 
 class PortState(enum.Enum):
@@ -43,7 +43,7 @@ class PortState(enum.Enum):
         return self.value
 
 
-class Reason(enum.Enum):
+class ScanReason(enum.Enum):
     """Why a port got its state, by nmap's reason names."""
 
     SYN_ACK = "syn-ack"
@@ -61,13 +61,13 @@ class Reason(enum.Enum):
 
 #: The state each reason gives (a silence after the retries: the engine's ``silence``).
 STATE_OF: Final = {
-    Reason.SYN_ACK: PortState.OPEN,
-    Reason.UDP_RESPONSE: PortState.OPEN,
-    Reason.CONN_REFUSED: PortState.CLOSED,
-    Reason.PORT_UNREACH: PortState.CLOSED,
-    Reason.HOST_UNREACH: PortState.FILTERED,
-    Reason.NET_UNREACH: PortState.FILTERED,
-    Reason.ADMIN_PROHIBITED: PortState.FILTERED,
+    ScanReason.SYN_ACK: PortState.OPEN,
+    ScanReason.UDP_RESPONSE: PortState.OPEN,
+    ScanReason.CONN_REFUSED: PortState.CLOSED,
+    ScanReason.PORT_UNREACH: PortState.CLOSED,
+    ScanReason.HOST_UNREACH: PortState.FILTERED,
+    ScanReason.NET_UNREACH: PortState.FILTERED,
+    ScanReason.ADMIN_PROHIBITED: PortState.FILTERED,
 }
 
 
@@ -80,7 +80,7 @@ class ScanResult:
     port: int
     protocol: str
     state: PortState
-    reason: Reason
+    reason: ScanReason
     tries: int = 1
 
     def as_dict(self) -> dict[str, object]:
@@ -208,7 +208,7 @@ class ScanEngine:
         return deadline
 
     # -- what happened ---------------------------------------------------------
-    def answered(self, probe: Probe, reason: Reason, now: float) -> None:
+    def answered(self, probe: Probe, reason: ScanReason, now: float) -> None:
         """``probe`` got an answer that decides its port's state."""
         self._in_flight.remove(probe)
         if probe.tries == 1:
@@ -249,7 +249,7 @@ class ScanEngine:
             if probe.tries <= self.retries:
                 self._again.append((probe.host, probe.port, probe.tries))
             else:
-                self._verdict(probe.host, probe.port, self.silence, Reason.NO_RESPONSE, probe.tries)
+                self._verdict(probe.host, probe.port, self.silence, ScanReason.NO_RESPONSE, probe.tries)
         return gone
 
     def results(self) -> list[ScanResult]:
@@ -259,7 +259,7 @@ class ScanEngine:
         return out
 
     # -- inside ------------------------------------------------------------------
-    def _verdict(self, host: str, port: int, state: PortState, reason: Reason, tries: int) -> None:
+    def _verdict(self, host: str, port: int, state: PortState, reason: ScanReason, tries: int) -> None:
         self.done += 1
         self._results.append(ScanResult(host, port, self.protocol, state, reason, tries))
 

@@ -110,7 +110,9 @@ class HostReport:
         counts = self.counts()
         for state in sorted(self.hidden_states(), key=lambda s: -counts[s]):
             reasons = self.hidden_reasons(state)
-            why = ", ".join(f"{n} {reason}" if len(reasons) > 1 else reason for reason, n in reasons.most_common())
+            why = ", ".join(
+                f"{n} {reason}" if len(reasons) > 1 else reason for reason, n in reasons.most_common()
+            )
             parts.append(f"{counts[state]} {state} {self.protocol} ports ({why})")
         return ", ".join(parts)
 
@@ -130,7 +132,9 @@ class ScanReport:
         self.hosts.setdefault(address, HostReport(address, self.protocol))
 
     def add(self, result: ScanResult) -> None:
-        self.hosts.setdefault(result.host, HostReport(result.host, self.protocol)).results[result.port] = result
+        self.hosts.setdefault(result.host, HostReport(result.host, self.protocol)).results[result.port] = (
+            result
+        )
 
     def finish(self) -> None:
         self.end = time.time()
@@ -163,19 +167,20 @@ class ScanReport:
                 lines.append("(no ports scanned)")
             lines.append("")
         count = len(self.hosts)
-        lines.append(
-            f"conduit done: {count} IP address{'es' if count != 1 else ''} scanned in {self.elapsed:.2f} seconds"
-        )
+        addresses = "address" if count == 1 else "addresses"
+        lines.append(f"conduit done: {count} IP {addresses} scanned in {self.elapsed:.2f} seconds")
         return "\n".join(lines) + "\n"
 
     # -- nmap's XML ------------------------------------------------------------------------
     def xml(self) -> str:
         start, end = int(self.start), int(self.end)
-        scan_type = "udp" if self.protocol == "udp" else ("sctpinit" if self.protocol == "sctp" else "connect")
+        scan_type = (
+            "udp" if self.protocol == "udp" else ("sctpinit" if self.protocol == "sctp" else "connect")
+        )
         out = [
             '<?xml version="1.0" encoding="UTF-8"?>',
             "<!DOCTYPE nmaprun>",
-            f"<nmaprun scanner=\"conduit\" args={quoteattr(self.args)} start=\"{start}\" "
+            f'<nmaprun scanner="conduit" args={quoteattr(self.args)} start="{start}" '
             f"startstr={quoteattr(_stamp(self.start))} version={quoteattr(_version())} "
             f'xmloutputversion="{XML_VERSION}">',
             f'<scaninfo type="{scan_type}" protocol="{self.protocol}" numservices="{len(self.ports)}" '
@@ -185,7 +190,8 @@ class ScanReport:
         ]
         for host in self.hosts.values():
             family = "ipv6" if ":" in host.address else "ipv4"
-            out.append(f'<host starttime="{start}" endtime="{end}"><status state="up" reason="user-set" reason_ttl="0"/>')
+            out.append(f'<host starttime="{start}" endtime="{end}">')
+            out.append('<status state="up" reason="user-set" reason_ttl="0"/>')
             out.append(f'<address addr="{host.address}" addrtype="{family}"/>')
             out.append("<hostnames>\n</hostnames>")
             out.append("<ports>")
@@ -194,18 +200,20 @@ class ScanReport:
                 reasons = host.hidden_reasons(state)
                 out.append(f'<extraports state="{state}" count="{counts[state]}">')
                 for reason, n in reasons.most_common():
-                    ports = sorted(p for p, r in host.results.items() if r.state is state and str(r.reason) == reason)
+                    ports = sorted(
+                        p for p, r in host.results.items() if r.state is state and str(r.reason) == reason
+                    )
                     out.append(
                         f'<extrareasons reason="{reason}" count="{n}" proto="{self.protocol}" '
                         f'ports="{format_ports(ports)}"/>'
                     )
                 out.append("</extraports>")
-            for r in host.shown():
-                out.append(
-                    f'<port protocol="{r.protocol}" portid="{r.port}"><state state="{r.state}" '
-                    f'reason="{r.reason}" reason_ttl="0"/><service name="{service_name(r.port, r.protocol)}" '
-                    'method="table" conf="3"/></port>'
-                )
+            out.extend(
+                f'<port protocol="{r.protocol}" portid="{r.port}"><state state="{r.state}" '
+                f'reason="{r.reason}" reason_ttl="0"/><service name="{service_name(r.port, r.protocol)}" '
+                'method="table" conf="3"/></port>'
+                for r in host.shown()
+            )
             out.append("</ports>")
             out.append("</host>")
         count = len(self.hosts)
@@ -228,7 +236,8 @@ class ScanReport:
         for host in self.hosts.values():
             lines.append(f"Host: {host.address} ()\tStatus: Up")
             ports = ", ".join(
-                f"{r.port}/{r.state}/{r.protocol}//{service_name(r.port, r.protocol)}///" for r in host.shown()
+                f"{r.port}/{r.state}/{r.protocol}//{service_name(r.port, r.protocol)}///"
+                for r in host.shown()
             )
             line = f"Host: {host.address} ()\tPorts: {ports}"
             counts = host.counts()

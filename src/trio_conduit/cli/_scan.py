@@ -45,12 +45,22 @@ def add_arguments(sub: argparse.ArgumentParser) -> None:
         default=DEFAULT_PORTS,
         help=f"ports as nmap writes them: 22,80,1000-2000; - (or -p-) for all (default {DEFAULT_PORTS})",
     )
-    sub.add_argument("--json", action="store_true", help="JSON lines on stdout: host, port, protocol, state, reason")
-    sub.add_argument("-oX", dest="xml_file", metavar="FILE", help="write nmap's XML format to FILE (- for stdout)")
-    sub.add_argument("-oG", dest="grep_file", metavar="FILE", help="write nmap's grepable format to FILE (- for stdout)")
+    sub.add_argument(
+        "--json", action="store_true", help="JSON lines on stdout: host, port, protocol, state, reason"
+    )
+    sub.add_argument(
+        "-oX", dest="xml_file", metavar="FILE", help="write nmap's XML format to FILE (- for stdout)"
+    )
+    sub.add_argument(
+        "-oG", dest="grep_file", metavar="FILE", help="write nmap's grepable format to FILE (- for stdout)"
+    )
     sub.add_argument("--retries", type=int, default=1, help="extra probes for a silent port (default 1)")
     sub.add_argument(
-        "--max-parallel", type=int, default=None, metavar="N", help="at most N probes in flight (default: the fd limit)"
+        "--max-parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most N probes in flight (default: the fd limit)",
     )
     sub.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
@@ -76,7 +86,9 @@ async def run_scan(args: argparse.Namespace, argv: list[str]) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
     started = last = time.monotonic()
     done = 0
-    async with aclosing(scan(args.urls, ports, retries=args.retries, max_parallel=args.max_parallel, stats=stats)) as results:
+    async with aclosing(
+        scan(args.urls, ports, retries=args.retries, max_parallel=args.max_parallel, stats=stats)
+    ) as results:
         async for result in results:
             report.add(result)
             done += 1
@@ -87,7 +99,8 @@ async def run_scan(args: argparse.Namespace, argv: list[str]) -> int:
                 rate = done / max(last - started, 1e-9)
                 eta = (total - done) / rate if rate else 0.0
                 print(
-                    f"\rscanned {done}/{total} ports ({100 * done / total:.0f}%), {rate:,.0f} ports/s, ETA {eta:.0f} s ",
+                    f"\rscanned {done}/{total} ports ({100 * done / total:.0f}%), "
+                    f"{rate:,.0f} ports/s, ETA {eta:.0f} s ",
                     end="",
                     file=sys.stderr,
                     flush=True,
