@@ -294,7 +294,10 @@ class Pool:
         # (a TLSConfig compares without its session), and those are resolved each time.
         key: tuple[object, ...] | None = None
         hit = None
-        if all(type(value) in _PLAIN for value in given.values()):
+        if not given:  # the common case: no keywords
+            key = (transport, scope, id(address))
+            hit = self._resolved.get(key)
+        elif all(type(value) in _PLAIN for value in given.values()):
             key = (
                 transport,
                 scope,
