@@ -67,16 +67,30 @@ LISTENERS = textwrap.dedent(
 
 SCAN_SNIPPET = textwrap.dedent(
     """
-    import json, resource, sys, trio
+    import json, os, resource, sys, trio
     from contextlib import aclosing
     import trio_conduit
     from trio_conduit import ScanStats
 
     url, ports, nofile, max_parallel = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    if nofile:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    limit = 64 if nofile else 0
+    held = []
+    if limit:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    def starve():
+        # leave `nofile` free descriptors once trio runs: the scan's epoll set and a socket or two
+        try:
+            while True:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        for _ in range(nofile):
+            os.close(held.pop())
 
     async def main():
+        if nofile:
+            starve()
         stats = ScanStats()
         found, count = {}, 0
         async with aclosing(
@@ -171,9 +185,10 @@ def test_udp_closed_versus_open_filtered(known: NetNS) -> None:
 
 
 def test_low_file_limit_misreports_nothing(known: NetNS) -> None:
-    """RLIMIT_NOFILE 48 while the scan is told it may hold 400 sockets: EMFILE is hit for
-    real, backed off and retried, and no port changes its verdict."""
-    report = scan_in(known, "tcp://127.0.0.1", "1-3000,4444,8080,40000", nofile=48, max_parallel=400)
+    """RLIMIT_NOFILE lowered, and all but 3 descriptors taken once the scan starts, while the
+    scan is told it may hold 400 sockets: EMFILE is hit for real (a DROP-filtered port's
+    socket waits for its timeout), backed off and retried, and no port changes its verdict."""
+    report = scan_in(known, "tcp://127.0.0.1", "1-3000,4444,8080,40000", nofile=3, max_parallel=400)
     assert report["local_failures"] > 0  # the limit was really hit
     assert report["count"] == report["ports"] == 3003
     assert report["interesting"] == EXPECTED_TCP

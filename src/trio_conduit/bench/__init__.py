@@ -9,6 +9,7 @@ is :mod:`trio_conduit.cli._bench`.
 * :mod:`.cli_pipe`: ``cli``, the ``conduit`` command against ``ncat``;
 * :mod:`.socks5`: ``socks5``, connects through a SOCKS5 hop against python-socks;
 * :mod:`.tls`: ``tls``, TLS against raw ``trio.SSLStream`` (and the TLS pipe);
+* :mod:`.scan`: ``scan``, a full TCP port scan against ``nmap -sT`` (root), and the connect figures;
 * :mod:`._runner`: what they share (pinned processes, alternating runs, medians);
 * :mod:`._worker`: the entry point of their worker processes.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import trio_conduit
 
 from .cli_pipe import CLI
+from .scan import SCAN
 from .socks5 import SOCKS5
 from .tcp import BULK, RATE
 from .tls import TLS
@@ -28,4 +30,4 @@ from .tls import TLS
 __all__ = ["BENCHMARKS"]
 
 #: trio-conduit's own benchmarks, in the order they run.
-BENCHMARKS: tuple[trio_conduit.Benchmark, ...] = (BULK, RATE, CLI, SOCKS5, TLS)
+BENCHMARKS: tuple[trio_conduit.Benchmark, ...] = (BULK, RATE, CLI, SOCKS5, TLS, SCAN)
