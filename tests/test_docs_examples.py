@@ -112,6 +112,11 @@ relay is the server: False
     "proxy_plugin.py": """\
 b'you are 192.0.2.10; you said hi'
 """,
+    "scan_ports.py": """\
+listening: open (syn-ack)
+bound only: closed (conn-refused)
+[22, 80, 1000, 1001, 1002]
+""",
     "errors.py": """\
 AddressError: 'tcp://127.0.0.1': missing port (expected host:port)
 AddressError: 'tcp://127.0.0.1:0': port 0 can only be used to listen (it asks the kernel to choose)
