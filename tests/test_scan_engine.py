@@ -181,3 +181,25 @@ def test_bad_arguments() -> None:
         ScanEngine([], retries=-1)
     with pytest.raises(ValueError, match="max_window"):
         ScanEngine([], max_window=0)
+
+
+def test_silences_never_halve_below_the_starting_window() -> None:
+    """A DROP rule here and there must not starve the scan: one probe's silence after another
+    halves the window down to the starting one, no further."""
+    engine = ScanEngine(targets(60000), initial_window=10, retries=0)
+    now = 0.0
+    for _ in range(50):  # grow it with prompt answers
+        now += 0.001
+        for probe in engine.launch(now):
+            engine.answered(probe, ScanReason.CONN_REFUSED, now)
+    assert engine.cwnd > 40
+    for _ in range(8):  # then eight silences, each from a probe sent after the last halving
+        now += 0.001
+        probe = engine.launch(now)[0]
+        for other in list(engine._in_flight):
+            if other is not probe:
+                engine.answered(other, ScanReason.CONN_REFUSED, now)
+        engine.expire(probe.deadline)
+        now = probe.deadline
+    assert engine.cwnd == pytest.approx(10)
+    assert engine.ssthresh == pytest.approx(10)

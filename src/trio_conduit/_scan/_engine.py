@@ -8,8 +8,8 @@ monotonic origin) into every call and reports what each probe ended with.
   retries, or an ICMP error), and for datagram scans ``open|filtered`` (silence).
 * **Window**: a congestion window like nmap's. Every answer grows it (by one per
   answer in slow start, below ``ssthresh``; by ``1/cwnd`` per answer above it);
-  a silence halves it (at most once per window's worth of probes) and sets
-  ``ssthresh`` to half of what was in flight. It never exceeds ``max_window``
+  a silence halves it (at most once per window's worth of probes, never below
+  the starting window) and sets ``ssthresh`` there. It never exceeds ``max_window``
   (the driver's bound: the open-file limit).
 * **Timeouts** follow RFC 6298 from first-try answers (Karn's rule): ``srtt + 4
   rttvar`` clamped to [``min_timeout``, ``max_timeout``].
@@ -150,6 +150,8 @@ class ScanEngine:
         self.retries = retries
         self.max_window = max_window
         self.cwnd = min(float(initial_window), float(max_window))
+        #: The window a silence never halves below: the starting one.
+        self.low_window = self.cwnd
         self.ssthresh = float(initial_ssthresh)
         self.min_timeout = min_timeout
         self.max_timeout = max_timeout
@@ -243,9 +245,12 @@ class ScanEngine:
             self._in_flight.remove(probe)
             self.stats.silences += 1
             if probe.epoch == self._epoch:  # one reduction per window of probes
+                # Halve, but not below the starting window: a silence among prompt answers is
+                # most often a filtering rule, not a congested path (and a congested path shows
+                # as many silences, which keep the window at that floor).
                 self._epoch += 1
-                self.ssthresh = max(2.0, len(self._in_flight) / 2 + 1)
-                self.cwnd = max(1.0, self.cwnd / 2)
+                self.cwnd = max(self.low_window, self.cwnd / 2)
+                self.ssthresh = self.cwnd
             if probe.tries <= self.retries:
                 self._again.append((probe.host, probe.port, probe.tries))
             else:
