@@ -11,7 +11,7 @@ Needs nothing but ``python3 -m pip install nox`` (Python 3.11). Sessions:
 * ``bench``     -- ``conduit bench`` (arguments after ``--`` go to it)
 
 ``tests`` and ``interop`` install the system tools the interop tests drive
-(ncat, socat, iptables, iproute2, nmap; the proxies dante-server, tinyproxy,
+(ncat, socat, iptables, iproute2, nmap, ndiff; the proxies dante-server, tinyproxy,
 squid and microsocks) with apt when they are missing and the
 session runs as root; otherwise they warn and go on (those tests then skip).
 """
@@ -43,6 +43,7 @@ APT_PACKAGES = {
     "iptables": "iptables",
     "iproute2": "ip",
     "nmap": "nmap",
+    "ndiff": "ndiff",  # compares our -oX with nmap's (scan interop)
     "dante-server": "danted",
     "tinyproxy": "tinyproxy",
     "squid": "squid",

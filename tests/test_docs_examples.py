@@ -126,6 +126,11 @@ b'hello over TLS' True
 b'twice?' b'twice?'
 relay: 2 received, 2 duplicated
 """,
+    "scan_ports.py": """\
+listening: open (syn-ack)
+bound only: closed (conn-refused)
+[22, 80, 1000, 1001, 1002]
+""",
     "errors.py": """\
 AddressError: 'tcp://127.0.0.1': missing port (expected host:port)
 AddressError: 'tcp://127.0.0.1:0': port 0 can only be used to listen (it asks the kernel to choose)

@@ -26,6 +26,14 @@ PUBLIC: dict[str, frozenset[str]] = {
             "open_pool",
             "Pool",
             "PoolListener",
+            # scanning
+            "scan",
+            "ScanResult",
+            "ScanStats",
+            "ScanReason",
+            "PortState",
+            "PortSpecError",
+            "parse_ports",
             # connections
             "Connection",
             "StreamConnection",

@@ -57,6 +57,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
         "the hook catalogue, scopes, the async dispatcher; the plugin-author module",
     ),
     ("tls and proxies", ("trio_conduit.tls", "trio_conduit.proxy"), "TLS on any stream; proxy chains"),
+    (
+        "scanning",
+        ("trio_conduit._scan",),
+        "port scans: the port-set parser, the sans-IO engine, its trio driver, nmap's report formats",
+    ),
     ("pool", ("trio_conduit._pool",), "the pool: nursery, ids, connect / spawn / serve / listen"),
     ("package", ("trio_conduit",), "the public names"),
     (

@@ -46,6 +46,13 @@ from ._plugins import unregister_plugin as unregister_plugin
 from ._pool import Pool as Pool
 from ._pool import PoolListener as PoolListener
 from ._pool import open_pool as open_pool
+from ._scan._driver import ScanStats as ScanStats
+from ._scan._driver import scan as scan
+from ._scan._engine import PortState as PortState
+from ._scan._engine import ScanReason as ScanReason
+from ._scan._engine import ScanResult as ScanResult
+from ._scan._ports import PortSpecError as PortSpecError
+from ._scan._ports import parse_ports as parse_ports
 from ._sockets import SocketOptions as SocketOptions
 from ._sockets import SocketRole as SocketRole
 from ._trace import DEBUG_ALL as DEBUG_ALL

@@ -13,7 +13,7 @@ import heapq
 import logging
 import math
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, NoReturn, final
@@ -24,6 +24,8 @@ from ._address import Address, Option, resolve_options, split_url
 from ._connection import Connection, DatagramConnection, Kind, Listener, StreamConnection
 from ._errors import AddressError, ConduitError, ConnectError, ConnectTimeout
 from ._plugins import HookScope, global_scope
+from ._scan._driver import scan, split_target
+from ._scan._engine import ScanResult
 from ._sockets import SocketOptions, SocketRole
 from ._trace import Tracer
 from ._transport import Context, Transport
@@ -452,7 +454,10 @@ class Pool:
         # (a TLSConfig compares without its session), and those are resolved each time.
         key: tuple[object, ...] | None = None
         hit = None
-        if all(type(value) in _PLAIN for value in given.values()):
+        if not given:  # the common case: no keywords
+            key = (transport, scope, id(address))
+            hit = self._resolved.get(key)
+        elif all(type(value) in _PLAIN for value in given.values()):
             key = (
                 transport,
                 scope,
@@ -709,6 +714,19 @@ class Pool:
             await self.scope.notify("conduit_handler_error", conn=None, exc=exc)
             return
         await _run_handler(conn, handler, self.scope, idle=(self._idle, idle_timeout))
+
+    # -- scanning -----------------------------------------------------------
+    def scan(
+        self, targets: str | Sequence[str], ports: str | Iterable[int] = "1-1000", **options: Any
+    ) -> AsyncGenerator[ScanResult, None]:
+        """:func:`trio_conduit.scan` over this pool's transports: each target's scheme must be
+        one this pool registers (and one the scanner can probe). ``options``: ``scan``'s."""
+        self._check_open()
+        for url in [targets] if isinstance(targets, str) else targets:
+            scheme, _ = split_target(url)
+            if scheme not in self.transports:
+                raise AddressError(f"{url!r}: no transport registers {scheme}:// in this pool")
+        return scan(targets, ports, **options)
 
     # -- listening ----------------------------------------------------------
     async def listen(

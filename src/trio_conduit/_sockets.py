@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import errno
 import ipaddress
+import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -173,13 +174,13 @@ async def make_socket(
     closes the socket and raises a typed error.
     """
     opts = ctx.socket_options
-    where = str(ctx.address)
     try:
         sock = trio.socket.socket(family, type, proto)
     except OSError as exc:
         raise connect_error_from_oserror(
-            exc, action=f"create a {ctx.transport.name} socket for", address=where
+            exc, action=f"create a {ctx.transport.name} socket for", address=str(ctx.address)
         ) from exc
+    where = ctx.address  # formatted only when a message needs it
     try:
         if role is SocketRole.LISTEN and family != socket.AF_UNIX:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -195,10 +196,12 @@ async def make_socket(
                     raise PermissionDenied(
                         exc.errno,
                         f"binding to device {opts.device!r} needs CAP_NET_RAW (run as root)",
-                        address=where,
+                        address=str(where),
                     ) from exc
                 raise ConnectError(
-                    exc.errno or 0, f"cannot bind to device {opts.device!r}: {exc.strerror}", address=where
+                    exc.errno or 0,
+                    f"cannot bind to device {opts.device!r}: {exc.strerror}",
+                    address=str(where),
                 ) from exc
         if opts.ip_options is not None:
             if family != socket.AF_INET:
@@ -213,22 +216,24 @@ async def make_socket(
                 await sock.bind(local_sockaddr(opts.local, family))
             except OSError as exc:
                 raise connect_error_from_oserror(
-                    exc, action=f"bind to local address {opts.local!r} for", address=where
+                    exc, action=f"bind to local address {opts.local!r} for", address=str(where)
                 ) from exc
         if prepare is not None:
             try:
                 prepare(sock)
             except OSError as exc:
                 raise connect_error_from_oserror(
-                    exc, action=f"set {ctx.transport.name} socket options for", address=where
+                    exc, action=f"set {ctx.transport.name} socket options for", address=str(where)
                 ) from exc
-        await socket_created(ctx, sock, role)
+        if "conduit_socket_created" in ctx.scope.implemented:
+            await socket_created(ctx, sock, role)
     except BaseException:
         sock.close()
         raise
-    ctx.tracer.debug(
-        "%s socket made (fd %d, %s) for %s", ctx.transport.name, sock.fileno(), role.value, where
-    )
+    if ctx.tracer.log.isEnabledFor(logging.DEBUG):
+        ctx.tracer.debug(
+            "%s socket made (fd %d, %s) for %s", ctx.transport.name, sock.fileno(), role.value, where
+        )
     return sock
 
 
@@ -244,10 +249,16 @@ async def socket_created(ctx: Context, sock: trio.socket.SocketType, role: Socke
 async def _resolve(
     ctx: Context, host: str, port: int, socktype: int, *, passive: bool = False
 ) -> list[tuple[int, SockAddr]]:
+    flags = socket.AI_PASSIVE if passive else 0
     try:
-        infos = await trio.socket.getaddrinfo(
-            host or None, port, type=socktype, flags=socket.AI_PASSIVE if passive else 0
-        )
+        try:
+            # An address literal needs no resolver: the C call answers at once, without
+            # trio's thread (or its checkpoint: the connect that follows is the checkpoint).
+            infos = socket.getaddrinfo(host or None, port, type=socktype, flags=flags | socket.AI_NUMERICHOST)
+        except socket.gaierror as exc:
+            if exc.errno != socket.EAI_NONAME or not host:
+                raise
+            infos = await trio.socket.getaddrinfo(host, port, type=socktype, flags=flags)
     except socket.gaierror as exc:
         raise NameResolutionError(
             exc.errno or 0,

@@ -12,6 +12,7 @@ is :mod:`trio_conduit.cli._bench`.
 * :mod:`.dtls`: ``dtls``, DTLS against raw ``trio.DTLSEndpoint``;
 * :mod:`.serving`: ``workers`` (``conduit listen --workers 2`` against one) and
   ``memory`` (RSS per idle connection, ``pool.serve`` against ``trio.serve_tcp``);
+* :mod:`.scan`: ``scan``, a full TCP port scan against ``nmap -sT`` (root), and the connect figures;
 * :mod:`._runner`: what they share (pinned processes, alternating runs, medians);
 * :mod:`._worker`: the entry point of their worker processes.
 
@@ -25,6 +26,7 @@ import trio_conduit
 
 from .cli_pipe import CLI
 from .dtls import DTLS
+from .scan import SCAN
 from .serving import MEMORY, WORKERS
 from .socks5 import SOCKS5
 from .tcp import BULK, RATE
@@ -33,4 +35,4 @@ from .tls import TLS
 __all__ = ["BENCHMARKS"]
 
 #: trio-conduit's own benchmarks, in the order they run.
-BENCHMARKS: tuple[trio_conduit.Benchmark, ...] = (BULK, RATE, CLI, SOCKS5, TLS, DTLS, WORKERS, MEMORY)
+BENCHMARKS: tuple[trio_conduit.Benchmark, ...] = (BULK, RATE, CLI, SOCKS5, TLS, DTLS, WORKERS, MEMORY, SCAN)

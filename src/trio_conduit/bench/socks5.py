@@ -206,7 +206,8 @@ def _run(options: argparse.Namespace) -> dict[str, Any]:
 def _format(results: dict[str, Any]) -> list[str]:
     r = results["socks5_connect_us"]
     line = f"{'socks5_connect_us':24} conduit {r['conduit']:6.0f} us"
-    line += f"   direct {r['direct']:4.0f} us ({r['proxy']})"
+    line += f"   direct {r['direct']:4.0f} us (bare trio {r['raw_trio_direct']:4.0f} us,"
+    line += f" {r['direct'] / r['raw_trio_direct']:.2f}x; {r['proxy']})"
     if "ratio" in r:
         line += f"   python-socks {r['python-socks']:6.0f} us   ratio {r['ratio']:.2f}"
         line += f" (fastest tenth: {r['ratio_p10']:.2f})"

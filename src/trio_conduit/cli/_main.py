@@ -30,6 +30,8 @@ from .._version import __version__
 from . import _bench
 from ._check import error_line, leaves, run_check, run_plugins
 from ._relay import Drain, parse_linger, run_connect, run_listen
+from ._scan import add_arguments as add_scan_arguments
+from ._scan import run_scan
 from ._stdio import OutputClosed, reserve_standard_fds
 from ._tls import add_tls_arguments, tls_url
 
@@ -234,6 +236,15 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
         help="with --keep-open: serve at most N connections at once (others wait)",
     )
 
+    scan = subs.add_parser(
+        "scan",
+        help="port scan: open, closed, filtered per port (like nmap -sT / -sU)",
+        description="Scan PORTS on each URL's host and print nmap's table of interesting ports; "
+        "--json, -oX (nmap XML, read by ndiff) and -oG (grepable) for machines. "
+        "Exit status 0 when the scan ran, whatever it found.",
+    )
+    add_scan_arguments(scan)
+
     plugins = subs.add_parser("plugins", help="plugins, transports and their options, hook implementations")
     plugins.add_argument("--json", action="store_true", help="print one JSON document")
 
@@ -357,6 +368,8 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
             return _run_trio(supervisor.run, supervisor)
         drain = Drain(args.drain_timeout)
         return _run_trio(lambda: run_listen(args, url, drain), drain)
+    if args.command == "scan":
+        return _run_trio(lambda: run_scan(args, list(argv)))
     if args.command == "bench":
         if args.bench_error:
             _say(f"bench: {args.bench_error}")
@@ -389,7 +402,7 @@ def _main(argv: list[str]) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command is None:
-        _say("a command is needed: check, connect, listen, plugins or bench (-h for help)")
+        _say("a command is needed: check, connect, listen, scan, plugins or bench (-h for help)")
         return EXIT_USAGE
     if args.command == "listen" and args.max_conns is not None and not (args.keep_open or args.socks5):
         _say("listen: --max-conns needs --keep-open")
