@@ -85,3 +85,20 @@ def test_the_check_catches_cycles_plugins_and_private_names(
     assert "takes private _hidden from trio_conduit._sockets" in problems
     assert "imports trio_conduit._sockets, which is not the plugin-author API" in problems
     assert "imports trio_conduit_plugins.udp, another plugin" in problems
+
+
+def test_every_package_is_in_the_distribution() -> None:
+    """pyproject.toml lists packages by hand; one missing works in an editable install and
+    breaks every real one, so compare the list with the tree."""
+    import tomllib
+
+    config = tomllib.loads((layers.ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    roots = {name: layers.ROOT / path for name, path in config["package-dir"].items()}
+    found = {
+        ".".join([name, *init.parent.relative_to(root).parts])
+        for name, root in roots.items()
+        for init in root.rglob("__init__.py")
+    }
+    assert found - listed == set(), "add these to [tool.setuptools] packages"
+    assert listed - found == set()
