@@ -48,6 +48,9 @@ _LIGHT_ACK_PACKETS: Final = 64
 _ACK_WINDOW: Final = 1024
 #: A packet pair found inside one coalesced datagram came back to back: 1 us apart at most.
 BACK_TO_BACK: Final = 1e-6
+#: Arrivals closer than this belong to one burst, which lasts BURST_SPAN at most (``Receiver._arrived``).
+BURST_GAP: Final = 100e-6
+BURST_SPAN: Final = 1e-3
 _WORD: Final = struct.Struct("!I")
 _SEQ_DEST: Final = struct.Struct("!I8xI")  # a data packet's sequence word and destination id
 _ACK_WORD: Final = control_word(ControlType.ACK)
@@ -69,12 +72,6 @@ class _RateWindow:
         self._values[self._pos] = interval
         self._pos = (self._pos + 1) % len(self._values)
 
-    def add_many(self, interval: float, count: int) -> None:
-        size = len(self._values)
-        for _ in range(min(count, size)):
-            self._values[self._pos] = interval
-            self._pos = (self._pos + 1) % size
-
     def rate(self, *, need_half: bool) -> int:
         values = self._values
         median = statistics.median_low(values)
@@ -86,6 +83,27 @@ class _RateWindow:
             kept.append(median)
         mean = sum(kept) / len(kept) if kept else 0.0
         return math.ceil(1.0 / mean) if mean > 0 else 0
+
+
+class _IntakeWindow:
+    """Packets taken in over the last few read passes, and the time those passes spanned: the
+    rate a receiver that falls behind really takes packets in at (a ratio of sums: a median of
+    per-pass ratios would favour the many short passes over the few long ones)."""
+
+    __slots__ = ("_pos", "_values")
+
+    def __init__(self, size: int) -> None:
+        self._values = [(0, 0.0)] * size
+        self._pos = 0
+
+    def add(self, packets: int, seconds: float) -> None:
+        self._values[self._pos] = (packets, seconds)
+        self._pos = (self._pos + 1) % len(self._values)
+
+    def rate(self) -> int:
+        packets = sum(p for p, _ in self._values)
+        seconds = sum(t for _, t in self._values)
+        return math.ceil(packets / seconds) if seconds > 0 else 0
 
 
 class Receiver:
@@ -139,9 +157,11 @@ class Receiver:
         # arrival rate: median-filtered packet intervals (the reference's CPktTimeWindow)
         self._speed = _RateWindow(16, 1.0)
         self._last_arrival = now
+        self._burst_start = now
+        self._burst_pkts = 0
         self._pass_pkts = 0
         self._in_pass = False
-        self._pass_speed = _RateWindow(16, 1.0)
+        self._pass_speed = _IntakeWindow(16)
         self._pass_end = now
         self._pass_wait = 0.0
         self._behind_log = [False] * 16
@@ -314,10 +334,26 @@ class Receiver:
         # since the previous pass ended, time away from the socket included -- and a pass is
         # "behind" when a datagram in it waited in the socket longer than that. While most
         # recent passes are behind, the rate reported is the per-pass one.
+        #
+        # The intervals are taken over bursts, not packet by packet: a sender hands the kernel
+        # bursts (GSO, or a paced sender that woke late) whose packets are stamped microseconds
+        # apart, and then pauses; the microsecond between two of them is not the pace they come
+        # at, and a sender told that pace grows its window into a queue (measured: the RTT
+        # libudt's sender sees against us went from 0.1 to 2+ ms). A burst is the packets
+        # that arrive less than BURST_GAP apart, for at most BURST_SPAN; its interval is the
+        # time from its start to the next burst's, pause included, shared by its packets --
+        # one sample per burst in the median filter. Packets paced further apart than
+        # BURST_GAP are a burst each, and their intervals are the reference's.
         arrival = self._session.endpoint.arrival
-        gap = arrival - self._last_arrival
+        if arrival - self._last_arrival < BURST_GAP and arrival - self._burst_start < BURST_SPAN:
+            self._burst_pkts += count
+        else:
+            if self._burst_pkts:
+                span = arrival - self._burst_start
+                self._speed.add(max(span / self._burst_pkts, BACK_TO_BACK))
+            self._burst_start = arrival
+            self._burst_pkts = count
         self._last_arrival = arrival
-        self._speed.add_many(max(gap / count, BACK_TO_BACK), count)
         if self._session.endpoint.read_passes:
             self._pass_pkts += count
             wait = now - arrival
@@ -334,7 +370,7 @@ class Receiver:
         if count:
             self._pass_pkts = 0
             gap = now - self._pass_end
-            self._pass_speed.add(max(gap / count, BACK_TO_BACK))
+            self._pass_speed.add(count, gap)
             behind = self._pass_wait > gap
             self._behind += behind - self._behind_log[self._behind_pos]
             self._behind_log[self._behind_pos] = behind
@@ -345,7 +381,7 @@ class Receiver:
     def arrival_rate(self) -> int:
         """Packets per second arriving lately (0 while too few intervals agree)."""
         if self._behind * 2 > len(self._behind_log):
-            return self._pass_speed.rate(need_half=True)
+            return self._pass_speed.rate()
         return self._speed.rate(need_half=True)
 
     def send_periodic_nak(self, now: float) -> None:

@@ -5,11 +5,8 @@ from __future__ import annotations
 import logging
 import random
 import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +14,7 @@ import trio
 from OpenSSL import SSL
 
 import trio_conduit as conduit
+from trio_conduit.testing import impairment_relay
 from trio_conduit.tls import (
     Certificate,
     DTLSConnection,
@@ -31,8 +29,6 @@ from trio_conduit.tls._dtls_engine import DTLSEngine
 
 from ..conftest import assert_no_fd_leak, open_fds, task_count
 from .conftest import PKI
-
-RELAY = Path(__file__).resolve().parent.parent / "udt" / "relay.py"
 
 
 async def echo(conn: Any) -> None:
@@ -477,28 +473,6 @@ async def test_a_handlers_error_is_logged_and_the_server_goes_on(
 # ---------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def relay(to_port: int, seed: int, **impairment: float) -> AsyncIterator[int]:
-    args = [sys.executable, str(RELAY), "--to", f"127.0.0.1:{to_port}", "--seed", str(seed)]
-    for name, value in impairment.items():
-        args += [f"--{name}", str(value)]
-    proc = await trio.lowlevel.open_process(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        line = b""
-        with trio.fail_after(20):
-            while not line.endswith(b"\n"):
-                line += await proc.stdout.receive_some(1)
-        yield int(line.split()[1])
-    finally:
-        proc.terminate()
-        with trio.CancelScope(shield=True):
-            await proc.wait()
-        if proc.stdin is not None:
-            await proc.stdin.aclose()
-        await proc.stdout.aclose()  # type: ignore[union-attr]
-
-
 @pytest.mark.parametrize("seed", [1, 2])
 async def test_lossy_network_handshake_and_intact_messages(pki: PKI, seed: int) -> None:
     received: list[bytes] = []
@@ -511,10 +485,10 @@ async def test_lossy_network_handshake_and_intact_messages(pki: PKI, seed: int) 
     async with (
         conduit.open_pool() as pool,
         serving(pool, server_url(pki), handler) as addr,
-        relay(addr.port, seed, loss=0.2, dup=0.1, reorder=0.1, delay=0.002) as port,
+        impairment_relay(addr.port, seed=seed, loss=0.2, dup=0.1, reorder=0.1, delay=0.002) as relay,
     ):
         with trio.fail_after(60):
-            conn = await pool.connect(client_url(pki, port, server_hostname="localhost"))
+            conn = await pool.connect(client_url(pki, relay.port, server_hostname="localhost"))
         for message in sent:
             await conn.send(message)
             await trio.sleep(0.002)

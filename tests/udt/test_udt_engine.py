@@ -1050,28 +1050,36 @@ def test_receive_rate_is_the_arrival_pace_unless_the_reader_falls_behind() -> No
     seq = s.receiver.next
     t = net.now
 
-    def passes(n: int, waited: float) -> None:
-        # passes of 10 packets that arrived 10 us apart and are read ``waited`` later, one
-        # pass every 2 ms: 5000 packets/s taken in, in bursts of 100,000 packets/s
+    def passes(n: int, waited: float, *, spacing: float = 1e-5, per_pass: int = 10) -> None:
+        # passes of ``per_pass`` packets that arrived ``spacing`` apart and are read ``waited``
+        # later, one pass every 2 ms
         nonlocal seq, t
         for _ in range(n):
-            for i in range(10):
-                arrival = t + i * 1e-5
+            for i in range(per_pass):
+                arrival = t + i * spacing
                 ep.receive_datagram(_data(s, seq, payload), A, arrival + waited, arrival=arrival)
                 seq += 1
                 s.receive(1 << 20)
-            ep.end_of_pass(t + waited + 100e-6)
+            ep.end_of_pass(t + waited + per_pass * spacing + 100e-6)
             t += 0.002
 
-    # keeping up (read 50 us after arrival): the pace they arrive at, as the reference reports
+    # keeping up (read 50 us after arrival), packets paced 200 us apart: their pace, as the
+    # reference reports it
+    passes(20, 50e-6, spacing=2e-4)
+    assert s.receiver.arrival_rate() == pytest.approx(5000, rel=0.05)
+    # bursts of 10 packets 10 us apart, every 2 ms: the pace over bursts (5000 packets/s), not
+    # the 100,000 packets/s between two packets of a burst
     passes(20, 50e-6)
-    assert s.receiver.arrival_rate() == pytest.approx(100_000, rel=0.05)
-    # behind (each waited 3 ms in the socket, longer than a pass): the rate this reader keeps
+    assert s.receiver.arrival_rate() == pytest.approx(5000, rel=0.05)
+    # a steady 40 us apart, without pause (bursts cut at 1 ms): 25,000 packets/s
+    passes(20, 50e-6, spacing=4e-5, per_pass=50)
+    assert s.receiver.arrival_rate() == pytest.approx(25_000, rel=0.05)
+    # behind (each waited 3 ms in the socket, longer than a pass): the rate this reader takes
+    # them in at, over its passes
+    passes(20, 0.003, spacing=4e-5, per_pass=50)
+    assert s.receiver.arrival_rate() == pytest.approx(25_000, rel=0.05)
     passes(20, 0.003)
     assert s.receiver.arrival_rate() == pytest.approx(5000, rel=0.05)
-    # caught up again
-    passes(20, 50e-6)
-    assert s.receiver.arrival_rate() == pytest.approx(100_000, rel=0.05)
 
 
 def test_packet_pairs_are_timed_by_arrival_not_by_reading() -> None:
