@@ -166,3 +166,26 @@ async def test_a_broken_channel_fails(fault: str, message: str) -> None:
     async with _memory(fault) as make_pair:
         with pytest.raises((AssertionError, RuntimeError), match=message):
             await check_datagram_channel(make_pair, reliable=False, closed_peer=(trio.EndOfChannel,))
+
+
+async def test_dtls(tmp_path: Path) -> None:
+    from trio_conduit.testing import TestPKI
+
+    pki = TestPKI(tmp_path, server_names=("localhost",))
+    async with conduit.open_pool() as pool:
+        listener = await pool.listen(pki.server_url("dtls"))
+        url = f"dtls://127.0.0.1:{listener.address.port}?cafile={pki.cafile}&server_hostname=localhost"
+        make_pair = accepted_pair(pool, listener, url)
+        probe, other = await make_pair()
+        max_size = probe.max_message_size  # type: ignore[attr-defined]
+        await probe.aclose()
+        await other.aclose()
+        # DTLS carries no empty application record (OpenSSL sends none); a close_notify ends
+        # the peer's channel
+        await check_datagram_channel(
+            make_pair,
+            reliable=False,
+            empty_messages=False,
+            max_size=max_size,
+            closed_peer=(trio.EndOfChannel,),
+        )

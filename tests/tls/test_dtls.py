@@ -24,6 +24,7 @@ from trio_conduit.tls import (
     TLSHandshakeTimeout,
     TLSVerifyError,
 )
+from trio_conduit.tls._dtls import STALLED
 from trio_conduit.tls._dtls_config import build_dtls_context
 from trio_conduit.tls._dtls_engine import DTLSEngine
 
@@ -637,4 +638,56 @@ async def test_max_handshakes_drops_hellos_beyond_it_until_one_finishes(pki: PKI
                     await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
         assert sorted(done) == [b"b.test", b"slow.test"]
+        await listener.aclose()
+
+
+async def stalled_peer(pki: PKI, port: int) -> trio.socket.SocketType:
+    """A real DTLS client (OpenSSL, through our engine) that passes the cookie exchange, so the
+    server starts its handshake, and then never says another word. Its socket is returned open."""
+    ssl = SSL.Connection(build_dtls_context(pki.client_config(verify=False), "client"))
+    ssl.set_connect_state()
+    ssl.set_app_data({})
+    engine = DTLSEngine(ssl, now=0.0)
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.connect(("127.0.0.1", port))
+    engine.start(0.0)
+    for datagram in engine.datagrams_to_send():  # the first hello
+        await sock.send(datagram)
+    engine.receive_datagram(await sock.recv(65536), 0.0)  # the HelloVerifyRequest
+    for datagram in engine.datagrams_to_send():  # the hello with its cookie: then silence
+        await sock.send(datagram)
+    return sock
+
+
+async def test_stalled_peers_give_their_slots_to_a_new_client(pki: PKI) -> None:
+    """Peers that pass the cookie exchange and then stall hold every max_handshakes slot; a new
+    client still gets through, in the slot of the one silent longest."""
+    async with conduit.open_pool() as pool:
+        listener = await pool.listen(server_url(pki, max_handshakes=2))
+        inner = listener.inner
+        assert isinstance(inner, DTLSListener)
+        port = listener.address.port
+        stalled = [await stalled_peer(pki, port) for _ in range(2)]
+        try:
+            with trio.fail_after(10):
+                while inner.associations < 2:  # both handshakes started, both waiting on their peer
+                    await trio.sleep(0.01)
+            await trio.sleep(STALLED + 0.2)
+
+            async def echo() -> None:
+                conn = await listener.accept()
+                async with conn:
+                    await conn.send(await conn.receive())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(echo)
+                with trio.fail_after(10):
+                    conn = await pool.connect_channel(client_url(pki, port, server_hostname="localhost"))
+                    await conn.send(b"still served")
+                    assert await conn.receive() == b"still served"
+                    await conn.aclose()
+            assert inner.evicted == 1  # one slot was enough
+        finally:
+            for sock in stalled:
+                sock.close()
         await listener.aclose()

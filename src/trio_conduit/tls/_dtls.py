@@ -72,6 +72,9 @@ _log = logging.getLogger("trio_conduit.tls")
 _RECORD: Final = struct.Struct("!BHH6sH")
 #: Peers whose fragmented first flight is being reassembled at once, at most.
 REASSEMBLY_SLOTS: Final = 64
+#: With every ``max_handshakes`` slot taken, a handshake whose peer has been silent this long
+#: (longer than the first retransmission, 1 s) gives its slot to a new one.
+STALLED: Final = 2.0
 _CLOSE_GRACE: Final = 1.0
 _RECV_SIZE: Final = 65536
 _VERIFY_TEXT: Final = {
@@ -202,7 +205,6 @@ class DTLSConnection(DatagramConnection):
         self._engine: DTLSEngine | None = None
         self._tls: TLSInfo | None = None
         self._handshake: TLSHandshake | None = None
-        self._send_guard = ConflictDetector("another task is sending on this DTLS association")
         self._receive_guard = ConflictDetector("another task is receiving on this DTLS association")
         self._is_closed = False
         self.dropped = 0
@@ -263,17 +265,18 @@ class DTLSConnection(DatagramConnection):
 
     # -- the channel ------------------------------------------------------------
     async def send(self, value: Buffer) -> None:
-        with self._send_guard:
-            engine = self._engine
-            if self._is_closed or engine is None:
-                raise trio.ClosedResourceError("this DTLS association was closed")
-            if engine.state is not DTLSState.OPEN:
-                raise trio.BrokenResourceError("this DTLS association is closed by the peer")
-            try:
-                engine.send(bytes(value))
-            except ValueError as exc:
-                raise MessageTooLarge(str(exc)) from None
-            await self._flush()
+        # Several tasks may send at once, as on any datagram channel: encrypting a message is
+        # one synchronous call, and each flush sends the whole datagrams queued by then.
+        engine = self._engine
+        if self._is_closed or engine is None:
+            raise trio.ClosedResourceError("this DTLS association was closed")
+        if engine.state is not DTLSState.OPEN:
+            raise trio.BrokenResourceError("this DTLS association is closed by the peer")
+        try:
+            engine.send(bytes(value))
+        except ValueError as exc:
+            raise MessageTooLarge(str(exc)) from None
+        await self._flush()
 
     async def receive(self) -> bytes:
         with self._receive_guard:
@@ -446,14 +449,20 @@ async def _after(hs: TLSHandshake, conn: DTLSConnection, info: TLSInfo) -> None:
 
 
 class _Association:
-    """A peer with a handshake running or done: its queue of datagrams and its connection."""
+    """A peer with a handshake running or done: its queue of datagrams and its connection.
 
-    __slots__ = ("conn", "handshaking", "receive", "send")
+    ``heard`` is when the peer last sent a datagram; ``cancel`` ends its handshake (a full
+    listener reclaims the slot of the handshake that has waited longest on its peer).
+    """
+
+    __slots__ = ("cancel", "conn", "handshaking", "heard", "receive", "send")
 
     def __init__(self, conn: DTLSConnection, queue: int) -> None:
         self.conn = conn
         self.send, self.receive = trio.open_memory_channel[bytes](queue)
         self.handshaking = True
+        self.heard = trio.current_time()
+        self.cancel = trio.CancelScope()
 
 
 @final
@@ -497,6 +506,8 @@ class DTLSListener(Listener):
         self._done = trio.Event()
         self._handshakes = 0
         self._closed = False
+        #: Handshakes ended to make room for new ones (see :meth:`_reclaim`).
+        self.evicted = 0
         self.cookies_sent = 0
         self.dropped = 0
         self.handshake_failures = 0
@@ -550,6 +561,7 @@ class DTLSListener(Listener):
     async def _route(self, data: bytes, addr: SockAddr, nursery: trio.Nursery) -> None:
         assoc = self._associations.get(addr)
         if assoc is not None and (assoc.handshaking or not _is_client_hello(data)):
+            assoc.heard = trio.current_time()
             try:
                 assoc.send.send_nowait(data)
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -573,7 +585,7 @@ class DTLSListener(Listener):
             with contextlib.suppress(OSError):
                 await self._sock.sendto(verify, addr)
             return
-        if self._handshakes >= self.config.max_handshakes:
+        if self._handshakes >= self.config.max_handshakes and not self._reclaim():
             self.dropped += 1
             return
         if assoc is not None:
@@ -581,6 +593,26 @@ class DTLSListener(Listener):
             del self._associations[addr]
             assoc.send.close()
         self._start_association(addr, hello, nursery)
+
+    def _reclaim(self) -> bool:
+        """All ``max_handshakes`` slots are taken: end the handshake whose peer has been silent
+        longest, if that is over :data:`STALLED` seconds (a peer that proved its address with a
+        cookie and then stalls, slowloris-style, must not starve the others until
+        ``handshake_timeout``). Whether a slot is free now."""
+        stalled = [a for a in self._associations.values() if a.handshaking and not a.cancel.cancel_called]
+        if not stalled:
+            return False
+        oldest = min(stalled, key=lambda a: a.heard)
+        if trio.current_time() - oldest.heard < STALLED:
+            return False
+        oldest.cancel.cancel()
+        self.evicted += 1
+        self._tracer.info(
+            "DTLS: conn #%d silent for %.1f s made room for a new handshake",
+            oldest.conn.id,
+            trio.current_time() - oldest.heard,
+        )
+        return True
 
     def _start_association(self, addr: SockAddr, hello: DTLSClientHello, nursery: trio.Nursery) -> None:
         sock = self._sock
@@ -640,9 +672,13 @@ class DTLSListener(Listener):
         timeout = self.config.handshake_timeout
         done = False
         try:
-            with trio.move_on_after(timeout if timeout is not None else math.inf):
+            with assoc.cancel, trio.move_on_after(timeout if timeout is not None else math.inf):
                 await self._server_steps(conn, hs, hello)
                 done = True
+            if not done and assoc.cancel.cancel_called:
+                raise TLSHandshakeTimeout(
+                    f"DTLS handshake with {hs.peer} stalled and made room for another", peer=hs.peer
+                )
             if not done:
                 raise TLSHandshakeTimeout(
                     f"DTLS handshake with {hs.peer} did not finish within {timeout:g} s", peer=hs.peer
