@@ -162,7 +162,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict (configured in pyproject.toml) on the core, the first-party plugins and tools."""
-    install_project(session, also=("mypy>=1.11",))
+    install_project(session, "test", also=("mypy>=1.11",))  # the pytest plugin is typed against pytest
     session.run("mypy", "src/trio_conduit", "plugins", "tools/kernel/run.py", *session.posargs)
 
 
