@@ -102,3 +102,12 @@ def test_every_package_is_in_the_distribution() -> None:
     }
     assert found - listed == set(), "add these to [tool.setuptools] packages"
     assert listed - found == set()
+
+
+def test_no_source_file_is_over_1000_lines() -> None:
+    long = {
+        str(path.relative_to(layers.ROOT)): n
+        for path in layers.modules().values()
+        if (n := len(path.read_text().splitlines())) > 1000
+    }
+    assert long == {}

@@ -62,7 +62,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
         ("trio_conduit._scan",),
         "port scans: the port-set parser, the sans-IO engine, its trio driver, nmap's report formats",
     ),
-    ("pool", ("trio_conduit._pool",), "the pool: nursery, ids, connect / spawn / serve / listen"),
+    (
+        "pool",
+        ("trio_conduit._pool", "trio_conduit._pool_options", "trio_conduit._idle"),
+        "the pool: nursery, ids, connect / spawn / serve / listen",
+    ),
     ("package", ("trio_conduit",), "the public names"),
     (
         "testing",

@@ -101,9 +101,9 @@ class CoreOptionsDirective(_TableDirective):
     has_content = False
 
     def run(self) -> list[nodes.Node]:
-        from trio_conduit import _pool
+        from trio_conduit import _pool_options
 
-        return self.emit(_options_table(list(_pool.CORE_OPTIONS.values())))
+        return self.emit(_options_table(list(_pool_options.CORE_OPTIONS.values())))
 
 
 class TransportOptionsDirective(_TableDirective):

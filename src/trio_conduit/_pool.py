@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import heapq
 import logging
-import math
-import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, NoReturn, final
 
 import trio
 
-from ._address import Address, Option, resolve_options, split_url
+from ._address import Address, resolve_options, split_url
 from ._connection import Connection, DatagramConnection, Kind, Listener, StreamConnection
 from ._errors import AddressError, ConduitError, ConnectError, ConnectTimeout
+from ._idle import IdleReaper
 from ._plugins import HookScope, global_scope
+from ._pool_options import CORE_OPTIONS, check_drain_timeout, check_timeout, known_options, resolve
 from ._scan._driver import scan, split_target
 from ._scan._engine import ScanResult
 from ._sockets import SocketOptions, SocketRole
@@ -39,89 +37,15 @@ __all__ = ["Handler", "Pool", "PoolListener", "open_pool"]
 
 _log = logging.getLogger("trio_conduit")
 
+_PARSE_CACHE_MAX: Final = 512
+#: Keyword values that identify themselves by value (see Pool._context).
+_PLAIN: Final = frozenset({str, int, float, bool, bytes, type(None)})
+
 #: A connection handler: ``async def handler(conn)``.
 Handler = Callable[[Any], Awaitable[object]]
 
 #: How long ``conduit_connection_lost`` hooks and a handler's final close may take.
 CLOSE_GRACE: Final = 5.0
-
-#: IPv4 options fit in 40 bytes (a 60-byte header at most, 20 of them fixed).
-IP_OPTIONS_MAX: Final = 40
-
-
-def _check_ip_options(value: object) -> bytes:
-    if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise TypeError(f"expected bytes, not {type(value).__name__} {value!r}")
-    data = bytes(value)
-    if len(data) > IP_OPTIONS_MAX:
-        raise ValueError(f"IPv4 options are at most {IP_OPTIONS_MAX} bytes; got {len(data)}")
-    return data
-
-
-def _parse_ip_options(text: str) -> bytes:
-    try:
-        data = bytes.fromhex(text)
-    except ValueError:
-        raise ValueError(f"expected hex digits, got {text[:100]!r}") from None
-    return _check_ip_options(data)
-
-
-def _check_local(value: object) -> object:
-    """``local=``: ``"host:port"``, ``"host"``, a port, a path (unix), or a sockaddr tuple."""
-    if isinstance(value, (str, bytes)):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not 0 <= value <= 65535:
-            raise ValueError(f"local port {value} is out of range (0-65535)")
-        return value
-    if isinstance(value, tuple) and len(value) in (2, 4):
-        host, port = value[0], value[1]
-        if not isinstance(host, str):
-            raise TypeError(f"local address {value!r}: the host must be a str, not {type(host).__name__}")
-        if isinstance(port, bool) or not isinstance(port, int):
-            raise TypeError(f"local address {value!r}: the port must be an int, not {type(port).__name__}")
-        if not 0 <= port <= 65535:
-            raise ValueError(f"local address {value!r}: port {port} is out of range (0-65535)")
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in value[2:]):
-            raise TypeError(f"local address {value!r}: flowinfo and scope id must be ints")
-        return value
-    raise TypeError(
-        f"local address must be 'host:port', 'host', a port, a path or a (host, port) tuple, not {value!r}"
-    )
-
-
-# Options every kernel-socket transport takes from the URL too (keywords win).
-CORE_OPTIONS: Final = {
-    o.name: o
-    for o in (
-        Option("local", str, None, "local address to bind before connecting", _check_local),
-        Option.text("device", None, "network device to bind to (SO_BINDTODEVICE)"),
-        Option.boolean("broadcast", False, "allow sending to broadcast addresses (SO_BROADCAST)"),
-        Option.count("backlog", None, "listen backlog", maximum=65535),
-        Option.boolean("reuse_port", False, "listeners: share the port with other processes (SO_REUSEPORT)"),
-        Option("ip_options", _parse_ip_options, None, "raw IPv4 options (hex in a URL)", _check_ip_options),
-    )
-}
-_PARSE_CACHE_MAX: Final = 512
-#: Keyword values that identify themselves by value (see Pool._context).
-_PLAIN: Final = frozenset({str, int, float, bool, bytes, type(None)})
-
-
-_KNOWN: weakref.WeakKeyDictionary[Transport, tuple[tuple[Option, ...], dict[str, Option]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _known_options(transport: Transport) -> Mapping[str, Option]:
-    """The core's options and ``transport``'s, by name (cached while its option list is the same)."""
-    options = tuple(transport.options)
-    hit = _KNOWN.get(transport)
-    if hit is not None and hit[0] is options:  # the same tuple object: unchanged
-        return hit[1]
-    known = dict(CORE_OPTIONS)
-    known.update((o.name, o) for o in options)
-    _KNOWN[transport] = (options, known)
-    return known
 
 
 class _Owner:
@@ -168,102 +92,6 @@ class _Owner:
         if self.scope.has_impls("conduit_connection_lost"):
             with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_GRACE):
                 await self.scope.notify("conduit_connection_lost", conn=conn, exc=exc)
-
-
-#: Connection methods whose completed calls count as activity for ``idle_timeout``.
-_IO_METHODS: Final = ("receive_some", "send_all", "receive", "send", "receive_from", "send_to")
-
-
-@final
-class _IdleWatch:
-    """One connection's ``idle_timeout``: when its last send/receive completed."""
-
-    __slots__ = ("conn", "done", "handled", "last", "scope", "timeout")
-
-    def __init__(self, conn: Connection, timeout: float, handled: bool) -> None:
-        self.conn = conn
-        self.timeout = timeout
-        self.last = trio.current_time()
-        self.scope = trio.CancelScope()  # a handler runs in it (serve, spawn)
-        self.handled = handled  # a handler runs in scope: cancel it (it closes the connection)
-        self.done = False
-
-
-def _counting(method: Callable[..., Awaitable[Any]], watch: _IdleWatch) -> Callable[..., Awaitable[Any]]:
-    clock = trio.current_time
-
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        result = await method(*args, **kwargs)
-        watch.last = clock()
-        return result
-
-    return counted
-
-
-@final
-class _IdleReaper:
-    """``idle_timeout`` for every connection of a pool, in one task.
-
-    A send or receive that completes stores the time (one float, no deadline
-    moved); the reaper sleeps until the earliest possible expiry, and at each
-    wake-up checks only the connections due then: a busy one is pushed back to
-    ``last + timeout``, an idle one is closed (its handler, if any, cancelled).
-    A connection without ``idle_timeout`` pays nothing.
-    """
-
-    def __init__(self, pool: Pool) -> None:
-        self._pool = pool
-        self._heap: list[tuple[float, int, _IdleWatch]] = []
-        self._wake = trio.Event()
-        self._started = False
-
-    def watch(self, conn: Connection, timeout: float, *, handled: bool = False) -> _IdleWatch:
-        watch = _IdleWatch(conn, timeout, handled)
-        target: Any = conn
-        while target._upgraded is not None:
-            target = target._upgraded
-        for name in _IO_METHODS:
-            method = getattr(target, name, None)
-            if method is not None:
-                setattr(target, name, _counting(method, watch))
-        expiry = watch.last + timeout
-        earliest = self._heap[0][0] if self._heap else math.inf
-        heapq.heappush(self._heap, (expiry, id(watch), watch))
-        if not self._started:
-            self._started = True
-            self._pool._nursery.start_soon(self._run, name="conduit idle timeouts")
-        elif expiry < earliest:
-            self._wake.set()
-        return watch
-
-    async def _run(self) -> None:
-        heap = self._heap
-        while True:
-            with trio.move_on_at(heap[0][0] if heap else math.inf):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            now = trio.current_time()
-            while heap and heap[0][0] <= now:
-                _, key, watch = heapq.heappop(heap)
-                conn_id = watch.conn.id
-                if watch.done or conn_id not in self._pool._conns:
-                    continue  # its handler ended, or it was closed
-                due = watch.last + watch.timeout
-                if due > now:
-                    heapq.heappush(heap, (due, key, watch))
-                    continue
-                watch.done = True
-                tracer = self._pool.tracer
-                tracer.info(
-                    "idle for %g s: closing conn #%d event #%d",
-                    watch.timeout,
-                    conn_id,
-                    tracer.next_event_id(),
-                )
-                if watch.handled:
-                    watch.scope.cancel()  # the handler's task ends, then closes the connection
-                else:
-                    self._pool._nursery.start_soon(trio.aclose_forcefully, watch.conn)
 
 
 @final
@@ -342,15 +170,6 @@ class PoolListener(Listener):
         await self._inner.aclose()
 
 
-def _check_timeout(name: str, value: object) -> float:
-    """A timeout in seconds: a finite number > 0 (``TypeError``/``ValueError`` otherwise)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__} {value!r}")
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"{name} must be a finite number of seconds > 0, got {value!r}")
-    return float(value)
-
-
 def _fmt(sockaddr: object) -> str:
     if isinstance(sockaddr, tuple) and len(sockaddr) >= 2 and isinstance(sockaddr[0], str):
         host = sockaddr[0]
@@ -360,30 +179,6 @@ def _fmt(sockaddr: object) -> str:
     return str(sockaddr) if sockaddr else "(unnamed)"
 
 
-def _resolve(
-    transport: Transport, address: Address, given: dict[str, object]
-) -> tuple[Mapping[str, object], SocketOptions]:
-    """The transport's options for ``address`` and ``given`` (read-only), and the socket options."""
-    opts = resolve_options(address, _known_options(transport), address.query, given)
-    ip_options = opts.pop("ip_options")
-    local, device, backlog = opts.pop("local"), opts.pop("device"), opts.pop("backlog")
-    if ip_options is not None and not isinstance(ip_options, bytes):
-        raise TypeError(f"{address}: ip_options must be bytes, not {ip_options!r}")
-    if device is not None and not isinstance(device, str):
-        raise TypeError(f"{address}: device must be a str, not {device!r}")
-    if backlog is not None and not isinstance(backlog, int):
-        raise TypeError(f"{address}: backlog must be an int, not {backlog!r}")
-    sockopts = SocketOptions(
-        local=local,
-        device=device,
-        ip_options=ip_options,
-        broadcast=bool(opts.pop("broadcast")),
-        backlog=backlog,
-        reuse_port=bool(opts.pop("reuse_port")),
-    )
-    return MappingProxyType(opts), sockopts
-
-
 @final
 class Pool:
     """Owns connections, listeners and handler tasks. Make one with :func:`open_pool`."""
@@ -391,7 +186,7 @@ class Pool:
     def __init__(
         self, nursery: trio.Nursery, scope: HookScope, *, drain_timeout: float | None = None
     ) -> None:
-        _check_drain_timeout(drain_timeout)
+        check_drain_timeout(drain_timeout)
         self._nursery = nursery
         self._drain_timeout = drain_timeout
         #: This pool's plugins: the global ones plus those given to ``open_pool(plugins=...)``.
@@ -405,7 +200,7 @@ class Pool:
         # resolved options by (transport, address object, keyword options): (address, options, socket options)
         self._resolved: dict[tuple[object, ...], tuple[Address, Mapping[str, object], SocketOptions]] = {}
         self._closed = False
-        self._idle = _IdleReaper(self)
+        self._idle = IdleReaper(self)
         #: The longest drain_timeout of a serve() running now (how long closing may wait for them).
         self._max_drain = drain_timeout or 0.0
 
@@ -431,7 +226,7 @@ class Pool:
             known = ", ".join(sorted(scope.transports)) or "none"
             raise AddressError(f"{parts.text!r}: unknown scheme {parts.scheme!r} (registered: {known})")
         address = transport.parse_address(parts, listening=listening)
-        resolve_options(address, _known_options(transport), address.query, {})  # bad options fail here
+        resolve_options(address, known_options(transport), address.query, {})  # bad options fail here
         result = (transport, address)
         if len(self._parsed) >= _PARSE_CACHE_MAX:
             self._parsed.clear()
@@ -468,7 +263,7 @@ class Pool:
         if hit is not None:  # (the entry keeps the address alive: its id is not reused)
             opts, sockopts = hit[1], hit[2]
         else:
-            opts, sockopts = _resolve(transport, address, given)
+            opts, sockopts = resolve(transport, address, given)
             if key is not None:
                 if len(self._resolved) >= _PARSE_CACHE_MAX:
                     self._resolved.clear()
@@ -537,7 +332,7 @@ class Pool:
         (to the type checker too) which kind of connection they return.
         """
         if idle_timeout is not None:
-            idle_timeout = _check_timeout("idle_timeout", idle_timeout)
+            idle_timeout = check_timeout("idle_timeout", idle_timeout)
         conn = await self._connect(url, None, timeout, local, device, ip_options, broadcast, proxies, opts)
         if idle_timeout is not None:
             self._idle.watch(conn, idle_timeout)
@@ -563,7 +358,7 @@ class Pool:
         before anything is connected.
         """
         if idle_timeout is not None:
-            idle_timeout = _check_timeout("idle_timeout", idle_timeout)
+            idle_timeout = check_timeout("idle_timeout", idle_timeout)
         conn = await self._connect(
             url, Kind.STREAM, timeout, local, device, ip_options, broadcast, proxies, opts
         )
@@ -593,7 +388,7 @@ class Pool:
         :class:`~trio_conduit.AddressError` before anything is connected.
         """
         if idle_timeout is not None:
-            idle_timeout = _check_timeout("idle_timeout", idle_timeout)
+            idle_timeout = check_timeout("idle_timeout", idle_timeout)
         conn = await self._connect(
             url, Kind.DATAGRAM, timeout, local, device, ip_options, broadcast, proxies, opts
         )
@@ -695,7 +490,7 @@ class Pool:
         for name in ("timeout", "idle_timeout"):
             value = given.pop(name, None)
             if value is not None:
-                _check_timeout(name, value)
+                check_timeout(name, value)
         proxies = given.pop("proxies", None)
         if proxies:
             ProxyChain.build(proxies, transport, address, self.scope)
@@ -703,7 +498,7 @@ class Pool:
             del given["broadcast"]
         given = {k: v for k, v in given.items() if not (v is None and k in CORE_OPTIONS)}
         _take_tls(transport, given)  # a bad tls= raises
-        _resolve(transport, address, given)
+        resolve(transport, address, given)
 
     async def _spawned(self, url: str | Address, handler: Handler, kwargs: dict[str, Any]) -> None:
         idle_timeout = kwargs.pop("idle_timeout", None)
@@ -817,11 +612,11 @@ class Pool:
         if max_connections is not None and max_connections < 1:
             raise ValueError("max_connections must be >= 1")
         if idle_timeout is not None:
-            idle_timeout = _check_timeout("idle_timeout", idle_timeout)
+            idle_timeout = check_timeout("idle_timeout", idle_timeout)
         idle = (self._idle, idle_timeout)
         if drain_timeout is None:
             drain_timeout = self._drain_timeout
-        _check_drain_timeout(drain_timeout)
+        check_drain_timeout(drain_timeout)
         self._max_drain = max(self._max_drain, drain_timeout or 0.0)
         listener = await self.listen(url, plugins=plugins, backlog=backlog, reuse_port=reuse_port, **opts)
         scope = listener._owner.scope
@@ -934,7 +729,7 @@ async def _finish_and_run_handler(
     handler: Handler,
     scope: HookScope,
     limit: trio.Semaphore | None,
-    idle: tuple[_IdleReaper, float | None],
+    idle: tuple[IdleReaper, float | None],
 ) -> None:
     conn = None
     try:
@@ -953,7 +748,7 @@ async def _run_handler(
     handler: Handler,
     scope: HookScope,
     limit: trio.Semaphore | None = None,
-    idle: tuple[_IdleReaper, float | None] | None = None,
+    idle: tuple[IdleReaper, float | None] | None = None,
 ) -> None:
     try:
         if idle is None or idle[1] is None:
@@ -979,15 +774,6 @@ async def _run_handler(
         finally:
             if limit is not None:
                 limit.release()
-
-
-def _check_drain_timeout(drain_timeout: float | None) -> None:
-    if drain_timeout is not None and (
-        isinstance(drain_timeout, bool)
-        or not isinstance(drain_timeout, (int, float))
-        or not drain_timeout >= 0  # NaN too
-    ):
-        raise ValueError(f"drain_timeout must be a number of seconds >= 0, not {drain_timeout!r}")
 
 
 _KIND_WORDS: Final = {
@@ -1048,7 +834,7 @@ async def open_pool(
     (spawned handlers, datagram readers) and closes every connection and
     listener it handed out.
     """
-    _check_drain_timeout(drain_timeout)
+    check_drain_timeout(drain_timeout)
     scope = global_scope().child(plugins)
     scope.transports  # noqa: B018 - build the registry now: a duplicate scheme fails here
     pool: Pool | None = None

@@ -26,7 +26,8 @@ from .. import hookspecs
 from .._connection import Connection, DatagramConnection, StreamConnection
 from .._errors import ConduitError
 from .._plugins import HookScope, global_scope, load_errors, plugin_distributions
-from .._pool import CORE_OPTIONS, Pool, open_pool
+from .._pool import Pool, open_pool
+from .._pool_options import CORE_OPTIONS
 from .._transport import Transport
 from .._version import __version__
 
