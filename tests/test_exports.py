@@ -145,6 +145,8 @@ PUBLIC: dict[str, frozenset[str]] = {
             "CookieJar",
             "TLS_OPTIONS",
             "TLS_OPTION_NAMES",
+            "TLSConfigCache",
+            "layered_options",
             "Certificate",
             "EphemeralCA",
             "fingerprint",

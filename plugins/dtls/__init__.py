@@ -21,7 +21,7 @@ import dataclasses
 import socket
 from collections.abc import Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from trio_conduit import Address, Connection, Kind, TransportUnavailable
 from trio_conduit.transport import (
@@ -37,7 +37,7 @@ from trio_conduit.transport import (
 )
 
 if TYPE_CHECKING:
-    from trio_conduit.tls import TLSConfig
+    from trio_conduit.tls import TLSConfig, TLSConfigCache
 
 _OWN = (
     Option.count("mtu", 1472, "ciphertext MTU to start from, bytes (falls back after losses; default 1472)"),
@@ -58,8 +58,7 @@ class DTLSTransport(Transport):
 
     def __init__(self) -> None:
         self._options: tuple[Option, ...] | None = None
-        # (id of tls=, the other TLS options) → (tls=, config): a config is made once per setting.
-        self._configs: dict[Any, tuple[Any, TLSConfig]] = {}
+        self._configs: TLSConfigCache | None = None
 
     def _below(self) -> Transport | None:
         return self.scope.transport_for(self.inner_scheme) if self.scope is not None else None
@@ -67,14 +66,12 @@ class DTLSTransport(Transport):
     @property
     def options(self) -> tuple[Option, ...]:  # type: ignore[override]  # with the inner transport's
         if self._options is None:
-            from trio_conduit.tls import TLS_OPTIONS
+            from trio_conduit.tls import TLS_OPTIONS, layered_options
 
-            own = TLS_OPTIONS + _OWN
             inner = self._below()
             if inner is None:
-                return own
-            names = {o.name for o in own}
-            self._options = own + tuple(o for o in inner.options if o.name not in names)
+                return TLS_OPTIONS + _OWN  # not kept: the inner transport may be registered later
+            self._options = layered_options(TLS_OPTIONS + _OWN, inner)
         return self._options
 
     def parse_address(self, parts: URLParts, *, listening: bool) -> Address:
@@ -101,25 +98,12 @@ class DTLSTransport(Transport):
 
     # -- options ------------------------------------------------------------------
     def config(self, ctx: Context) -> TLSConfig:
-        from trio_conduit.tls import TLS_OPTION_NAMES, TLSConfig
+        """The TLS options for this connect/listen: ``tls=`` amended by the other TLS options."""
+        if self._configs is None:
+            from trio_conduit.tls import TLSConfigCache
 
-        base: Any = ctx.options.get("tls")
-        changes = {k: v for k, v in ctx.options.items() if k in TLS_OPTION_NAMES and v is not None}
-        try:
-            key: Any = (id(base), tuple(sorted(changes.items())))
-            hash(key)
-        except TypeError:  # an unhashable value (a list of ALPN protocols): no caching
-            key = None
-        hit = self._configs.get(key) if key is not None else None
-        if hit is not None and hit[0] is base:
-            return hit[1]
-        config = TLSConfig() if base is None or base is True else TLSConfig.coerce(base)
-        config = config.replace(**changes) if changes else config
-        if key is not None:
-            if len(self._configs) >= 256:
-                self._configs.clear()
-            self._configs[key] = (base, config)
-        return config
+            self._configs = TLSConfigCache()
+        return self._configs.config(ctx.options)
 
     def inner_context(self, ctx: Context) -> Context:
         inner = ctx.scope.transport_for(self.inner_scheme)

@@ -38,7 +38,7 @@ from trio_conduit.transport import (
 )
 
 if TYPE_CHECKING:
-    from trio_conduit.tls import TLSConfig
+    from trio_conduit.tls import TLSConfig, TLSConfigCache
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -61,7 +61,7 @@ class TLSTransport(Transport):
         self.schemes = (scheme,)
         self.inner_scheme = inner
         self.layered_over = inner
-        self._configs: dict[Any, tuple[Any, TLSConfig]] = {}
+        self._configs: TLSConfigCache | None = None
         # By the identity of a connect's resolved options (the pool hands out the same
         # mapping for the same URL and keywords), what config() and _inner() made of them.
         # Each entry holds the objects whose ids make its key, so no id is reused meanwhile.
@@ -79,13 +79,12 @@ class TLSTransport(Transport):
     @property
     def options(self) -> tuple[Option, ...]:  # type: ignore[override]  # with the inner transport's
         if self._options is None:
-            from trio_conduit.tls import TLS_OPTIONS
+            from trio_conduit.tls import TLS_OPTIONS, layered_options
 
             inner = self._below()
             if inner is None:
-                return TLS_OPTIONS
-            names = {o.name for o in TLS_OPTIONS}
-            self._options = TLS_OPTIONS + tuple(o for o in inner.options if o.name not in names)
+                return TLS_OPTIONS  # not kept: the inner transport may be registered later
+            self._options = layered_options(TLS_OPTIONS, inner)
         return self._options
 
     def parse_address(self, parts: URLParts, *, listening: bool) -> Address:
@@ -146,28 +145,15 @@ class TLSTransport(Transport):
 
     def config(self, ctx: Context) -> TLSConfig:
         """The TLS options for this connect/listen: ``tls=`` amended by the other TLS options."""
-        from trio_conduit.tls import TLS_OPTION_NAMES, TLSConfig
-
         known = self._config_by_options.get(id(ctx.options))
         if known is not None:
             return known[1]
-        base: Any = ctx.options.get("tls")
-        changes = {k: v for k, v in ctx.options.items() if k in TLS_OPTION_NAMES and v is not None}
-        try:
-            key: Any = (id(base) if base is not None else None, tuple(sorted(changes.items())))
-            hash(key)
-        except TypeError:  # an unhashable value (a list of ALPN protocols): no caching
-            key = None
-        hit = self._configs.get(key) if key is not None else None
-        if hit is not None and hit[0] is base:
-            return hit[1]
-        config = TLSConfig() if base is None or base is True else TLSConfig.coerce(base)
-        config = config.replace(**changes) if changes else config
-        if key is not None:
-            if len(self._configs) > 256:
-                self._configs.clear()
-            self._configs[key] = (base, config)
-            _remember(self._config_by_options, id(ctx.options), (ctx.options, config))
+        if self._configs is None:
+            from trio_conduit.tls import TLSConfigCache
+
+            self._configs = TLSConfigCache()
+        config = self._configs.config(ctx.options)
+        _remember(self._config_by_options, id(ctx.options), (ctx.options, config))
         return config
 
     def inner_context(self, ctx: Context) -> Context:

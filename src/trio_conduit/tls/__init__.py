@@ -42,6 +42,8 @@ from ._hello import parse_client_hello_untrusted as parse_client_hello_untrusted
 from ._listener import TLSListener as TLSListener
 from ._options import TLS_OPTION_NAMES as TLS_OPTION_NAMES
 from ._options import TLS_OPTIONS as TLS_OPTIONS
+from ._options import TLSConfigCache as TLSConfigCache
+from ._options import layered_options as layered_options
 from ._records import BURST_THRESHOLD as BURST_THRESHOLD
 from ._records import IDLE_RESET as IDLE_RESET
 from ._records import SMALL_RECORD as SMALL_RECORD

@@ -8,13 +8,16 @@ the URL is parsed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
 
 from .._address import Option
-from ._config import normalize_option
+from ._config import TLSConfig, normalize_option
 
-__all__ = ["TLS_OPTIONS", "TLS_OPTION_NAMES"]
+if TYPE_CHECKING:
+    from .._transport import Transport
+
+__all__ = ["TLS_OPTIONS", "TLS_OPTION_NAMES", "TLSConfigCache", "layered_options"]
 
 # The TLS options a URL or keywords may set, with a line each (the docs list them).
 _TLS_OPTIONS: Final = {
@@ -88,3 +91,42 @@ def _tls_option_objects() -> tuple[Option, ...]:
 TLS_OPTIONS: Final = _tls_option_objects()
 #: The names of the TLSConfig fields among them (``tls`` is not one).
 TLS_OPTION_NAMES: Final = frozenset(_TLS_OPTIONS)
+
+
+def layered_options(own: tuple[Option, ...], below: Transport | None) -> tuple[Option, ...]:
+    """A TLS layer's options (``own``) with those of the transport beneath it that ``own``
+    does not name (``tls://`` takes ``tcp://``'s ``nodelay``; ``dtls://`` ``udp://``'s)."""
+    if below is None:
+        return own
+    names = {o.name for o in own}
+    return own + tuple(o for o in below.options if o.name not in names)
+
+
+class TLSConfigCache:
+    """The :class:`~trio_conduit.tls.TLSConfig` a layer's resolved options make: ``tls=``
+    amended by the other TLS options, made once per setting (bounded)."""
+
+    __slots__ = ("_configs",)
+
+    def __init__(self) -> None:
+        # (id of tls=, the other TLS options) -> (tls=, config): the entry holds what its id names
+        self._configs: dict[Any, tuple[Any, TLSConfig]] = {}
+
+    def config(self, options: Mapping[str, object]) -> TLSConfig:
+        base: Any = options.get("tls")
+        changes = {k: v for k, v in options.items() if k in TLS_OPTION_NAMES and v is not None}
+        try:
+            key: Any = (id(base) if base is not None else None, tuple(sorted(changes.items())))
+            hash(key)
+        except TypeError:  # an unhashable value (a list of ALPN protocols): no caching
+            key = None
+        hit = self._configs.get(key) if key is not None else None
+        if hit is not None and hit[0] is base:
+            return hit[1]
+        config = TLSConfig() if base is None or base is True else TLSConfig.coerce(base)
+        config = config.replace(**changes) if changes else config
+        if key is not None:
+            if len(self._configs) >= 256:
+                self._configs.clear()
+            self._configs[key] = (base, config)
+        return config
