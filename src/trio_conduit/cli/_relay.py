@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
@@ -401,14 +400,3 @@ async def run_listen(args: argparse.Namespace, url: str, drain: Drain | None = N
                 return await _listen_keep_open(pool, url, args, output)
             return await _listen_once(pool, url, args, output, drain)
     return 0  # drained
-
-
-def parse_linger(text: str) -> float:
-    """``--linger`` seconds: a number >= 0, or ``inf``."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if math.isnan(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (or inf): {text!r}")
-    return value
