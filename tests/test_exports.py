@@ -367,7 +367,7 @@ def test_classes_and_functions_are_defined_in_private_modules(module_name: str) 
         assert any(part.startswith("_") for part in home.split(".")), (name, home)
 
 
-@pytest.mark.parametrize("module_name", ["trio_conduit", "trio_conduit.proxy"])
+@pytest.mark.parametrize("module_name", ["trio_conduit", "trio_conduit.proxy", "trio_conduit.tls"])
 def test_lazy_exports_match_what_type_checkers_see(module_name: str) -> None:
     """A lazy package (``trio_conduit._lazy``) writes its names twice: ``_EXPORTS`` for run time and
     ``from .x import Name as Name`` under ``if typing.TYPE_CHECKING:`` for type checkers. Both agree."""
