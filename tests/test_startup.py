@@ -188,3 +188,21 @@ def test_the_startup_benchmark_runs_its_commands(monkeypatch: pytest.MonkeyPatch
     assert all(t > 0 for t in result["median_seconds"].values())
     lines = startup.STARTUP.format({"startup": result})
     assert any("conduit tcp" in line for line in lines)
+
+
+def test_an_address_literal_is_resolved_without_the_idna_codec() -> None:
+    """The numeric fast path hands the C resolver bytes (a str would load ``encodings.idna``);
+    names, non-ASCII ones included, go on to trio's resolver."""
+    from trio_conduit._sockets import _numeric_getaddrinfo
+
+    [(family, *_, sockaddr)] = _numeric_getaddrinfo("127.0.0.1", 80, socket.SOCK_STREAM, 0) or [()]
+    assert (family, sockaddr) == (socket.AF_INET, ("127.0.0.1", 80))
+    [(family, *_, sockaddr)] = _numeric_getaddrinfo("::1", 80, socket.SOCK_STREAM, 0) or [()]
+    assert family == socket.AF_INET6
+    assert sockaddr[:2] == ("::1", 80)
+    for name in ("localhost", "bücher.example", "a..b", "x" * 300):
+        assert _numeric_getaddrinfo(name, 80, socket.SOCK_STREAM, 0) is None
+    with tcp_sink() as (port, received):
+        found, _ = imported(["connect", f"tcp://127.0.0.1:{port}"], stdin=b"y")
+    assert received == [b"y"]
+    assert "encodings.idna" not in found
