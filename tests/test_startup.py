@@ -206,3 +206,15 @@ def test_an_address_literal_is_resolved_without_the_idna_codec() -> None:
         found, _ = imported(["connect", f"tcp://127.0.0.1:{port}"], stdin=b"y")
     assert received == [b"y"]
     assert "encodings.idna" not in found
+
+
+def test_a_refused_connect_reports_without_loading_conduit_check() -> None:
+    """A failing command (a health check's usual answer) says so in one line, and loads no more."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once it is closed
+    found, stderr = imported(["connect", f"tcp://127.0.0.1:{port}"], status=1)
+    assert stderr.startswith("conduit: cannot connect to")
+    assert "Traceback" not in stderr
+    assert "trio_conduit.cli._report" in found
+    assert [name for name in HEAVY if loaded(found, name)] == []

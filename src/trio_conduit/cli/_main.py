@@ -341,7 +341,7 @@ def _report(exc: BaseException, verbose: int) -> int:
     import trio
 
     from .._errors import AddressError, ConduitError
-    from ._check import error_line, leaves
+    from ._report import error_line, leaves
     from ._stdio import OutputClosed
 
     found = [e for e in leaves(exc) if not isinstance(e, trio.Cancelled)]
