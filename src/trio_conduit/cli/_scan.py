@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from contextlib import aclosing
@@ -72,6 +71,7 @@ async def run_scan(args: argparse.Namespace, argv: list[str]) -> int:
     """Scan, then print the table (or JSON lines as results come), and write -oX/-oG files."""
     # Imported here: the parser (add_arguments) is built for every command, --help included.
     import json
+    import shlex
 
     import trio
 
