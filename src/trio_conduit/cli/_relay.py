@@ -52,7 +52,7 @@ from ._stdio import (
     splice_to_socket,
 )
 
-__all__ = ["Drain", "announce", "run_connect", "run_listen"]
+__all__ = ["Drain", "announce", "read_pieces", "run_connect", "run_listen"]
 
 _log = logging.getLogger("trio_conduit.cli")
 
@@ -119,24 +119,32 @@ async def relay_stream(conn: StreamConnection, stdin: StdFd, output: Output, *, 
 # ---------------------------------------------------------------------------
 
 
+async def read_pieces(
+    inp: trio.abc.ReceiveStream, send: Callable[[bytes], Awaitable[None]], *, lines: bool, chunk: int
+) -> None:
+    """Call ``send`` with each piece of ``inp`` until its end: what one read gives (up to ``chunk``),
+    or each line (``--exec`` on datagrams uses it for the child's output)."""
+    if not lines:
+        while data := await inp.receive_some(chunk):
+            await send(bytes(data))
+        return
+    pending = b""
+    while data := await inp.receive_some(CHUNK):
+        pending += data
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            await send(line + b"\n")
+    if pending:
+        await send(pending)
+
+
 async def _read_input(
     stdin: StdFd, send: Callable[[bytes], Awaitable[None]], *, lines: bool, chunk: int
 ) -> None:
-    """Call ``send`` with each piece of stdin: what one read gives (up to ``chunk``), or each line."""
+    """Call ``send`` with each piece of stdin (see :func:`read_pieces`)."""
     inp = open_input(stdin)
     try:
-        if not lines:
-            while data := await inp.receive_some(chunk):
-                await send(bytes(data))
-            return
-        pending = b""
-        while data := await inp.receive_some(CHUNK):
-            pending += data
-            *complete, pending = pending.split(b"\n")
-            for line in complete:
-                await send(line + b"\n")
-        if pending:
-            await send(pending)
+        await read_pieces(inp, send, lines=lines, chunk=chunk)
     finally:
         await inp.aclose()
 
@@ -174,16 +182,26 @@ async def relay_datagrams(
 # ---------------------------------------------------------------------------
 
 
-async def _relay(conn: Connection, args: argparse.Namespace, output: Output) -> None:
+def _zero_copy(args: argparse.Namespace) -> bool:
+    # splice(2) (or a socket handed to --exec's child) moves data past the connection's
+    # methods, where idle_timeout counts it
+    return not args.no_splice and args.idle_timeout is None
+
+
+async def _relay(conn: Connection, args: argparse.Namespace, output: Output) -> int | None:
+    """stdin/stdout (or ``--exec``'s child, whose exit status is returned) ↔ ``conn``."""
+    if args.exec is not None:
+        from ._exec import run_exec
+
+        return await run_exec(conn, args.exec, zero_copy=_zero_copy(args), lines=args.lines)
     stdin = probe(0)
     if isinstance(conn, DatagramConnection):
         await relay_datagrams(conn, stdin, output, lines=args.lines, linger=args.linger)
     elif isinstance(conn, StreamConnection):
-        # splice(2) moves data past the connection's methods, where idle_timeout counts it
-        zero_copy = not args.no_splice and args.idle_timeout is None
-        await relay_stream(conn, stdin, output, zero_copy=zero_copy)
+        await relay_stream(conn, stdin, output, zero_copy=_zero_copy(args))
     else:  # pragma: no cover - a plugin handing out something else
         raise TypeError(f"{conn!r} is neither a stream nor a datagram connection")
+    return None
 
 
 async def run_connect(args: argparse.Namespace, url: str) -> int:
@@ -206,20 +224,21 @@ async def _until_idle(
     pool: Pool, conn: Connection, args: argparse.Namespace, work: Coroutine[Any, Any, object]
 ) -> int:
     """Run ``work`` on ``conn``; with ``--idle-timeout`` stop it when ``conn`` has been idle
-    that long (then say so; exit status 1, as ncat's ``-i``)."""
+    that long (then say so; exit status 1, as ncat's ``-i``). The status: ``work``'s if it
+    returns a number (``--exec``: the child's), else 0."""
     if args.idle_timeout is None:
-        await work
-        return 0
+        status = await work
+        return status if isinstance(status, int) else 0
     watch = pool._idle.watch(conn, args.idle_timeout, handled=True)
     try:
         with watch.scope:
-            await work
+            status = await work
     finally:
         watch.done = True
     if watch.scope.cancelled_caught:
         _say(f"idle timeout: no data either way for {args.idle_timeout:g} s")
         return 1
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 async def _echo(conn: Connection) -> None:
@@ -314,6 +333,11 @@ async def _listen_keep_open(pool: Pool, url: str, args: argparse.Namespace, outp
                 if args.echo:
                     await _echo(conn)
                     return
+                if args.exec is not None:
+                    from ._exec import run_exec
+
+                    await run_exec(conn, args.exec, zero_copy=_zero_copy(args), lines=args.lines)
+                    return
                 live.add(conn)
                 if isinstance(conn, DatagramConnection):
                     async for message in conn:  # ends when a message-mode peer closes
@@ -333,7 +357,7 @@ async def _listen_keep_open(pool: Pool, url: str, args: argparse.Namespace, outp
             _serve, pool, url, handler, args.max_conns, args.idle_timeout, nursery.cancel_scope
         )
         announce(requested, bound, args.verbose)
-        if not args.echo:
+        if not args.echo and args.exec is None:
             nursery.start_soon(
                 partial(
                     _broadcast_stdin,
@@ -397,6 +421,10 @@ async def run_listen(args: argparse.Namespace, url: str, drain: Drain | None = N
                 drain.pool = pool
             if args.socks5:
                 return await _listen_socks5(pool, url, args)
+            if args.broker:
+                from ._broker import run_broker
+
+                return await run_broker(pool, url, args)
             if args.keep_open:
                 return await _listen_keep_open(pool, url, args, output)
             return await _listen_once(pool, url, args, output, drain)
