@@ -38,7 +38,7 @@ Chat (``--chat``, a broker for people)
     newcomer; ``ADDR`` includes the port (two users from one host are told
     apart); ncat escapes every byte above 126, we keep UTF-8 text readable.
 
-Not on datagram transports (as ncat's broker): a clear usage error.
+Not on datagram transports (neither is ncat's broker): a clear usage error.
 
 This is the command's, not the library's: the framing (bytes or lines), the
 tags and the drop policy are the command's choices. The hub needs nothing
@@ -48,7 +48,6 @@ library user needs one.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import unicodedata
 from collections.abc import Awaitable, Callable
@@ -57,13 +56,10 @@ from typing import Final
 
 import trio
 
-from .._connection import Connection, Kind, StreamConnection
-from .._errors import AddressError, ConduitError
-from .._pool import Pool
-from ._relay import _peer, _read_input, _serve, announce
-from ._stdio import probe
+from .._connection import Connection, StreamConnection
+from .._errors import ConduitError
 
-__all__ = ["LINE_LIMIT", "OUTBOX_LIMIT", "ChatLines", "Hub", "escape", "run_broker"]
+__all__ = ["LINE_LIMIT", "OUTBOX_LIMIT", "ChatLines", "Hub", "escape"]
 
 _log = logging.getLogger("trio_conduit.cli")
 
@@ -167,10 +163,20 @@ class _Member:
 class Hub:
     """The clients of one broker; what one sends goes to the others' outboxes."""
 
-    def __init__(self, *, chat: bool, limit: int = OUTBOX_LIMIT) -> None:
+    def __init__(
+        self, *, chat: bool, describe: Callable[[Connection], str], limit: int = OUTBOX_LIMIT
+    ) -> None:
         self.chat = chat
+        #: A client's address as the notices and log lines show it.
+        self.describe = describe
         self.limit = limit
         self.members: dict[int, _Member] = {}
+        self._stdin_lines = ChatLines("conduit")
+
+    async def from_stdin(self, data: bytes) -> None:
+        """What our standard input says, to everyone (chat: ``data`` is one line, or the last piece)."""
+        self.send(self._stdin_lines.feed(data) + self._stdin_lines.flush() if self.chat else data)
+        await trio.lowlevel.checkpoint()
 
     def send(self, data: bytes, sender: _Member | None = None) -> None:
         """Queue ``data`` for every member but ``sender``; drop those too far behind."""
@@ -184,7 +190,7 @@ class Hub:
         _log.warning(
             "conn #%d from %s: dropped from the broker: more than %d bytes waiting for it",
             member.conn.id,
-            _peer(member.conn),
+            self.describe(member.conn),
             self.limit,
         )
         self.members.pop(member.conn.id, None)
@@ -201,10 +207,10 @@ class Hub:
         """A client's life in the hub: join, relay what it sends, leave at its end (the handler)."""
         member = _Member(conn)
         lines = ChatLines(member.name) if self.chat else None
-        others = [f"{_peer(m.conn)} as <{m.name}>" for m in self.members.values()]
+        others = [f"{self.describe(m.conn)} as <{m.name}>" for m in self.members.values()]
         self.members[conn.id] = member
         if self.chat:
-            self._notice(f"{_peer(conn)} is connected as <{member.name}>.")
+            self._notice(f"{self.describe(conn)} is connected as <{member.name}>.")
             self._notice(f"already connected: {', '.join(others) or 'nobody'}.", to=member)
         assert isinstance(conn, StreamConnection)
 
@@ -219,7 +225,7 @@ class Hub:
             try:
                 await run()
             except _BROKEN as exc:
-                _log.info("conn #%d from %s: %s", conn.id, _peer(conn), exc)
+                _log.info("conn #%d from %s: %s", conn.id, self.describe(conn), exc)
             member.scope.cancel()
 
         try:
@@ -231,29 +237,3 @@ class Hub:
             self.members.pop(conn.id, None)
             if self.chat:
                 self._notice(f"<{member.name}> is disconnected.")
-
-
-async def run_broker(pool: Pool, url: str, args: argparse.Namespace) -> int:
-    """``conduit listen --broker`` (``--chat``) on ``url`` until interrupted."""
-    transport, requested = pool.parse(url, listening=True)
-    if transport.kind is not Kind.STREAM:
-        raise AddressError(f"--broker and --chat need a stream transport; {requested.scheme}:// is not one")
-    hub = Hub(chat=args.chat)
-    stdin_lines = ChatLines("conduit") if args.chat else None
-
-    async def from_stdin(data: bytes) -> None:
-        hub.send(stdin_lines.feed(data) if stdin_lines else data)
-        await trio.lowlevel.checkpoint()
-
-    async def stdin_to_all() -> None:
-        await _read_input(probe(0), from_stdin, lines=False, chunk=READ_SIZE)
-        if stdin_lines:
-            hub.send(stdin_lines.flush())
-
-    async with trio.open_nursery() as nursery:
-        bound = await nursery.start(
-            _serve, pool, url, hub.serve, args.max_conns, args.idle_timeout, nursery.cancel_scope
-        )
-        announce(requested, bound, args.verbose)
-        nursery.start_soon(stdin_to_all)
-    return 0

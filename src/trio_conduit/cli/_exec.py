@@ -35,10 +35,13 @@ When a session ends and what happens to the child
     child's stdin and stdout are closed; a child still running gets
     :data:`GRACE` seconds to exit, then ``SIGTERM``, then after
     :data:`KILL_AFTER` seconds ``SIGKILL``. When the command stops (Ctrl-C,
-    a signal, the end of a ``SIGTERM`` drain, ``-i``) the same ``SIGTERM`` then
-    ``SIGKILL`` comes at once. The child is always waited for (no zombie);
-    it inherits no descriptor of ours but its stdin, stdout and stderr
-    (``close_fds``), so no listener or other connection leaks into it.
+    a signal, the end of a ``SIGTERM`` drain, ``-i``) the same ``SIGTERM``
+    then ``SIGKILL`` come at once. Both go to the child's process group: the
+    child leads one of its own, so a shell's pipeline goes with it, and a
+    terminal's Ctrl-C reaches only us (we then stop the children). The child
+    is always waited for (no zombie); it inherits no descriptor of ours but
+    its stdin, stdout and stderr (``close_fds``), so no listener or other
+    connection leaks into it.
 
 What is logged
     The child's end: one line at ``-v``, always (a warning) when it exited
@@ -70,8 +73,7 @@ import trio
 from .._connection import CommunicationInfo, Connection, DatagramConnection, StreamConnection
 from .._errors import ConduitError
 from ._exec_args import ExecSpec
-from ._relay import read_pieces
-from ._stdio import CHUNK, DATAGRAM_CHUNK, kernel_socket
+from ._stdio import CHUNK, DATAGRAM_CHUNK, kernel_socket, read_pieces
 
 __all__ = ["CANNOT_RUN", "GRACE", "KILL_AFTER", "child_environment", "exit_status", "first_of", "run_exec"]
 
@@ -161,13 +163,19 @@ def _describe(returncode: int) -> str:
     return f"killed by {name}"
 
 
+def _signal_group(process: trio.Process, signum: signal.Signals) -> None:
+    with suppress(ProcessLookupError):  # the group is gone already
+        os.killpg(process.pid, signum)
+
+
 async def _stop(process: trio.Process) -> None:
-    """``run_process``'s ``deliver_cancel``: ``SIGTERM``, then ``SIGKILL`` after :data:`KILL_AFTER` s."""
-    process.terminate()
+    """``run_process``'s ``deliver_cancel``: ``SIGTERM`` to the child's process group, then
+    ``SIGKILL`` after :data:`KILL_AFTER` s if the child is still there."""
+    _signal_group(process, signal.SIGTERM)
     with trio.move_on_after(KILL_AFTER):
         await process.wait()
         return
-    process.kill()
+    _signal_group(process, signal.SIGKILL)
 
 
 @contextmanager
@@ -318,6 +326,7 @@ async def run_exec(conn: Connection, spec: ExecSpec, *, zero_copy: bool = True, 
         check=False,
         env=child_environment(conn.info),
         close_fds=True,
+        process_group=0,
         deliver_cancel=_stop,
     )
     process: trio.Process | None = None
@@ -338,7 +347,8 @@ async def run_exec(conn: Connection, spec: ExecSpec, *, zero_copy: bool = True, 
                     session = _Session(conn, process, lines=lines)
                     await session.run()
                     if session.broken is not None:
-                        _log.info("conn #%d: %s: the connection ended: %s", conn.id, spec, session.broken)
+                        why = str(session.broken) or type(session.broken).__name__
+                        _log.info("conn #%d: %s: the connection ended: %s", conn.id, spec, why)
                 stopped = await _reap(process, nursery.cancel_scope)
     except BaseException:
         if process is not None and process.returncode is not None:

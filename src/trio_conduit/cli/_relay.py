@@ -33,7 +33,7 @@ import trio
 
 from .._address import Address
 from .._connection import Connection, DatagramConnection, Kind, StreamConnection
-from .._errors import ConduitError
+from .._errors import AddressError, ConduitError
 from .._pool import Pool, open_pool
 from ._stdio import (
     CHUNK,
@@ -46,13 +46,14 @@ from ._stdio import (
     kernel_socket,
     open_input,
     probe,
+    read_pieces,
     sendfile_to_socket,
     splice_from_socket,
     splice_from_socket_via_pipe,
     splice_to_socket,
 )
 
-__all__ = ["Drain", "announce", "read_pieces", "run_connect", "run_listen"]
+__all__ = ["Drain", "announce", "run_connect", "run_listen"]
 
 _log = logging.getLogger("trio_conduit.cli")
 
@@ -119,29 +120,10 @@ async def relay_stream(conn: StreamConnection, stdin: StdFd, output: Output, *, 
 # ---------------------------------------------------------------------------
 
 
-async def read_pieces(
-    inp: trio.abc.ReceiveStream, send: Callable[[bytes], Awaitable[None]], *, lines: bool, chunk: int
-) -> None:
-    """Call ``send`` with each piece of ``inp`` until its end: what one read gives (up to ``chunk``),
-    or each line (``--exec`` on datagrams uses it for the child's output)."""
-    if not lines:
-        while data := await inp.receive_some(chunk):
-            await send(bytes(data))
-        return
-    pending = b""
-    while data := await inp.receive_some(CHUNK):
-        pending += data
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            await send(line + b"\n")
-    if pending:
-        await send(pending)
-
-
 async def _read_input(
     stdin: StdFd, send: Callable[[bytes], Awaitable[None]], *, lines: bool, chunk: int
 ) -> None:
-    """Call ``send`` with each piece of stdin (see :func:`read_pieces`)."""
+    """Call ``send`` with each piece of stdin (see :func:`._stdio.read_pieces`)."""
     inp = open_input(stdin)
     try:
         await read_pieces(inp, send, lines=lines, chunk=chunk)
@@ -325,6 +307,13 @@ async def _listen_keep_open(pool: Pool, url: str, args: argparse.Namespace, outp
     transport, requested = pool.parse(url, listening=True)
     datagram = transport.kind is Kind.DATAGRAM
     live: set[Connection] = set()
+    hub = None
+    if args.broker:
+        from ._broker import Hub
+
+        if datagram:
+            raise AddressError(f"--broker and --chat need a stream transport, not {requested.scheme}://")
+        hub = Hub(chat=args.chat, describe=_peer)
 
     async with trio.open_nursery() as nursery:
 
@@ -337,6 +326,9 @@ async def _listen_keep_open(pool: Pool, url: str, args: argparse.Namespace, outp
                     from ._exec import run_exec
 
                     await run_exec(conn, args.exec, zero_copy=_zero_copy(args), lines=args.lines)
+                    return
+                if hub is not None:
+                    await hub.serve(conn)
                     return
                 live.add(conn)
                 if isinstance(conn, DatagramConnection):
@@ -357,7 +349,9 @@ async def _listen_keep_open(pool: Pool, url: str, args: argparse.Namespace, outp
             _serve, pool, url, handler, args.max_conns, args.idle_timeout, nursery.cancel_scope
         )
         announce(requested, bound, args.verbose)
-        if not args.echo and args.exec is None:
+        if hub is not None:
+            nursery.start_soon(partial(_read_input, probe(0), hub.from_stdin, lines=args.chat, chunk=CHUNK))
+        elif not args.echo and args.exec is None:
             nursery.start_soon(
                 partial(
                     _broadcast_stdin,
@@ -421,10 +415,6 @@ async def run_listen(args: argparse.Namespace, url: str, drain: Drain | None = N
                 drain.pool = pool
             if args.socks5:
                 return await _listen_socks5(pool, url, args)
-            if args.broker:
-                from ._broker import run_broker
-
-                return await run_broker(pool, url, args)
             if args.keep_open:
                 return await _listen_keep_open(pool, url, args, output)
             return await _listen_once(pool, url, args, output, drain)
