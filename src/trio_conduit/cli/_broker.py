@@ -9,13 +9,16 @@ Broker
     exits once its file is sent.
 
 Slow clients
-    A reader never waits for a writer: each client has an outbox, and what
-    it should receive is queued there while a task of its own sends it. A
-    client with more than :data:`OUTBOX_LIMIT` bytes waiting (it reads slower
-    than the others write, or not at all, beyond what the kernel's socket
-    buffers hold) is dropped: one warning line, its connection closed. So
-    one stalled client costs at most that much memory and never stalls the
-    others.
+    Each client has an outbox, and what it should receive is queued there
+    while a task of its own sends it. Up to :data:`OUTBOX_LIMIT` bytes may
+    wait for one client (beyond what the kernel's socket buffers hold); a
+    sender whose bytes do not fit waits for that client to make room, so a
+    fast sender is slowed to the pace of the clients (no byte is lost for a
+    client that keeps up). A client that makes no room for the next piece
+    within :data:`PATIENCE` seconds (it reads slower than 64 KiB in that time,
+    or not at all) is dropped: one warning line, its connection closed, and
+    the senders go on. So one stalled client costs the others at most that
+    long a pause and that much memory, never more.
 
 Chat (``--chat``, a broker for people)
     Each line is sent as ``<userN> line``, ``N`` being the connection's id
@@ -59,12 +62,14 @@ import trio
 from .._connection import Connection, StreamConnection
 from .._errors import ConduitError
 
-__all__ = ["LINE_LIMIT", "OUTBOX_LIMIT", "ChatLines", "Hub", "escape"]
+__all__ = ["LINE_LIMIT", "OUTBOX_LIMIT", "PATIENCE", "ChatLines", "Hub", "escape"]
 
 _log = logging.getLogger("trio_conduit.cli")
 
-#: Bytes waiting for one client beyond which it is dropped (see the module doc).
+#: Bytes waiting for one client beyond which senders wait for it (see the module doc).
 OUTBOX_LIMIT: Final = 4 << 20
+#: Seconds senders wait for a full outbox to make room before its client is dropped.
+PATIENCE: Final = 5.0
 #: Chat: the longest partial line kept waiting for its newline.
 LINE_LIMIT: Final = 16 << 10
 #: Bytes per read of a client.
@@ -142,66 +147,99 @@ class _Member:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.name = f"user{conn.id}"
+        #: Bytes in the outbox, not yet handed to the connection.
         self.queued = 0
         self.scope = trio.CancelScope()
         self._send, self._receive = trio.open_memory_channel[bytes](float("inf"))
+        self._drained: trio.Event | None = None
+        self.left = False
 
-    def offer(self, data: bytes, limit: int) -> bool:
-        """Queue ``data`` for this client; False (nothing queued) if that would pass ``limit``."""
-        if self.queued + len(data) > limit:
-            return False
+    def put(self, data: bytes) -> None:
         self.queued += len(data)
         self._send.send_nowait(data)
-        return True
+
+    async def room_for(self, size: int, limit: int) -> None:
+        """Return once ``size`` more bytes fit under ``limit`` (or the outbox is empty, or it left)."""
+        while not self.left and self.queued and self.queued + size > limit:
+            if self._drained is None or self._drained.is_set():
+                self._drained = trio.Event()
+            await self._drained.wait()
+        await trio.lowlevel.checkpoint()
+
+    def gone(self) -> bool:
+        return self.left
+
+    def leave(self) -> None:
+        """It is gone: senders waiting for room stop waiting."""
+        self.left = True
+        if self._drained is not None:
+            self._drained.set()
 
     async def write_out(self, conn: StreamConnection) -> None:
         async for data in self._receive:
             await conn.send_all(data)
             self.queued -= len(data)
+            if self._drained is not None:
+                self._drained.set()
 
 
 class Hub:
     """The clients of one broker; what one sends goes to the others' outboxes."""
 
     def __init__(
-        self, *, chat: bool, describe: Callable[[Connection], str], limit: int = OUTBOX_LIMIT
+        self,
+        *,
+        chat: bool,
+        describe: Callable[[Connection], str],
+        limit: int = OUTBOX_LIMIT,
+        patience: float = PATIENCE,
     ) -> None:
         self.chat = chat
         #: A client's address as the notices and log lines show it.
         self.describe = describe
         self.limit = limit
+        self.patience = patience
         self.members: dict[int, _Member] = {}
         self._stdin_lines = ChatLines("conduit")
 
     async def from_stdin(self, data: bytes) -> None:
         """What our standard input says, to everyone (chat: ``data`` is one line, or the last piece)."""
-        self.send(self._stdin_lines.feed(data) + self._stdin_lines.flush() if self.chat else data)
-        await trio.lowlevel.checkpoint()
+        await self.send(self._stdin_lines.feed(data) + self._stdin_lines.flush() if self.chat else data)
 
-    def send(self, data: bytes, sender: _Member | None = None) -> None:
-        """Queue ``data`` for every member but ``sender``; drop those too far behind."""
+    async def send(self, data: bytes, sender: _Member | None = None) -> None:
+        """Queue ``data`` for every member but ``sender``, waiting (within patience) for full outboxes."""
         if not data:
+            await trio.lowlevel.checkpoint()
             return
         for member in list(self.members.values()):
-            if member is not sender and not member.offer(data, self.limit):
+            if member is sender or member.left:
+                continue  # the sender, or a member that left while we waited for another
+            with trio.move_on_after(self.patience) as waiting:
+                await member.room_for(len(data), self.limit)
+            if member.gone():
+                continue
+            if waiting.cancelled_caught:
                 self._drop(member)
+            else:
+                member.put(data)
 
     def _drop(self, member: _Member) -> None:
         _log.warning(
-            "conn #%d from %s: dropped from the broker: more than %d bytes waiting for it",
+            "conn #%d from %s: dropped from the broker: %d bytes waiting for it and no room made for %g s",
             member.conn.id,
             self.describe(member.conn),
-            self.limit,
+            member.queued,
+            self.patience,
         )
         self.members.pop(member.conn.id, None)
+        member.leave()
         member.scope.cancel()
 
     def _notice(self, text: str, to: _Member | None = None) -> None:
+        """An ``<announce>`` line to ``to``, or to all: never waits (notices are few and short)."""
         line = f"<announce> {text}\n".encode()
-        if to is None:
-            self.send(line)
-        elif not to.offer(line, self.limit):
-            self._drop(to)
+        for member in [to] if to is not None else list(self.members.values()):
+            member.put(line)
 
     async def serve(self, conn: Connection) -> None:
         """A client's life in the hub: join, relay what it sends, leave at its end (the handler)."""
@@ -209,6 +247,7 @@ class Hub:
         lines = ChatLines(member.name) if self.chat else None
         others = [f"{self.describe(m.conn)} as <{m.name}>" for m in self.members.values()]
         self.members[conn.id] = member
+        _log.info("conn #%d from %s: joined (%d clients)", conn.id, self.describe(conn), len(self.members))
         if self.chat:
             self._notice(f"{self.describe(conn)} is connected as <{member.name}>.")
             self._notice(f"already connected: {', '.join(others) or 'nobody'}.", to=member)
@@ -216,9 +255,9 @@ class Hub:
 
         async def read_in() -> None:
             while data := await conn.receive_some(READ_SIZE):
-                self.send(lines.feed(data) if lines else bytes(data), member)
+                await self.send(lines.feed(data) if lines else bytes(data), member)
             if lines:
-                self.send(lines.flush(), member)
+                await self.send(lines.flush(), member)
 
         async def part(run: Callable[[], Awaitable[None]]) -> None:
             # Either way's end, or its failure, is the client's leave.
@@ -235,5 +274,6 @@ class Hub:
                     nursery.start_soon(part, read_in)
         finally:
             self.members.pop(conn.id, None)
+            member.leave()
             if self.chat:
                 self._notice(f"<{member.name}> is disconnected.")
