@@ -31,7 +31,7 @@ from trio_conduit.cli._exec_args import parse_exec, parse_sh_exec
 from trio_conduit.testing import TestPKI
 
 from .conftest import free_tcp_port
-from .interop.test_cli_peers import ncat, read_exactly, wait_bound, wait_path, write  # noqa: F401 - a fixture
+from .interop.test_cli_peers import ncat, ncat_listener, read_exactly, write  # noqa: F401 - a fixture
 from .test_cli import DEADLINE, conduit, one_line_error, run_conduit, sha, spawn
 
 MiB = 1 << 20
@@ -213,17 +213,9 @@ def test_connect_exec_against_ncat_listener(
     data = os.urandom(MiB if transport == "tcp" else 64 << 10)
     payload = tmp_path / "payload"
     payload.write_bytes(data)
-    if transport == "tcp":
-        port = free_tcp_port()
-        argv, url = [ncat, "-l", "127.0.0.1", str(port)], f"tcp://127.0.0.1:{port}"
-    else:
-        path = sock_dir / "n.sock"
-        argv, url = [ncat, "-l", "-U", str(path)], f"unix://{path}"
+    argv, url, listening = ncat_listener(ncat, transport, sock_dir)
     with open(payload, "rb") as stdin, spawn(argv, tmp_path, stdin=stdin) as server:
-        if transport == "tcp":
-            wait_bound("tcp", port, server.popen)
-        else:
-            wait_path(path, server.popen)
+        listening(server.popen)
         # The child echoes what ncat sends, then says goodbye and exits 3: conduit's status.
         # Over tcp ncat half-closes at the end of its stdin; over unix it does not, so there
         # the child reads the known length.
