@@ -12,18 +12,23 @@ environment are also tested in-process against the pool.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 import trio_conduit as conduit_api
 from trio_conduit.cli._exec import child_environment, exit_status, run_exec
@@ -467,3 +472,101 @@ def test_exec_on_udp_each_datagram_to_the_child(tmp_path: Path) -> None:
             client.sendto(b"two\nthree\n", ("127.0.0.1", port))
             assert client.recv(100) == b"<two>\n"
             assert client.recv(100) == b"<three>\n"
+
+
+# ---------------------------------------------------------------------------
+# other stream transports: UDT, and through a proxy
+# ---------------------------------------------------------------------------
+
+
+def test_exec_over_udt(tmp_path: Path) -> None:
+    """UDT is no kernel socket: pipes. The child reads a known length (no half-close needed)."""
+    data = os.urandom(256 << 10)
+    script = f"head -c {len(data)}"
+    with conduit(
+        tmp_path, "listen", "--sh-exec", script, "udt://127.0.0.1:0", stdin=subprocess.DEVNULL
+    ) as server:
+        url = server.bound_url()
+        result = run_conduit("connect", url, input=data)
+        assert result.returncode == 0, result.stderr
+        assert server.wait() == 0, server.stderr
+    assert sha(result.stdout) == sha(data)
+
+
+def test_connect_exec_through_a_socks5_proxy(tmp_path: Path) -> None:
+    """The child talks through two proxy hops to an echo server; its status is conduit's."""
+    check = 'echo ping; read -r back; [ "$back" = ping ] && [ "$CONDUIT_REMOTE_PORT" = "$1" ]'
+    with ExitStack() as stack:
+        echo = stack.enter_context(conduit(tmp_path, "listen", "-k", "--echo", "tcp://127.0.0.1:0"))
+        proxy = stack.enter_context(conduit(tmp_path, "listen", "--socks5", "tcp://127.0.0.1:0"))
+        target, hop = echo.bound_url(), proxy.bound_url().removeprefix("tcp://")
+        port = port_of(target)
+        for script, status in ((f"set -- {port}; {check}", 0), (f"set -- 1; {check}", 1)):
+            result = run_conduit(
+                "connect",
+                "--proxy",
+                f"socks5://{hop}",
+                "--proxy",
+                f"http://{hop}",
+                "--sh-exec",
+                script,
+                target,
+            )
+            assert result.returncode == status, result.stderr
+
+
+# ---------------------------------------------------------------------------
+# fuzzing the parsers, cancelling sessions
+# ---------------------------------------------------------------------------
+
+
+@given(st.text(max_size=80))
+def test_exec_parsers_parse_or_say_why(text: str) -> None:
+    for parse in (parse_exec, parse_sh_exec):
+        try:
+            spec = parse(text)
+        except argparse.ArgumentTypeError as exc:
+            why = str(exc)
+            assert why  # any text: either parsed, or a reason (no other exception)
+        else:
+            assert spec.argv
+            assert spec.text == text
+            assert all("\0" not in arg for arg in spec.argv)
+            if parse is parse_exec:
+                assert spec.argv == tuple(shlex.split(text))
+
+
+@pytest.mark.parametrize("zero_copy", [True, False], ids=["socket", "pipes"])
+async def test_cancelled_anywhere_no_child_no_descriptor(no_fd_leak: object, zero_copy: bool) -> None:
+    """A session cancelled at many points (before the child starts, while bytes flow, while it
+    exits) leaves no child of this process (no zombie either) and no descriptor."""
+    spec = parse_exec("/bin/cat")
+    me = os.getpid()
+    async with conduit_api.open_pool() as pool, trio.open_nursery() as nursery:
+        done: list[float] = []
+
+        async def handler(conn: conduit_api.Connection) -> None:
+            delay = delays[len(done)]
+            with trio.move_on_after(delay):
+                await run_exec(conn, spec, zero_copy=zero_copy)
+            assert children(me) == [], "the child is waited for before run_exec returns"
+            done.append(delay)
+
+        delays = [0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1]
+        bound = await nursery.start(pool.serve, "tcp://127.0.0.1:0", handler)
+        for n in range(len(delays)):
+            conn = await pool.connect(str(bound))
+            assert isinstance(conn, conduit_api.StreamConnection)
+            try:
+                with trio.fail_after(DEADLINE):
+                    while len(done) == n:
+                        try:
+                            await conn.send_all(b"x" * 4096)
+                            await conn.receive_some()
+                        except trio.BrokenResourceError:
+                            await trio.sleep(0.001)
+            finally:
+                await conn.aclose()
+        nursery.cancel_scope.cancel()
+    assert done == delays
+    assert children(me) == []

@@ -33,6 +33,8 @@ class ExecSpec:
 
 def _program_error(program: str) -> str | None:
     """Why ``program`` cannot be run (``None`` when it can, as far as we can tell now)."""
+    if "\0" in program:
+        return "a program name cannot hold a NUL character"
     if "/" not in program:
         return None if shutil.which(program) else f"{program!r} is not a program on PATH"
     if not os.path.isfile(program):
@@ -50,6 +52,8 @@ def parse_exec(text: str) -> ExecSpec:
         raise argparse.ArgumentTypeError(f"cannot split {text!r}: {exc}") from None
     if not argv:
         raise argparse.ArgumentTypeError("an empty command (give a program and its arguments)")
+    if any("\0" in arg for arg in argv[1:]):
+        raise argparse.ArgumentTypeError("an argument cannot hold a NUL character")
     error = _program_error(argv[0])
     if error:
         raise argparse.ArgumentTypeError(error)
@@ -60,6 +64,8 @@ def parse_sh_exec(text: str) -> ExecSpec:
     """``--sh-exec "CMD"``: ``/bin/sh -c CMD``."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty command")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError("a command cannot hold a NUL character")
     return ExecSpec((SHELL, "-c", text), text)
 
 
