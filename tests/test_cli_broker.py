@@ -247,3 +247,27 @@ def test_chat_output_has_no_control_characters(data: bytes) -> None:
         assert all(c == "\t" or (c >= " " and c != "\x7f") for c in text)
         assert not any(0x80 <= ord(c) <= 0x9F or c in "\u202a\u202b\u202c\u202d\u202e" for c in text)
     assert out == b"" or out.endswith(b"\n")
+
+
+@pytest.mark.parametrize(
+    ("flag", "want"), [("--broker", b"to all\nlast"), ("--chat", b"<conduit> to all\n<conduit> last\n")]
+)
+def test_standard_input_goes_to_every_client(tmp_path: Path, flag: str, want: bytes) -> None:
+    with conduit(tmp_path, "-v", "listen", flag, "tcp://127.0.0.1:0", stdin=subprocess.PIPE) as server:
+        port = int(server.bound_url().rsplit(":", 1)[1])
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        try:
+            joined(server, 2)
+            write(server.popen.stdin, b"to all\nlast", close=True)
+            for client in clients:
+                client.settimeout(DEADLINE)
+                got = b""
+                while not got.endswith(want):
+                    chunk = client.recv(4096)
+                    assert chunk, got
+                    got += chunk
+                assert got.endswith(want)
+                assert b"to all" not in got[: -len(want)]  # once, not twice
+        finally:
+            for client in clients:
+                client.close()

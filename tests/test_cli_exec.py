@@ -570,3 +570,28 @@ async def test_cancelled_anywhere_no_child_no_descriptor(no_fd_leak: object, zer
         nursery.cancel_scope.cancel()
     assert done == delays
     assert children(me) == []
+
+
+@pytest.mark.parametrize("way", ["socket", "pipes"])
+def test_the_child_inherits_no_descriptor_of_ours(tmp_path: Path, way: str) -> None:
+    """Only stdin, stdout and stderr: not the listener, not another connection (``ls`` adds its own 3)."""
+    extra = ["--no-splice"] if way == "pipes" else []
+    with conduit(
+        tmp_path,
+        "listen",
+        "-k",
+        "--exec",
+        "ls -1 /proc/self/fd",
+        *extra,
+        "tcp://127.0.0.1:0",
+        stdin=subprocess.DEVNULL,
+    ) as server:
+        port = int(port_of(server.bound_url()))
+        with socket.create_connection(("127.0.0.1", port)) as other:  # a second connection stays open
+            with socket.create_connection(("127.0.0.1", port)) as client:
+                client.shutdown(socket.SHUT_WR)
+                listing = b""
+                while chunk := client.recv(4096):
+                    listing += chunk
+            other.shutdown(socket.SHUT_WR)
+    assert sorted(int(fd) for fd in listing.split()) == [0, 1, 2, 3]
