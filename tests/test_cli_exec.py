@@ -36,7 +36,7 @@ from trio_conduit.cli._exec_args import parse_exec, parse_sh_exec
 from trio_conduit.testing import TestPKI
 
 from .conftest import free_tcp_port
-from .interop.test_cli_peers import ncat, ncat_listener, read_exactly, write  # noqa: F401 - a fixture
+from .interop.test_cli_peers import ncat, ncat_listener, read_exactly, wait_bound, write  # noqa: F401 - a fixture
 from .test_cli import DEADLINE, conduit, one_line_error, run_conduit, sha, spawn
 
 MiB = 1 << 20
@@ -595,3 +595,15 @@ def test_the_child_inherits_no_descriptor_of_ours(tmp_path: Path, way: str) -> N
                     listing += chunk
             other.shutdown(socket.SHUT_WR)
     assert sorted(int(fd) for fd in listing.split()) == [0, 1, 2, 3]
+
+
+@pytest.mark.interop
+def test_connect_tls_exec_against_ncat_ssl_listener(tmp_path: Path, ncat: str) -> None:  # noqa: F811
+    port = free_tcp_port()
+    with spawn([ncat, "--ssl", "-l", "127.0.0.1", str(port)], tmp_path) as server:
+        wait_bound("tcp", port, server.popen)
+        write(server.popen.stdin, b"hello from ncat\n")  # stdin stays open: ncat --ssl closes all at its end
+        script = 'read -r line; echo "got: $line ($CONDUIT_TRANSPORT)"; exit 5'
+        result = run_conduit("connect", "--tls", "--insecure", "--sh-exec", script, f"tcp://127.0.0.1:{port}")
+        assert result.returncode == 5, result.stderr
+        assert read_exactly(server.popen.stdout, 27) == b"got: hello from ncat (tls)\n"
