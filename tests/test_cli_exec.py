@@ -22,7 +22,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
 
 import pytest
@@ -37,7 +37,7 @@ from trio_conduit.testing import TestPKI
 
 from .conftest import free_tcp_port
 from .interop.test_cli_peers import ncat, ncat_listener, read_exactly, wait_bound, write  # noqa: F401 - a fixture
-from .test_cli import DEADLINE, conduit, one_line_error, run_conduit, sha, spawn
+from .test_cli import DEADLINE, Proc, conduit, one_line_error, run_conduit, sha, spawn
 
 MiB = 1 << 20
 
@@ -85,6 +85,11 @@ def wait_for(condition: Callable[[], object], what: Callable[[], str], timeout: 
         time.sleep(0.02)
 
 
+def quiet(tmp_path: Path, *args: str) -> AbstractContextManager[Proc]:
+    """``conduit ARGS`` with standard input on /dev/null (unread: a program has the connection)."""
+    return conduit(tmp_path, *args, stdin=subprocess.DEVNULL)
+
+
 def port_of(url: str) -> str:
     return url.split("?")[0].rsplit(":", 1)[1]
 
@@ -107,7 +112,7 @@ def test_ncat_client_through_exec_cat(
     data = os.urandom(MiB)
     url = "tcp://127.0.0.1:0" if transport == "tcp" else f"unix://{sock_dir}/e.sock"
     extra = ["--no-splice"] if way == "pipes" else []
-    with conduit(tmp_path, "listen", "--exec", "/bin/cat", *extra, url, stdin=subprocess.DEVNULL) as server:
+    with quiet(tmp_path, "listen", "--exec", "/bin/cat", *extra, url) as server:
         bound = server.bound_url()
         argv = [ncat, "127.0.0.1", port_of(bound)] if transport == "tcp" else [ncat, "-U", bound[7:]]
         with spawn(argv, tmp_path) as client:
@@ -139,9 +144,7 @@ def test_ncat_ssl_client_against_tls_exec(tmp_path: Path, ncat: str) -> None:  #
 @pytest.mark.interop
 def test_exec_environment_tcp(tmp_path: Path, ncat: str) -> None:  # noqa: F811
     source = free_tcp_port()
-    with conduit(
-        tmp_path, "listen", "--sh-exec", "env", "tcp://127.0.0.1:0", stdin=subprocess.DEVNULL
-    ) as server:
+    with quiet(tmp_path, "listen", "--sh-exec", "env", "tcp://127.0.0.1:0") as server:
         port = port_of(server.bound_url())
         with spawn(
             [ncat, "-p", str(source), "127.0.0.1", port], tmp_path, stdin=subprocess.DEVNULL
@@ -161,9 +164,7 @@ def test_exec_environment_tcp(tmp_path: Path, ncat: str) -> None:  # noqa: F811
 @pytest.mark.interop
 def test_exec_environment_unix(tmp_path: Path, sock_dir: Path, ncat: str) -> None:  # noqa: F811
     path = sock_dir / "env.sock"
-    with conduit(
-        tmp_path, "listen", "--sh-exec", "env", f"unix://{path}", stdin=subprocess.DEVNULL
-    ) as server:
+    with quiet(tmp_path, "listen", "--sh-exec", "env", f"unix://{path}") as server:
         server.bound_url()
         with spawn([ncat, "-U", str(path)], tmp_path, stdin=subprocess.DEVNULL) as client:
             out = client.communicate()
@@ -257,17 +258,7 @@ async def test_200_connections_through_cat_leave_nothing(tmp_path: Path, way: st
     extra = ["--no-splice"] if way == "pipes" else []
     data = os.urandom(MiB)
     want = sha(data)
-    with conduit(
-        tmp_path,
-        "-v",
-        "listen",
-        "-k",
-        "--exec",
-        "/bin/cat",
-        *extra,
-        "tcp://127.0.0.1:0",
-        stdin=subprocess.DEVNULL,
-    ) as server:
+    with quiet(tmp_path, "-v", "listen", "-k", "--exec", "/bin/cat", *extra, "tcp://127.0.0.1:0") as server:
         port = int(port_of(server.bound_url()))
         pid = server.popen.pid
         assert await _echo_through(port, data) == want  # warm up: whatever opens once is open now
@@ -315,9 +306,7 @@ def _hold(port: int, count: int) -> list[socket.socket]:
 def test_signal_stops_every_child(tmp_path: Path, signum: int, status: int, args: list[str]) -> None:
     # The child ignores SIGTERM: only the SIGKILL that follows ends it.
     script = "trap '' TERM; exec sleep 600"
-    with conduit(
-        tmp_path, "listen", "-k", *args, "--sh-exec", script, "tcp://127.0.0.1:0", stdin=subprocess.DEVNULL
-    ) as server:
+    with quiet(tmp_path, "listen", "-k", *args, "--sh-exec", script, "tcp://127.0.0.1:0") as server:
         port = int(port_of(server.bound_url()))
         clients = _hold(port, 3)
         try:
@@ -335,9 +324,7 @@ def test_signal_stops_every_child(tmp_path: Path, signum: int, status: int, args
 def test_connect_exec_sigint_stops_the_child(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
-        with conduit(
-            tmp_path, "connect", "--exec", "sleep 600", f"tcp://127.0.0.1:{port}", stdin=subprocess.DEVNULL
-        ) as client:
+        with quiet(tmp_path, "connect", "--exec", "sleep 600", f"tcp://127.0.0.1:{port}") as client:
             peer, _ = listener.accept()
             with peer:
                 wait_for(lambda: len(children(client.popen.pid)) == 1, lambda: "the child running")
@@ -351,14 +338,8 @@ def test_connect_exec_sigint_stops_the_child(tmp_path: Path) -> None:
 def test_a_child_that_outlives_its_session_is_stopped_and_logged(tmp_path: Path) -> None:
     # The child closes its stdout and ignores its stdin: once the peer's end has come,
     # it gets the grace period, then SIGTERM.
-    with conduit(
-        tmp_path,
-        "listen",
-        "--sh-exec",
-        "exec sleep 600 >&-",
-        "--no-splice",
-        "tcp://127.0.0.1:0",
-        stdin=subprocess.DEVNULL,
+    with quiet(
+        tmp_path, "listen", "--sh-exec", "exec sleep 600 >&-", "--no-splice", "tcp://127.0.0.1:0"
     ) as server:
         port = int(port_of(server.bound_url()))
         with socket.create_connection(("127.0.0.1", port)) as client:
@@ -483,9 +464,7 @@ def test_exec_over_udt(tmp_path: Path) -> None:
     """UDT is no kernel socket: pipes. The child reads a known length (no half-close needed)."""
     data = os.urandom(256 << 10)
     script = f"head -c {len(data)}"
-    with conduit(
-        tmp_path, "listen", "--sh-exec", script, "udt://127.0.0.1:0", stdin=subprocess.DEVNULL
-    ) as server:
+    with quiet(tmp_path, "listen", "--sh-exec", script, "udt://127.0.0.1:0") as server:
         url = server.bound_url()
         result = run_conduit("connect", url, input=data)
         assert result.returncode == 0, result.stderr
@@ -576,15 +555,8 @@ async def test_cancelled_anywhere_no_child_no_descriptor(no_fd_leak: object, zer
 def test_the_child_inherits_no_descriptor_of_ours(tmp_path: Path, way: str) -> None:
     """Only stdin, stdout and stderr: not the listener, not another connection (``ls`` adds its own 3)."""
     extra = ["--no-splice"] if way == "pipes" else []
-    with conduit(
-        tmp_path,
-        "listen",
-        "-k",
-        "--exec",
-        "ls -1 /proc/self/fd",
-        *extra,
-        "tcp://127.0.0.1:0",
-        stdin=subprocess.DEVNULL,
+    with quiet(
+        tmp_path, "listen", "-k", "--exec", "ls -1 /proc/self/fd", *extra, "tcp://127.0.0.1:0"
     ) as server:
         port = int(port_of(server.bound_url()))
         with socket.create_connection(("127.0.0.1", port)) as other:  # a second connection stays open
