@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Final, NoReturn, Protocol
 
 from .._version import __version__
+from ._exec_args import add_exec_arguments, check_modes
 from ._scan import add_arguments as add_scan_arguments
 from ._startup import parse_linger, reserve_standard_fds
 from ._tls import add_tls_arguments, tls_url
@@ -182,6 +183,7 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
     )
     _add_common_relay(connect)
     add_tls_arguments(connect, listening=False)
+    add_exec_arguments(connect, listening=False)
     connect.add_argument("--timeout", metavar="S", type=_seconds, help="give up connecting after S seconds")
     connect.add_argument("--local", metavar="ADDR", help="bind to this local address (host:port, or a path)")
     connect.add_argument(
@@ -203,6 +205,7 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
     )
     _add_common_relay(listen)
     add_tls_arguments(listen, listening=True)
+    add_exec_arguments(listen, listening=True)
     listen.add_argument(
         "-k", "--keep-open", action="store_true", help="serve many connections, each its own task"
     )
@@ -425,6 +428,9 @@ def _main(argv: list[str]) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command is None:
         _say("a command is needed: check, connect, listen, scan, plugins or bench (-h for help)")
+        return EXIT_USAGE
+    if args.command in ("connect", "listen") and (mode_error := check_modes(args)):
+        _say(f"{args.command}: {mode_error}")
         return EXIT_USAGE
     if args.command == "listen" and args.max_conns is not None and not (args.keep_open or args.socks5):
         _say("listen: --max-conns needs --keep-open")

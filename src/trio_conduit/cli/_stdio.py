@@ -55,6 +55,7 @@ __all__ = [
     "kernel_socket",
     "open_input",
     "probe",
+    "read_pieces",
     "sendfile_to_socket",
     "splice_from_socket",
     "splice_from_socket_via_pipe",
@@ -189,6 +190,25 @@ def open_input(std: StdFd) -> trio.abc.ReceiveStream:
     if std.kind is FdKind.TTY:
         return _ThreadReader(std.fd)
     return trio.lowlevel.FdStream(os.dup(std.fd))
+
+
+async def read_pieces(
+    inp: trio.abc.ReceiveStream, send: Callable[[bytes], Awaitable[None]], *, lines: bool, chunk: int
+) -> None:
+    """Call ``send`` with each piece of ``inp`` until its end: what one read gives (up to ``chunk``),
+    or each line (stdin; ``--exec``'s child's output to datagrams)."""
+    if not lines:
+        while data := await inp.receive_some(chunk):
+            await send(bytes(data))
+        return
+    pending = b""
+    while data := await inp.receive_some(CHUNK):
+        pending += data
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            await send(line + b"\n")
+    if pending:
+        await send(pending)
 
 
 def _open_output(std: StdFd) -> trio.abc.SendStream:
