@@ -114,6 +114,26 @@ def test_version_and_help_import_no_trio(argv: list[str]) -> None:
     assert not loaded(found, "pluggy")
     assert not loaded(found, "trio_conduit._pool")
     assert not [name for name in HEAVY if loaded(found, name)]
+    assert not loaded(found, "dataclasses")  # nothing defined before the command runs is one
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["connect", "--help"], ["listen", "--help"]])
+def test_only_the_command_run_gets_its_arguments(argv: list[str]) -> None:
+    """The scan's port-set parser loads only for ``conduit scan``; ``--help`` shows every command."""
+    found, _ = imported(argv)
+    assert not loaded(found, "trio_conduit.cli._scan")
+    assert not loaded(found, "trio_conduit._scan")
+    with tempfile.TemporaryFile() as out:
+        subprocess.run([sys.executable, "-m", "trio_conduit", *argv], stdout=out, timeout=60, check=True)
+        out.seek(0)
+        text = out.read().decode()
+    if argv == ["--help"]:
+        assert all(
+            f"    {name}" in text for name in ("check", "connect", "listen", "scan", "plugins", "bench")
+        )
+    else:
+        assert "--exec" in text
+        assert "--cafile" in text
 
 
 def test_a_tcp_connect_imports_no_tls_proxy_scan_or_bench() -> None:
@@ -125,6 +145,7 @@ def test_a_tcp_connect_imports_no_tls_proxy_scan_or_bench() -> None:
     assert "trio_conduit_plugins.tcp" in found  # every plugin registers, cheaply
     assert "trio_conduit_plugins.udt" in found
     assert [name for name in HEAVY if loaded(found, name)] == []
+    assert not loaded(found, "trio_conduit._scan")
 
 
 def test_a_tls_connect_imports_tls_but_not_dtls_proxy_scan_or_bench(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import argparse
 import os
 import shlex
 import shutil
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["ExecSpec", "add_exec_arguments", "check_modes", "parse_exec", "parse_sh_exec"]
 
@@ -19,8 +19,7 @@ __all__ = ["ExecSpec", "add_exec_arguments", "check_modes", "parse_exec", "parse
 SHELL = "/bin/sh"
 
 
-@dataclass(frozen=True, slots=True)
-class ExecSpec:
+class ExecSpec(NamedTuple):  # not a dataclass: making one costs start-up time
     """What ``--exec``/``--sh-exec`` runs for each connection: the argument vector, no shell."""
 
     argv: tuple[str, ...]

@@ -17,12 +17,11 @@ import argparse
 import signal
 import sys
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import TYPE_CHECKING, Final, NoReturn, Protocol
 
 from .._version import __version__
 from ._exec_args import add_exec_arguments, check_modes
-from ._scan import add_arguments as add_scan_arguments
 from ._startup import parse_linger, reserve_standard_fds
 from ._tls import add_tls_arguments, tls_url
 
@@ -148,38 +147,19 @@ def _add_common_relay(sub: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
-    """The argument parser; ``bench_wanted`` finds the benchmarks (trio_conduit.bench's, plugins')."""
-    parser = _Parser(
-        prog="conduit",
-        description="Open, accept and test network connections over trio-conduit's transports.",
-        epilog="Exit status: 0 ok, 1 failure (one line on stderr), 2 usage error or bad URL, "
-        "128+N ended by signal N.",
-    )
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="count",
-        default=0,
-        help="trace to stderr: -v connects/accepts/closes, -vv sockets and hooks, -vvv every read and write",
-    )
-    parser.add_argument("--version", action="version", version=f"conduit (trio-conduit) {__version__}")
-    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    check = subs.add_parser(
-        "check",
-        help="plugins, transports, availability and a loopback round trip each",
-        description="List plugins and transports, say which transports this kernel "
-        "has, and run a loopback round trip over each available one.",
+def _check_arguments(check: argparse.ArgumentParser) -> None:
+    check.description = (
+        "List plugins and transports, say which transports this kernel "
+        "has, and run a loopback round trip over each available one."
     )
     check.add_argument("--json", action="store_true", help="print one JSON document")
 
-    connect = subs.add_parser(
-        "connect",
-        help="connect to URL; stdin to it, it to stdout (like ncat)",
-        description="Connect to URL and relay standard input to it and it to "
+
+def _connect_arguments(connect: argparse.ArgumentParser) -> None:
+    connect.description = (
+        "Connect to URL and relay standard input to it and it to "
         "standard output. On stdin's end the sending side is closed "
-        "(half-close) and the peer's data is read until it closes.",
+        "(half-close) and the peer's data is read until it closes."
     )
     _add_common_relay(connect)
     add_tls_arguments(connect, listening=False)
@@ -195,13 +175,13 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
         "(http://, https://, socks4://, socks4a://, socks5://, socks5h://, [user:pass@]host:port)",
     )
 
-    listen = subs.add_parser(
-        "listen",
-        help="accept on URL; one connection to stdio, or many (like ncat -l)",
-        description="Listen on URL. Without --keep-open: relay the first "
+
+def _listen_arguments(listen: argparse.ArgumentParser) -> None:
+    listen.description = (
+        "Listen on URL. Without --keep-open: relay the first "
         "connection (datagrams: the first peer) to stdin/stdout, then "
         "exit. With --keep-open: serve connections until interrupted, "
-        "their data to stdout, stdin to all of them.",
+        "their data to stdout, stdin to all of them."
     )
     _add_common_relay(listen)
     add_tls_arguments(listen, listening=True)
@@ -237,24 +217,70 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
         help="with --keep-open: serve at most N connections at once (others wait)",
     )
 
-    scan = subs.add_parser(
-        "scan",
-        help="port scan: open, closed, filtered per port (like nmap -sT / -sU)",
-        description="Scan PORTS on each URL's host and print nmap's table of interesting ports; "
+
+def _scan_arguments(scan: argparse.ArgumentParser) -> None:
+    from ._scan import add_arguments as add_scan_arguments  # the port-set parser: scan's alone
+
+    scan.description = (
+        "Scan PORTS on each URL's host and print nmap's table of interesting ports; "
         "--json, -oX (nmap XML, read by ndiff) and -oG (grepable) for machines. "
-        "Exit status 0 when the scan ran, whatever it found.",
+        "Exit status 0 when the scan ran, whatever it found."
     )
     add_scan_arguments(scan)
 
-    plugins = subs.add_parser("plugins", help="plugins, transports and their options, hook implementations")
+
+def _plugins_arguments(plugins: argparse.ArgumentParser) -> None:
     plugins.add_argument("--json", action="store_true", help="print one JSON document")
 
-    bench = subs.add_parser("bench", help="benchmarks (trio_conduit.bench)")
+
+def _bench_arguments(bench: argparse.ArgumentParser) -> None:
     bench.set_defaults(bench_error=None)
+
+
+#: Each command: its line in ``conduit --help``, and what adds its description and arguments.
+_COMMANDS: Final[dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]]] = {
+    "check": ("plugins, transports, availability and a loopback round trip each", _check_arguments),
+    "connect": ("connect to URL; stdin to it, it to stdout (like ncat)", _connect_arguments),
+    "listen": ("accept on URL; one connection to stdio, or many (like ncat -l)", _listen_arguments),
+    "scan": ("port scan: open, closed, filtered per port (like nmap -sT / -sU)", _scan_arguments),
+    "plugins": ("plugins, transports and their options, hook implementations", _plugins_arguments),
+    "bench": ("benchmarks (trio_conduit.bench)", _bench_arguments),
+}
+
+
+def build_parser(
+    bench_wanted: bool = False, commands: Container[str] | None = None
+) -> argparse.ArgumentParser:
+    """The argument parser; ``bench_wanted`` finds the benchmarks (trio_conduit.bench's, plugins').
+
+    ``commands``: the commands whose arguments are wanted (default: all). The others
+    get their name and line of help only, which is all that ``conduit --help`` and a
+    usage error show: ``conduit CMD ...`` builds CMD's arguments alone (start-up time).
+    """
+    parser = _Parser(
+        prog="conduit",
+        description="Open, accept and test network connections over trio-conduit's transports.",
+        epilog="Exit status: 0 ok, 1 failure (one line on stderr), 2 usage error or bad URL, "
+        "128+N ended by signal N.",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="trace to stderr: -v connects/accepts/closes, -vv sockets and hooks, -vvv every read and write",
+    )
+    parser.add_argument("--version", action="version", version=f"conduit (trio-conduit) {__version__}")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (line, add_arguments) in _COMMANDS.items():
+        sub = subs.add_parser(name, help=line)
+        if commands is None or name in commands:
+            add_arguments(sub)
     if bench_wanted:
         from .._errors import PluginError
         from . import _bench
 
+        bench = subs.choices["bench"]
         found: list[Benchmark]
         try:
             found = _bench.benchmarks()
@@ -273,10 +299,11 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
 
 
 def _command_of(argv: Sequence[str]) -> str | None:
-    """The subcommand word: the first argument that is not an option (global options take no value)."""
-    for arg in argv:
+    """The subcommand word: the first argument that is not an option (global options take no
+    value), or the one after ``--``."""
+    for i, arg in enumerate(argv):
         if arg == "--":
-            return None
+            return argv[i + 1] if i + 1 < len(argv) else None
         if not arg.startswith("-"):
             return arg
     return None
@@ -421,7 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    parser = build_parser(bench_wanted=_command_of(argv) == "bench")
+    command = _command_of(argv)
+    parser = build_parser(bench_wanted=command == "bench", commands=() if command is None else (command,))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors

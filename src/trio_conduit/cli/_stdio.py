@@ -34,8 +34,7 @@ import fcntl
 import os
 import stat
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import trio
 
@@ -88,8 +87,7 @@ class FdKind(enum.Enum):
     OTHER = "other"
 
 
-@dataclass(frozen=True, slots=True)
-class StdFd:
+class StdFd(NamedTuple):  # not a dataclass: making one costs start-up time
     """A standard stream: its descriptor number and what kind of file it is."""
 
     fd: int
