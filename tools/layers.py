@@ -41,7 +41,11 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
         ),
         "errors, trace lines, URL parsing, utilities, what a benchmark is, lazy re-exports, entry points",
     ),
-    ("connection", ("trio_conduit._connection",), "what a connection is: the classes users see, its facts"),
+    (
+        "connection",
+        ("trio_conduit._connection", "trio_conduit._peer"),
+        "what a connection is: the classes users see, its facts",
+    ),
     (
         "sockets",
         ("trio_conduit._sockets",),

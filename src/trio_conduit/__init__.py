@@ -29,7 +29,6 @@ if typing.TYPE_CHECKING:
     from ._connection import HalfCloseableStreamConnection as HalfCloseableStreamConnection
     from ._connection import Kind as Kind
     from ._connection import Listener as Listener
-    from ._connection import PeerCredentials as PeerCredentials
     from ._connection import StreamConnection as StreamConnection
     from ._errors import AddressError as AddressError
     from ._errors import AddressInUse as AddressInUse
@@ -51,6 +50,7 @@ if typing.TYPE_CHECKING:
     from ._errors import ProxyTargetUnreachable as ProxyTargetUnreachable
     from ._errors import ProxyTimeout as ProxyTimeout
     from ._errors import TransportUnavailable as TransportUnavailable
+    from ._peer import PeerCredentials as PeerCredentials
     from ._plugins import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP
     from ._plugins import HookScope as HookScope
     from ._plugins import hookimpl as hookimpl
@@ -89,7 +89,6 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "HalfCloseableStreamConnection",
         "Kind",
         "Listener",
-        "PeerCredentials",
         "StreamConnection",
     ),
     "._errors": (
@@ -114,6 +113,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "ProxyTimeout",
         "TransportUnavailable",
     ),
+    "._peer": ("PeerCredentials",),
     "._plugins": (
         "ENTRY_POINT_GROUP",
         "HookScope",

@@ -20,6 +20,7 @@ import trio
 
 if TYPE_CHECKING:
     from ._address import Address
+    from ._peer import PeerCredentials
     from .tls import TLSConnection, TLSInfo
 
 __all__ = [
@@ -30,7 +31,6 @@ __all__ = [
     "HalfCloseableStreamConnection",
     "Kind",
     "Listener",
-    "PeerCredentials",
     "SockAddr",
     "StreamConnection",
 ]
@@ -49,15 +49,6 @@ class Kind(enum.Enum):
 
     STREAM = "stream"
     DATAGRAM = "datagram"
-
-
-@dataclass(frozen=True, slots=True)
-class PeerCredentials:
-    """The peer process of a unix socket, as the kernel saw it at connect time (``SO_PEERCRED``)."""
-
-    pid: int
-    uid: int
-    gid: int
 
 
 @dataclass(frozen=True, slots=True)

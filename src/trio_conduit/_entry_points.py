@@ -94,6 +94,8 @@ def _read(dist: str, group: str) -> list[EntryPoint] | None:
             text = f.read()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
         return []
+    if group not in text:
+        return []  # most distributions: no line to read
     found: list[EntryPoint] = []
     section: str | None = None
     for raw in text.splitlines():

@@ -24,7 +24,6 @@ from ._connection import (
     Connection,
     HalfCloseableStreamConnection,
     Listener,
-    PeerCredentials,
     SockAddr,
     StreamConnection,
 )
@@ -35,6 +34,7 @@ from ._util import ConflictDetector
 
 if TYPE_CHECKING:
     from ._address import Address
+    from ._peer import PeerCredentials
     from ._trace import Tracer
     from ._transport import Context
 

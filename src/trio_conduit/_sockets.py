@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
-from ._connection import CommunicationInfo, PeerCredentials, SockAddr
+from ._connection import CommunicationInfo, SockAddr
 from ._errors import (
     AddressError,
     ConnectError,
@@ -39,6 +39,7 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
+    from ._peer import PeerCredentials
     from ._transport import Context
 
 __all__ = [
@@ -595,5 +596,7 @@ def peer_credentials(sock: trio.socket.SocketType) -> PeerCredentials | None:
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
     except OSError:
         return None
+    from ._peer import PeerCredentials  # unix sockets' alone: made on first use
+
     pid, uid, gid = (int.from_bytes(raw[i : i + 4], "little", signed=True) for i in (0, 4, 8))
     return PeerCredentials(pid, uid, gid)

@@ -20,13 +20,14 @@ import trio
 
 from . import _sockets
 from ._address import Address, Option, URLParts
-from ._connection import Connection, Kind, Listener, PeerCredentials, SockAddr
+from ._connection import Connection, Kind, Listener, SockAddr
 from ._errors import unavailable_reason
 from ._socket_channel import DEFAULT_DATAGRAM_SIZE, DatagramListener, MessageSocketChannel, SocketChannel
 from ._socket_stream import HalfCloseableSocketStream, SocketListener
 from ._sockets import ErrorExplainer, SocketOptions, SocketPreparer, SocketRole
 
 if TYPE_CHECKING:
+    from ._peer import PeerCredentials
     from ._plugins import HookScope
     from ._trace import Tracer
 
