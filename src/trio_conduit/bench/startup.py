@@ -168,17 +168,29 @@ def summarize(times: dict[str, list[float]]) -> dict[str, Any]:
     return out
 
 
-def run_startup(repeat: int) -> dict[str, Any]:
-    """The ``startup`` figures (see the module docstring)."""
-    ncat = shutil.which("ncat") or ""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+def environment() -> dict[str, str]:
+    """The commands' environment: this one, less ``PYTHONDONTWRITEBYTECODE`` (see the module docstring)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
+@contextmanager
+def listeners() -> Iterator[tuple[int, int, str]]:
+    """The two loopback listeners (tcp, then TLS) as ``(tcp_port, tls_port, ca_file)``."""
     with tempfile.TemporaryDirectory(prefix="conduit-bench-") as tmp:
         files = certificate_files(tmp)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(files["cert"], files["key"])
         with _listener(None) as tcp_port, _listener(context) as tls_port:
-            cmds = commands(tcp_port, tls_port, files["ca"], ncat)
-            times = rounds(lambda argv: _seconds(argv, env), cmds, max(repeat, MIN_ROUNDS))
+            yield tcp_port, tls_port, files["ca"]
+
+
+def run_startup(repeat: int) -> dict[str, Any]:
+    """The ``startup`` figures (see the module docstring)."""
+    ncat = shutil.which("ncat") or ""
+    env = environment()
+    with listeners() as (tcp_port, tls_port, ca):
+        cmds = commands(tcp_port, tls_port, ca, ncat)
+        times = rounds(lambda argv: _seconds(argv, env), cmds, max(repeat, MIN_ROUNDS))
     out = summarize(times)
     out["conduit"] = conduit_command()
     return out
