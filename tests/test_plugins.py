@@ -362,6 +362,42 @@ async def test_an_argument_the_spec_lacks_is_refused() -> None:
             raise AssertionError("the pool opened")  # pragma: no cover
 
 
+def test_a_module_plugin_registers_its_marked_functions_only() -> None:
+    """Registration skips a module's unmarked functions at once (start-up time); a marked
+    one counts, also behind a ``functools.wraps`` decorator, and a typo is still refused."""
+    import types
+
+    def traced(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    module = types.ModuleType("a_plugin_module")
+
+    def conduit_connection_made(conn: Connection) -> None:  # not marked: not a hook
+        raise AssertionError("never called")  # pragma: no cover
+
+    def conduit_connection_lost(conn: Connection) -> None:
+        raise AssertionError("never called")  # pragma: no cover
+
+    vars(module).update(
+        conduit_connection_made=conduit_connection_made,
+        conduit_connection_lost=traced(hookimpl(conduit_connection_lost)),
+        helper=len,  # a builtin: no hook either
+    )
+    scope = global_scope().child([module])
+    assert "conduit_connection_lost" in scope.implemented
+    assert "conduit_connection_made" not in scope.implemented - global_scope().implemented
+    [impl] = [i for i in scope.pm.hook.conduit_connection_lost.get_hookimpls() if i.plugin is module]
+    assert impl.function is vars(module)["conduit_connection_lost"]
+
+    vars(module)["conduit_conection_made"] = hookimpl(conduit_connection_made)  # sic
+    with pytest.raises(PluginError, match="conduit_conection_made"):
+        global_scope().child([module])
+
+
 async def test_the_same_plugin_twice_is_refused() -> None:
     plugin = Recorder()
     with pytest.raises(PluginError, match="cannot register plugin"):

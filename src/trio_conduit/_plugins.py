@@ -41,26 +41,37 @@ _ASYNC_HOOKS: Final = frozenset(
 _HOOKABLE: Final = (types.FunctionType, types.MethodType, staticmethod, classmethod)
 
 
+def _not_a_hook(plugin: object, name: str, marker: str) -> bool:
+    """Whether ``name`` in ``plugin`` can be skipped at once: ``plugin`` is a module and the
+    name is no function (nor a bound method, a static or class method), or a plain function
+    without pluggy's ``marker`` attribute (``<project>_impl`` or ``<project>_spec``, which
+    ``HookimplMarker``/``HookspecMarker`` set and pluggy reads)."""
+    if not isinstance(plugin, types.ModuleType):
+        return False
+    value = vars(plugin).get(name)
+    if not isinstance(value, _HOOKABLE):
+        return True
+    return isinstance(value, types.FunctionType) and not hasattr(value, marker)
+
+
 class _PluginManager(pluggy.PluginManager):
     """pluggy's manager, quicker at registering modules (every plugin of ours is one, at every start).
 
     pluggy looks at every name of a plugin with :func:`inspect.getattr_static`;
     in a module, only a function (or a bound method, a static or class method)
-    can be a hook, so every other name is skipped at once. Anything else is
-    pluggy's own lookup.
+    can be a hook, and a plain function only if pluggy's marker is on it, so
+    every other name is skipped at once. Anything else is pluggy's own lookup.
     """
 
     def parse_hookimpl_opts(self, plugin: object, name: str) -> pluggy.HookimplOpts | None:
-        if isinstance(plugin, types.ModuleType) and not isinstance(vars(plugin).get(name), _HOOKABLE):
+        if _not_a_hook(plugin, name, self.project_name + "_impl"):
             return None
         return super().parse_hookimpl_opts(plugin, name)
 
     def parse_hookspec_opts(
         self, module_or_class: types.ModuleType | type, name: str
     ) -> pluggy.HookspecOpts | None:
-        if isinstance(module_or_class, types.ModuleType) and not isinstance(
-            vars(module_or_class).get(name), _HOOKABLE
-        ):
+        if _not_a_hook(module_or_class, name, self.project_name + "_spec"):
             return None
         return super().parse_hookspec_opts(module_or_class, name)
 
