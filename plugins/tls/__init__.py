@@ -140,6 +140,7 @@ class TLSTransport(Transport):
             ctx.event_id,
             nursery=ctx.nursery,
             extra=ctx.extra,
+            access=ctx.access,
         )
         return inner, inner_ctx
 

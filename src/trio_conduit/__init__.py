@@ -6,6 +6,8 @@
 ...         conn = await pool.connect("tcp://127.0.0.1:8000", timeout=5)
 """
 
+from ._access import AccessRules as AccessRules
+from ._access import AccessSource as AccessSource
 from ._address import Address as Address
 from ._address import Option as Option
 from ._address import URLParts as URLParts

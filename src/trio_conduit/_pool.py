@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, final
 
 import trio
 
+from ._access import AccessGate, check_enforced, open_gate
 from ._address import Address, resolve_options, split_url
 from ._connection import Connection, DatagramConnection, Kind, Listener, StreamConnection
 from ._errors import AddressError, ConduitError, ConnectError, ConnectTimeout
@@ -31,6 +32,7 @@ from .proxy._chain import ProxyChain
 from .proxy._url import ProxyURL
 
 if TYPE_CHECKING:
+    from ._access import AccessSource
     from .tls import TLSConnection
 
 __all__ = ["Handler", "Pool", "PoolListener", "open_pool"]
@@ -103,11 +105,21 @@ class PoolListener(Listener):
     :class:`~trio_conduit.Address` (with the real port when 0 was asked for).
     """
 
-    def __init__(self, inner: Listener, owner: _Owner, transport: Transport) -> None:
+    def __init__(
+        self, inner: Listener, owner: _Owner, transport: Transport, access: AccessGate | None = None
+    ) -> None:
         self._inner = inner
         self._owner = owner
         self.transport = transport
         self._address = inner.address
+        #: The access rules at work (``allow=``/``deny=``), or ``None``.
+        self.access = access
+
+    @property
+    def denied(self) -> int:
+        """How many peers the access rules refused (stream connections; datagrams on a datagram
+        listener); 0 without rules."""
+        return 0 if self.access is None else self.access.denied
 
     @property
     def address(self) -> Address:
@@ -531,6 +543,8 @@ class Pool:
         plugins: Iterable[object] = (),
         backlog: int | None = None,
         reuse_port: bool = False,
+        allow: AccessSource | None = None,
+        deny: AccessSource | None = None,
         **opts: object,
     ) -> PoolListener:
         """Bind and listen on ``url``; accept connections yourself with ``accept()``.
@@ -538,8 +552,11 @@ class Pool:
         Port 0 asks the kernel for a free port: ``listener.address`` has it.
         ``plugins`` are hook implementations for this listener only.
         ``reuse_port``: ``SO_REUSEPORT`` (see :meth:`serve`).
+        ``allow``/``deny``: access rules, enforced as each peer is accepted, before
+        anything is read from it (see :doc:`access`); host names in them are resolved now.
         """
         self._check_open()
+        gate = await open_gate(allow, deny, self.tracer)
         scope = self.scope.child(plugins)
         transport, address = self.parse(url, listening=True, scope=scope)
         given: dict[str, object] = dict(opts)
@@ -549,7 +566,9 @@ class Pool:
         if reuse_port:
             given["reuse_port"] = True
         ctx = self._context(transport, address, scope, SocketRole.LISTEN, given)
+        ctx.access = gate
         inner = await transport.listen(ctx)
+        await check_enforced(gate, inner, address)
         if tls is not None:
             from .tls._api import tls_listener
 
@@ -558,7 +577,7 @@ class Pool:
             except BaseException:  # a certificate that does not load: no listener at all
                 await trio.aclose_forcefully(inner)
                 raise
-        listener = PoolListener(inner, _Owner(self, scope), transport)
+        listener = PoolListener(inner, _Owner(self, scope), transport, gate)
         self._listeners.add(listener)
         self.tracer.info("%s listening on %s", transport.name, listener.address)
         return listener
@@ -575,6 +594,8 @@ class Pool:
         backlog: int | None = None,
         reuse_port: bool = False,
         drain_timeout: float | None = None,
+        allow: AccessSource | None = None,
+        deny: AccessSource | None = None,
         task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
         **opts: object,
     ) -> None:
@@ -602,6 +623,9 @@ class Pool:
         this many seconds to finish before they are cancelled (``None`` or 0:
         cancelled at once). A cancellation from outside (the caller's cancel
         scope, Ctrl-C) cancels the handlers at once.
+
+        ``allow``/``deny``: access rules (see :meth:`listen` and :doc:`access`); a
+        refused peer never reaches a handler, a hook or a TLS handshake.
         """
         if handlers is not None:
             from .tls._api import alpn_handler
@@ -618,7 +642,9 @@ class Pool:
             drain_timeout = self._drain_timeout
         check_drain_timeout(drain_timeout)
         self._max_drain = max(self._max_drain, drain_timeout or 0.0)
-        listener = await self.listen(url, plugins=plugins, backlog=backlog, reuse_port=reuse_port, **opts)
+        listener = await self.listen(
+            url, plugins=plugins, backlog=backlog, reuse_port=reuse_port, allow=allow, deny=deny, **opts
+        )
         scope = listener._owner.scope
         limit = trio.Semaphore(max_connections) if max_connections else None
         # Closing the pool or drain() cancels this, even when we run in a nursery outside the pool.

@@ -347,6 +347,9 @@ class DatagramListener(SocketHolder, Listener):
         self._is_closed = False
         self._cancel = trio.CancelScope()
         self.dropped = 0
+        self._gate = ctx.access
+        if self._gate is not None:
+            self._gate.install(sock.family)
         nursery.start_soon(self._reader)
 
     @property
@@ -372,6 +375,8 @@ class DatagramListener(SocketHolder, Listener):
                 key = addr if addr else ""
                 peer = self._peers.get(key)
                 if peer is None:
+                    if self._gate is not None and not self._gate.admits(addr, datagram=True):
+                        continue
                     peer = PeerChannel(self, key, self._ctx.new_conn_id(), self._queue)
                     try:
                         self._new_send.send_nowait(peer)

@@ -208,6 +208,8 @@ class SocketListener(SocketHolder, Listener):
         self._wrap = wrap
         self._address = address
         self._on_close = on_close
+        if ctx.access is not None:
+            ctx.access.install(sock.family)
 
     @property
     def address(self) -> Address:
@@ -215,6 +217,7 @@ class SocketListener(SocketHolder, Listener):
 
     async def accept(self) -> Connection:
         ctx = self._ctx
+        gate = ctx.access
         while True:
             if self._is_closed:
                 raise trio.ClosedResourceError("this listener was closed")
@@ -230,6 +233,9 @@ class SocketListener(SocketHolder, Listener):
                     await trio.sleep(0.1)
                     continue
                 raise
+            if gate is not None and not gate.admits(remote):
+                gate.refuse(sock)  # before any byte is read, any hook or TLS: an RST
+                continue
             try:
                 await socket_created(ctx, sock, SocketRole.ACCEPTED)
                 return self._wrap(sock, remote, ctx.new_conn_id())

@@ -27,6 +27,7 @@ from ._socket_stream import HalfCloseableSocketStream, SocketListener
 from ._sockets import ErrorExplainer, SocketOptions, SocketPreparer, SocketRole
 
 if TYPE_CHECKING:
+    from ._access import AccessGate
     from ._plugins import HookScope
     from ._trace import Tracer
 
@@ -100,6 +101,11 @@ class Context:
     #: end when the listener closes.
     nursery: trio.Nursery | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    #: A listener's access rules at work (``allow=``/``deny=``): the listener a transport
+    #: makes calls ``access.install(family)``, and ``access.admits(peer)`` for each new
+    #: peer before reading from it (see :class:`~trio_conduit.transport.AccessGate`).
+    #: ``ctx.stream_listener`` and ``ctx.datagram_listener`` do both.
+    access: AccessGate | None = None
 
     def int_option(self, name: str) -> int:
         """A resolved option that must be an integer (``TypeError`` otherwise)."""

@@ -13,6 +13,7 @@ with ``ctx.stream``, ``ctx.channel``, ``ctx.message_channel``,
 return are here too, for subclassing (SCTP's channel adds stream ids).
 """
 
+from ._access import AccessGate as AccessGate
 from ._address import Address as Address
 from ._address import Option as Option
 from ._address import URLParts as URLParts
