@@ -23,11 +23,13 @@ from typing import Final, NoReturn, Protocol
 
 import trio
 
+from .._access import AccessRules
 from .._errors import AddressError, ConduitError, PluginError
 from .._trace import configure_cli_logging, verbosity_level
 from .._trace import logger as trace_logger
 from .._version import __version__
 from . import _bench
+from ._access import access_keywords, add_access_arguments
 from ._check import error_line, leaves, run_check, run_plugins
 from ._relay import Drain, parse_linger, run_connect, run_listen
 from ._scan import add_arguments as add_scan_arguments
@@ -142,6 +144,17 @@ def _add_common_relay(sub: argparse.ArgumentParser) -> None:
         help="datagrams: after stdin's end, keep printing replies until none came for S "
         "seconds (default 1; inf: until interrupted)",
     )
+    direction = sub.add_mutually_exclusive_group()
+    direction.add_argument(
+        "--send-only",
+        action="store_true",
+        help="only send stdin; what arrives is read and dropped. At stdin's end: close and exit",
+    )
+    direction.add_argument(
+        "--recv-only",
+        action="store_true",
+        help="only receive; stdin is never read and nothing is sent",
+    )
     sub.add_argument(
         "--no-splice",
         action="store_true",
@@ -184,7 +197,21 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
     )
     _add_common_relay(connect)
     add_tls_arguments(connect, listening=False)
-    connect.add_argument("--timeout", metavar="S", type=_seconds, help="give up connecting after S seconds")
+    connect.add_argument(
+        "-w",
+        "--wait",
+        "--timeout",
+        dest="timeout",
+        metavar="S",
+        type=_seconds,
+        help="give up connecting after S seconds (ncat's -w/--wait)",
+    )
+    connect.add_argument(
+        "-z",
+        dest="zero_io",
+        action="store_true",
+        help="connect (TLS: and handshake), then close: exit 0 if it connected, 1 if not; no data sent",
+    )
     connect.add_argument("--local", metavar="ADDR", help="bind to this local address (host:port, or a path)")
     connect.add_argument(
         "--proxy",
@@ -229,6 +256,7 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
         help="with --keep-open or --socks5: N worker processes sharing the port (SO_REUSEPORT), "
         "restarted when one dies",
     )
+    add_access_arguments(listen)
     listen.add_argument(
         "--max-conns",
         metavar="N",
@@ -358,6 +386,8 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.command == "plugins":
         return run_plugins(args.json)
     if args.command in ("connect", "listen"):
+        if args.command == "listen":
+            AccessRules.build(**access_keywords(args))  # bad specs: a usage error before anything runs
         url = tls_url(args, with_options(args.url, args.options), listening=args.command == "listen")
         if args.command == "connect":
             return _run_trio(lambda: run_connect(args, url))
@@ -409,6 +439,9 @@ def _main(argv: list[str]) -> int:
         return EXIT_USAGE
     if args.command == "listen" and args.workers is not None and not (args.keep_open or args.socks5):
         _say("listen: --workers needs --keep-open or --socks5")
+        return EXIT_USAGE
+    if args.command == "connect" and args.zero_io and (args.send_only or args.recv_only):
+        _say("connect: -z sends and receives nothing: no --send-only/--recv-only with it")
         return EXIT_USAGE
     if trace_logger.handlers:  # main() called again in this process: do not stack handlers
         trace_logger.setLevel(verbosity_level(args.verbose))
