@@ -248,7 +248,7 @@ async def run_connect(args: argparse.Namespace, url: str) -> int:
             url, timeout=args.timeout, local=args.local, proxies=args.proxy or None
         )
         if args.zero_io:  # -z: it connected; nothing is sent
-            await conn.aclose()
+            await _close_politely(conn)
             if args.verbose:
                 _say(f"connected to {url}")
             return 0
@@ -256,6 +256,27 @@ async def run_connect(args: argparse.Namespace, url: str) -> int:
             return await _until_idle(pool, conn, args, _relay(conn, args, output))
         finally:
             await conn.aclose()
+
+
+#: ``-z``: how long the peer gets to answer our end of stream before we close.
+Z_GRACE = 1.0
+
+
+async def _close_politely(conn: Connection) -> None:
+    """Close ``conn`` without a reset: on a half-closeable stream, send the end of stream and read
+    (and drop) what the peer still sends until it closes, for at most :data:`Z_GRACE` seconds.
+    (A TLS 1.3 server's session tickets would otherwise be unread at close, which makes the
+    kernel send a reset: ``-z`` must not look like an error to the server.)"""
+    try:
+        if isinstance(conn, trio.abc.HalfCloseableStream):
+            with trio.move_on_after(Z_GRACE):
+                await conn.send_eof()
+                while await conn.receive_some(CHUNK):
+                    pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ConduitError):
+        pass  # the peer went first: nothing more to be polite about
+    finally:
+        await conn.aclose()
 
 
 async def _until_idle(
