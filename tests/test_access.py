@@ -257,7 +257,7 @@ async def test_serve_and_listen_check_their_keywords_before_binding() -> None:
             await pool.serve("tcp://127.0.0.1:0", _noop, deny=[b"10.0.0.1"])  # type: ignore[list-item]
         with pytest.raises(AddressError, match=r"'10\.0\.0\.1/33'"):
             await pool.serve("tcp://127.0.0.1:0", _noop, allow="10.0.0.1/33")
-        assert pool._listeners == set()
+        assert pool.listeners == []
 
 
 async def _noop(conn: Any) -> None:
@@ -270,7 +270,7 @@ async def test_unix_listeners_refuse_access_rules(sock_dir: Path) -> None:
         with pytest.raises(AddressError, match="socket file's permissions"):
             await pool.listen(f"unix://{path}", allow="127.0.0.1")
         assert not path.exists()
-        assert pool._listeners == set()
+        assert pool.listeners == []
 
 
 def _connect_from(source: str, port: int) -> socket.socket:
@@ -336,7 +336,7 @@ async def test_denied_peers_never_reach_a_hook_a_handshake_or_a_handler(
                 task_status=task_status,
             )
         )
-        (listener,) = pool._listeners
+        (listener,) = pool.listeners
 
         def client(source: str) -> bytes:
             # a denied client may see the reset as soon as connect() (it comes right after the SYN-ACK)
@@ -422,4 +422,4 @@ async def test_transports_that_do_not_enforce_rules_refuse_them(conduit_pki: Tes
             pytest.skip("dtls:// is not available here")
         with pytest.raises(AddressError, match="does not enforce allow/deny"):
             await pool.listen(conduit_pki.server_url("dtls"), allow="127.0.0.1")
-        assert pool._listeners == set()
+        assert pool.listeners == []

@@ -23,6 +23,13 @@ DOCS = ROOT / "docs"
 
 #: What each example prints on stdout, exactly.
 EXPECTED: dict[str, str] = {
+    "access_rules.py": """\
+allow 127.0.0.0/29,10.0-3.*.*; deny 127.0.0.2
+{'127.0.0.1': True, '127.0.0.2': False, '10.2.9.9': True, '10.4.0.1': False}
+127.0.0.1 b'welcome'
+127.0.0.2 reset before a byte was read
+denied: 1
+""",
     "tls_quickstart.py": """\
 TLSv1.3 h2 localhost False
 peer: CN=localhost

@@ -26,6 +26,9 @@ PUBLIC: dict[str, frozenset[str]] = {
             "open_pool",
             "Pool",
             "PoolListener",
+            # access control
+            "AccessRules",
+            "AccessSource",
             # scanning
             "scan",
             "ScanResult",
@@ -101,6 +104,7 @@ PUBLIC: dict[str, frozenset[str]] = {
             "hookimpl",
             "SocketOptions",
             "SocketRole",
+            "AccessGate",
             # errors, the guard, the socket facts
             "SocketErrors",
             "ErrorExplainer",

@@ -56,7 +56,7 @@ __all__ = ["AccessGate", "AccessRules", "AccessSource", "check_enforced", "open_
 
 #: What ``allow=`` / ``deny=`` take: a ``str`` of comma-separated specs, a path (``os.PathLike``)
 #: of a file of specs, or an iterable of those.
-AccessSource: TypeAlias = "str | os.PathLike[str] | Iterable[str | os.PathLike[str]]"
+AccessSource: TypeAlias = str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
 
 _MAX_SPEC: Final = 300
 _MAX_FILE: Final = 1 << 20

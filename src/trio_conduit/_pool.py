@@ -748,6 +748,12 @@ class Pool:
         """The connections this pool owns that are still open."""
         return list(self._conns.values())
 
+    @property
+    def listeners(self) -> list[PoolListener]:
+        """The listeners this pool owns that are still open (those of running :meth:`serve` calls too:
+        ``listener.denied`` counts the peers their access rules refused)."""
+        return list(self._listeners)
+
 
 async def _finish_and_run_handler(
     finish: Callable[[], Awaitable[Any]],
