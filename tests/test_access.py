@@ -423,3 +423,34 @@ async def test_transports_that_do_not_enforce_rules_refuse_them(conduit_pki: Tes
         with pytest.raises(AddressError, match="does not enforce allow/deny"):
             await pool.listen(conduit_pki.server_url("dtls"), allow="127.0.0.1")
         assert pool.listeners == []
+
+
+async def test_udt_requests_from_denied_peers_are_dropped_before_the_cookie(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="trio_conduit")
+    handled: list[str] = []
+
+    async def handler(conn: Any) -> None:
+        handled.append(str(conn.info.remote[0]))
+        await conn.send_all(b"udt welcome")
+
+    async with conduit.open_pool() as pool, trio.open_nursery() as nursery:
+        if "udt" not in pool.transports:
+            pytest.skip("no udt:// transport registered")
+        bound = await nursery.start(
+            lambda task_status: pool.serve(
+                "udt://127.0.0.1:0", handler, deny="127.0.0.2", task_status=task_status
+            )
+        )
+        with pytest.raises(conduit.ConnectTimeout):  # no answer at all, not even the SYN cookie
+            await pool.connect(bound, local="127.0.0.2", timeout=0.6)
+        conn = await pool.connect_stream(bound, local="127.0.0.1", timeout=30)
+        assert await conn.receive_some() == b"udt welcome"
+        (listener,) = pool.listeners
+        assert listener.denied >= 1  # each request datagram the denied peer sent
+        assert handled == ["127.0.0.1"]
+        nursery.cancel_scope.cancel()
+    lines = [r.getMessage() for r in caplog.records if "denied by the access rules" in r.getMessage()]
+    assert len(lines) == 1, lines  # one line for the peer, however many times it asked
+    assert "127.0.0.2" in lines[0]

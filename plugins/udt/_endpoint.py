@@ -18,7 +18,7 @@ import math
 import os
 import random
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 from ._cookie import CookieJar
@@ -97,6 +97,7 @@ class Endpoint:
         self.listening = False
         self._listen_config: Config | None = None
         self._backlog = 0
+        self._admit: Callable[[tuple[Any, ...]], bool] | None = None
         self._cookies: CookieJar | None = None
         self._accept_queue: deque[Session] = deque()
         self._dirty_read: set[Session] = set()
@@ -129,8 +130,13 @@ class Endpoint:
         raise LocalProtocolError("no free UDT socket id")  # pragma: no cover
 
     # -- the application side ---------------------------------------------------------------
-    def listen(self, config: Config, backlog: int) -> None:
-        """Accept connection requests on this port (one listener per port, as the reference)."""
+    def listen(
+        self, config: Config, backlog: int, admit: Callable[[tuple[Any, ...]], bool] | None = None
+    ) -> None:
+        """Accept connection requests on this port (one listener per port, as the reference).
+
+        ``admit(addr)``: whether a peer may connect at all (access rules); a request from a
+        peer it refuses is dropped unread, before the cookie exchange."""
         if self.listening:
             raise LocalProtocolError("this port already has a listener")
         if config.rendezvous:
@@ -138,6 +144,7 @@ class Endpoint:
         self.listening = True
         self._listen_config = config
         self._backlog = max(1, backlog)
+        self._admit = admit
         self._cookies = CookieJar(self.now, self._secret)
 
     def stop_listening(self) -> list[Session]:
@@ -403,6 +410,8 @@ class Endpoint:
 
     def _on_request(self, data: bytes | bytearray | memoryview, addr: tuple[Any, ...], now: float) -> None:
         """A handshake for socket id 0 at a listener (the reference's ``CUDT::listen``)."""
+        if self._admit is not None and not self._admit(addr):
+            return  # refused by the access rules (counted and traced there): not even parsed
         if len(data) - HEADER_SIZE != HANDSHAKE_SIZE:
             self.dropped += 1
             return
