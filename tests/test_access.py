@@ -20,6 +20,8 @@ from trio_conduit import AccessRules, AddressError
 from trio_conduit.testing import TestPKI
 from trio_conduit.tls import TLSHandshake
 
+from .conftest import open_fds
+
 V4 = [f"192.168.0.{n}" for n in range(256)]
 
 
@@ -454,3 +456,42 @@ async def test_udt_requests_from_denied_peers_are_dropped_before_the_cookie(
     lines = [r.getMessage() for r in caplog.records if "denied by the access rules" in r.getMessage()]
     assert len(lines) == 1, lines  # one line for the peer, however many times it asked
     assert "127.0.0.2" in lines[0]
+
+
+async def test_a_flood_of_denied_clients_leaves_no_descriptor_and_no_task(no_fd_leak: dict[int, str]) -> None:
+    """200 refused clients: none reaches the handler, each is counted, and
+    the server holds no descriptor for any of them (its own count stays where it was)."""
+    handled = 0
+
+    async def handler(conn: Any) -> None:
+        nonlocal handled
+        handled += 1
+
+    async with conduit.open_pool() as pool, trio.open_nursery() as nursery:
+        bound = await nursery.start(
+            lambda task_status: pool.serve(
+                "tcp://127.0.0.1:0", handler, allow="127.0.0.1", task_status=task_status
+            )
+        )
+        port = bound.port
+        assert port is not None
+        before = len(open_fds())
+
+        def flood() -> None:
+            for _ in range(200):
+                try:
+                    with _connect_from("127.0.0.2", port) as sock:
+                        sock.sendall(b"x" * 1000)
+                        sock.recv(10)
+                except OSError:
+                    pass
+
+        await trio.to_thread.run_sync(flood)
+        (listener,) = pool.listeners
+        with trio.fail_after(30):
+            while listener.denied < 200:
+                await trio.sleep(0.01)
+        assert handled == 0
+        assert pool.connections == []
+        assert len(open_fds()) == before
+        nursery.cancel_scope.cancel()

@@ -298,3 +298,34 @@ def test_max_conns_with_tls_makes_the_next_client_wait(tmp_path: Path, ncat: str
                 assert read_exactly(second.popen.stdout, 2) == b"b\n"
                 write(second.popen.stdin, b"c\n")
                 assert read_exactly(second.popen.stdout, 2) == b"c\n"
+
+
+def test_socks5_proxy_resets_denied_ncat_clients_before_any_socks_work(tmp_path: Path, ncat: str) -> None:
+    target_port = free_tcp_port()
+    target_argv = [ncat, "-l", "-k", "--sh-exec", "echo target says hi", "127.0.0.1", str(target_port)]
+    with (
+        spawn(target_argv, tmp_path, stdin=subprocess.DEVNULL) as target,
+        conduit(tmp_path, "-v", "listen", "--socks5", "--allow", "127.0.0.1", "tcp://127.0.0.1:0") as proxy,
+    ):
+        wait_bound("tcp", target_port, target.popen)
+        proxy_at = f"127.0.0.1:{_port(proxy.bound_url())}"
+
+        def through_proxy(source: str) -> subprocess.CompletedProcess[bytes]:
+            argv = [ncat, "--proxy", proxy_at, "--proxy-type", "socks5", "-s", source]
+            return subprocess.run(
+                [*argv, "127.0.0.1", str(target_port)],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=DEADLINE,
+                check=False,
+            )
+
+        denied = through_proxy("127.0.0.2")
+        assert denied.returncode != 0
+        assert denied.stdout == b""
+        argv = [ncat, "--proxy", proxy_at, "--proxy-type", "socks5", "-s", "127.0.0.1"]
+        with spawn([*argv, "127.0.0.1", str(target_port)], tmp_path) as allowed:  # stdin kept open
+            assert read_exactly(allowed.popen.stdout, 15) == b"target says hi\n"
+        assert proxy.stderr.count("denied by the access rules") == 1, proxy.stderr
+        # the refused client never reached the SOCKS server: only the allowed one made a connect
+        assert proxy.stderr.count("connection requested to 127.0.0.1") == 1, proxy.stderr
