@@ -36,7 +36,7 @@ import math
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
@@ -63,6 +63,9 @@ from ._stdio import (
 )
 
 __all__ = ["Drain", "announce", "run_connect", "run_listen"]
+
+#: Which ways data moves: both, or one (``--send-only``, ``--recv-only``).
+Direction = Literal["both", "send", "recv"]
 
 _log = logging.getLogger("trio_conduit.cli")
 
@@ -118,7 +121,7 @@ async def _stream_to_output(conn: StreamConnection, output: Output, *, zero_copy
 
 
 async def relay_stream(
-    conn: StreamConnection, stdin: StdFd, output: Output, *, zero_copy: bool, direction: str = "both"
+    conn: StreamConnection, stdin: StdFd, output: Output, *, zero_copy: bool, direction: Direction = "both"
 ) -> None:
     """Run stdin → ``conn`` and ``conn`` → stdout until both have ended (see the module doc);
     ``direction`` ``"send"`` or ``"recv"``: one way only."""
@@ -183,7 +186,7 @@ async def relay_datagrams(
     *,
     lines: bool,
     linger: float,
-    direction: str = "both",
+    direction: Direction = "both",
 ) -> None:
     """stdin → datagrams to the peer, the peer's datagrams → stdout; ends ``linger`` s after stdin's end.
 
@@ -220,7 +223,7 @@ async def relay_datagrams(
 # ---------------------------------------------------------------------------
 
 
-def _direction(args: argparse.Namespace) -> str:
+def _direction(args: argparse.Namespace) -> Direction:
     return "send" if args.send_only else "recv" if args.recv_only else "both"
 
 
@@ -248,9 +251,10 @@ async def run_connect(args: argparse.Namespace, url: str) -> int:
             url, timeout=args.timeout, local=args.local, proxies=args.proxy or None
         )
         if args.zero_io:  # -z: it connected; nothing is sent
+            peer = _peer(conn)  # (not the URL: it may hold a key's password)
             await _close_politely(conn)
             if args.verbose:
-                _say(f"connected to {url}")
+                _say(f"connected to {peer}")
             return 0
         try:
             return await _until_idle(pool, conn, args, _relay(conn, args, output))
