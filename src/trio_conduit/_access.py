@@ -36,6 +36,7 @@ and, for a file, its name and line.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import socket
@@ -375,7 +376,7 @@ class AccessGate:
             return True
         self.denied += 1
         log = self._tracer.log
-        if log.isEnabledFor(20):  # INFO: the level of accept lines
+        if log.isEnabledFor(logging.INFO):  # the level of accept lines
             if datagram:
                 if peer in self._traced:
                     return False
