@@ -329,3 +329,17 @@ def test_socks5_proxy_resets_denied_ncat_clients_before_any_socks_work(tmp_path:
         assert proxy.stderr.count("denied by the access rules") == 1, proxy.stderr
         # the refused client never reached the SOCKS server: only the allowed one made a connect
         assert proxy.stderr.count("connection requested to 127.0.0.1") == 1, proxy.stderr
+
+
+def test_udp_listen_drops_denied_ncat_datagrams(tmp_path: Path, ncat: str) -> None:
+    with conduit(tmp_path, "-v", "listen", "--deny", "127.0.0.2", "udp://127.0.0.1:0") as listener:
+        port = _port(listener.bound_url())
+        with spawn([ncat, "-u", "-s", "127.0.0.2", "127.0.0.1", port], tmp_path) as denied:
+            write(denied.popen.stdin, b"dropped\n")
+            listener.wait_stderr(re.compile(r"datagram from 127\.0\.0\.2:\d+ denied"))
+        with spawn([ncat, "-u", "-s", "127.0.0.1", "127.0.0.1", port], tmp_path) as allowed:
+            write(allowed.popen.stdin, b"welcome\n")
+            # the first datagram conduit took is the allowed one: the denied one made no channel
+            assert read_exactly(listener.popen.stdout, 8) == b"welcome\n"
+            write(listener.popen.stdin, b"reply\n")
+            assert read_exactly(allowed.popen.stdout, 6) == b"reply\n"
