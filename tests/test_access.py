@@ -246,6 +246,29 @@ def test_ipv4_ranges_agree_with_a_plain_reading(bounds: list[tuple[int, int]], p
     assert AccessRules.build(allow=spec).admits(str(ipaddress.IPv4Address(peer))) == expected
 
 
+_v4_net = st.builds(
+    lambda n, p: ipaddress.IPv4Network((n, p), strict=False), st.integers(0, 2**32 - 1), st.integers(8, 32)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(st.none(), st.lists(_v4_net, max_size=4)),
+    st.lists(_v4_net, max_size=4),
+    st.integers(0, 2**32 - 1),
+)
+def test_allow_then_deny_as_sets(
+    allow: list[ipaddress.IPv4Network] | None, deny: list[ipaddress.IPv4Network], peer: int
+) -> None:
+    """Admitted exactly when in the allow list (if there is one) and in no deny block."""
+    rules = AccessRules.build(
+        allow=None if allow is None else [str(n) for n in allow], deny=[str(n) for n in deny]
+    )
+    address = ipaddress.IPv4Address(peer)
+    allowed = allow is None or any(address in n for n in allow)
+    assert rules.admits(str(address)) == (allowed and not any(address in n for n in deny))
+
+
 # ---------------------------------------------------------------------------
 # the pool: strict keywords, enforcement at accept
 # ---------------------------------------------------------------------------
