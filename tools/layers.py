@@ -36,9 +36,12 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
             "trio_conduit._util",
             "trio_conduit._version",
             "trio_conduit._benchmark",
+            "trio_conduit._lazy",
+            "trio_conduit._entry_points",
             "trio_conduit._access",
         ),
-        "errors, trace lines, URL parsing, small utilities, what a benchmark is, access rules",
+        "errors, trace lines, URL parsing, utilities, what a benchmark is, lazy re-exports, entry points, "
+        "access rules",
     ),
     ("connection", ("trio_conduit._connection",), "what a connection is: the classes users see, its facts"),
     (

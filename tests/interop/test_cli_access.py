@@ -251,6 +251,20 @@ def test_z_with_a_one_way_flag_is_a_usage_error() -> None:
     assert "-z" in one_line_error(result.stderr)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["connect", "--send-only", "--exec", "/bin/cat", "tcp://127.0.0.1:9"],
+        ["listen", "--recv-only", "--echo", "tcp://127.0.0.1:0"],
+        ["listen", "-k", "--send-only", "--broker", "tcp://127.0.0.1:0"],
+    ],
+)
+def test_one_way_flags_with_another_mode_are_usage_errors(args: list[str]) -> None:
+    result = run_conduit(*args)
+    assert result.returncode == 2
+    assert "--send-only/--recv-only" in one_line_error(result.stderr)
+
+
 # ---------------------------------------------------------------------------
 # listen -k --send-only, --max-conns with TLS
 # ---------------------------------------------------------------------------
