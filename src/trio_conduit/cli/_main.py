@@ -473,8 +473,12 @@ def _main(argv: list[str]) -> int:
     if args.command == "connect" and args.zero_io and (args.send_only or args.recv_only):
         _say("connect: -z sends and receives nothing: no --send-only/--recv-only with it")
         return EXIT_USAGE
-    if (args.send_only or args.recv_only) and (
-        args.exec is not None or (args.command == "listen" and (args.broker or args.echo or args.socks5))
+    if (
+        args.command in ("connect", "listen")
+        and (args.send_only or args.recv_only)
+        and (
+            args.exec is not None or (args.command == "listen" and (args.broker or args.echo or args.socks5))
+        )
     ):
         _say(
             f"{args.command}: --send-only/--recv-only are for standard input and output; "
