@@ -421,7 +421,7 @@ class Pool:
         elif proxies:
             chain = ProxyChain.build(proxies, transport, address, self.scope)
             open_connection = chain.connect
-        given: dict[str, object] = dict(opts)
+        given = opts  # the caller's own **opts dict: ours to change
         tls = _take_tls(transport, given)
         if tls is not None:
             open_connection = _with_tls(open_connection, tls)
@@ -438,7 +438,8 @@ class Pool:
         ctx = self._context(transport, address, self.scope, SocketRole.CONNECT, given, conn_id, event_id)
         if kind is not None:
             _check_kind(transport, ctx, kind)
-        if tracer.log.isEnabledFor(logging.INFO):
+        tracing = tracer.log.isEnabledFor(logging.INFO)
+        if tracing:
             tracer.info(
                 "%s connection requested to %s (conn #%d) event #%d",
                 transport.name,
@@ -463,7 +464,7 @@ class Pool:
         except ConnectError as exc:
             tracer.info("connect failed for event #%d (conn #%d): %s", event_id, conn_id, exc)
             raise
-        if tracer.log.isEnabledFor(logging.INFO):
+        if tracing:
             tracer.info(
                 "connect succeeded for event #%d (conn #%d) [%s]", event_id, conn_id, _fmt(conn.info.remote)
             )

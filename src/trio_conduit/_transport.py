@@ -100,6 +100,9 @@ class Context:
     #: end when the listener closes.
     nursery: trio.Nursery | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    #: Set by :meth:`connect_inet`: the socket it returned, its kind and its peer, which
+    #: :meth:`stream` takes instead of asking that socket again.
+    connected: _sockets.ConnectedSocket | None = None
 
     def int_option(self, name: str) -> int:
         """A resolved option that must be an integer (``TypeError`` otherwise)."""
@@ -138,7 +141,7 @@ class Context:
         """
         return await _sockets.connect_inet(self, type, proto, prepare=prepare)
 
-    async def resolve_inet(self, type: int) -> list[tuple[int, SockAddr]]:
+    async def resolve_inet(self, type: int) -> list[tuple[socket.AddressFamily, SockAddr]]:
         """Resolve ``address`` to (family, sockaddr) pairs, in resolver order; typed errors."""
         return await _sockets.resolve_inet(self, type)
 
@@ -194,6 +197,10 @@ class Context:
     ) -> HalfCloseableSocketStream:
         """A connected stream socket as a half-closeable connection (a transport that cannot
         half-close subclasses :class:`SocketStream` instead, as SCTP's does)."""
+        connected = self.connected
+        if connected is not None and connected.sock is sock:  # what connect_inet connected
+            remote = connected.remote if remote is None else remote
+            kind = connected.kind if kind is None else kind
         return HalfCloseableSocketStream(
             sock,
             self.conn_id if conn_id is None else conn_id,
