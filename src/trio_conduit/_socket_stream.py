@@ -102,22 +102,22 @@ class SocketStream(SocketHolder, StreamConnection):
         self._tracer = tracer
         self._receive_size = receive_size
         self._send_size = send_size
-        self._facts = (transport, remote, peer_credentials, kind, local)
+        self._facts = (transport, remote, peer_credentials, kind)
+        self._local = local
         self._info: CommunicationInfo | None = None
         if remote is None:  # ask the kernel now, while the peer is surely there
-            self._info = socket_info(sock, *self._facts)
+            self._info = socket_info(sock, transport, remote, peer_credentials, kind, local)
 
     @property
     def info(self) -> CommunicationInfo:
         info = self._info
         if info is None:
-            info = self._info = socket_info(self._sock, *self._facts)
+            info = self._info = socket_info(self._sock, *self._facts, self._local)
         return info
 
     def _close_socket(self) -> bool:
-        if self._info is None and self._facts[4] is None and not self._is_closed:
-            # the last moment to learn the local address: keep it for a later ``info``
-            self._facts = (*self._facts[:4], sockname(self._sock))
+        if self._info is None and self._local is None and not self._is_closed:
+            self._local = sockname(self._sock)  # the last moment to learn it (for a later ``info``)
         return super()._close_socket()
 
     async def send_all(self, data: Buffer) -> None:
