@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import NetNS
-from .test_scan_netns import nmap_states, scan_in
+from .test_scan_netns import firewall_rules, nmap_states, scan_in, serving_in, table_rows
 
 pytestmark = pytest.mark.netns
 
@@ -73,15 +73,7 @@ def known6(netns: NetNS) -> Iterator[NetNS]:
         pytest.skip("ip6tables is not installed")
     if "::1" not in netns.ip("-6", "addr", "show", "dev", "lo").stdout:
         pytest.skip("no IPv6 on the namespace's loopback")
-    rules = [["-A", "INPUT", "-p", "tcp", "--syn", "--dport", str(p), "-j", "DROP"] for p in TCP_DROP]
-    rules += [
-        ["-A", "INPUT", "-p", "tcp", "--dport", str(p), "-j", "REJECT", "--reject-with", how]
-        for p, how in TCP_REJECT.items()
-    ]
-    rules.append(
-        ["-A", "INPUT", "-p", "tcp", "--dport", str(TCP_RESET), "-j", "REJECT", "--reject-with", "tcp-reset"]
-    )
-    for rule in rules:
+    for rule in firewall_rules(TCP_DROP, TCP_REJECT, TCP_RESET):
         netns.run("ip6tables", *rule)
     # ICMPv6 errors (port unreachable, the REJECTs) are rate limited per destination
     netns.run("sysctl", "-q", "-w", "net.ipv6.icmp.ratelimit=0")
@@ -89,27 +81,10 @@ def known6(netns: NetNS) -> Iterator[NetNS]:
     etc.mkdir(parents=True)
     try:
         (etc / "hosts").write_text("".join(f"{ip} {name}\n" for name, ip in NAMES.items()))
-        proc = subprocess.Popen(
-            [
-                *("ip", "netns", "exec", netns.name, sys.executable, "-c", LISTENERS),
-                ",".join(map(str, TCP_OPEN)),
-                ",".join(map(str, UDP_SILENT)),
-                str(UDP_ECHO),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
+        with serving_in(
+            netns, LISTENERS, ",".join(map(str, TCP_OPEN)), ",".join(map(str, UDP_SILENT)), str(UDP_ECHO)
+        ):
             yield netns
-        finally:
-            assert proc.stdin is not None
-            proc.stdin.close()
-            proc.wait(timeout=10)
-            assert proc.stdout is not None
-            proc.stdout.close()
     finally:
         shutil.rmtree(etc, ignore_errors=True)
 
@@ -156,15 +131,7 @@ def test_host_name_table_names_the_address(known6: NetNS) -> None:
     lines = proc.stdout.splitlines()
     assert "conduit scan report for ::1" in lines
     assert "Not shown: 65 closed tcp ports (conn-refused)" in lines
-    rows = {line.split()[0]: (line.split()[1], line.split()[-1]) for line in lines if "/tcp " in line}
-    assert rows == {
-        "22/tcp": ("open", "syn-ack"),
-        "80/tcp": ("open", "syn-ack"),
-        "81/tcp": ("filtered", "no-response"),
-        "82/tcp": ("filtered", "admin-prohibited"),
-        "83/tcp": ("filtered", "host-unreach"),
-        "84/tcp": ("filtered", "net-unreach"),
-    }
+    assert table_rows(lines) == {f"{p}/tcp": v for p, v in EXPECTED_TCP6.items() if 20 <= p <= 90}
 
 
 def test_unresolvable_host_name_is_a_clear_error(known6: NetNS) -> None:

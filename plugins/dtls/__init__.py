@@ -118,19 +118,7 @@ class DTLSTransport(Transport):
         options["connected"] = True
         query = tuple((k, v) for k, v in ctx.address.query if k in names)
         address = dataclasses.replace(ctx.address, scheme=self.inner_scheme, query=query)
-        return Context(
-            inner,
-            address,
-            MappingProxyType(options),
-            ctx.socket_options,
-            ctx.scope,
-            ctx.tracer,
-            ctx.role,
-            ctx.conn_id,
-            ctx.event_id,
-            nursery=ctx.nursery,
-            extra=ctx.extra,
-        )
+        return ctx.retarget(inner, address, MappingProxyType(options))
 
     # -- connecting ---------------------------------------------------------------
     async def connect_over(self, conn: Connection, ctx: Context) -> Connection:

@@ -111,6 +111,24 @@ class Context:
             raise TypeError(f"{self.address}: option {name!r} must be an int, not {value!r}")
         return value
 
+    def retarget(self, transport: Transport, address: Address, options: Mapping[str, object]) -> Context:
+        """This connect's context for another transport and address, everything else the same
+        (ids, scope, tracer, role, socket options, nursery, ``extra``): what a layer hands the
+        transport beneath it, or a proxy chain the connection to its first proxy."""
+        return Context(
+            transport,
+            address,
+            options,
+            self.socket_options,
+            self.scope,
+            self.tracer,
+            self.role,
+            self.conn_id,
+            self.event_id,
+            nursery=self.nursery,
+            extra=self.extra,
+        )
+
     def new_conn_id(self) -> int:
         """An id for a connection a listener accepted."""
         return self.tracer.next_conn_id()

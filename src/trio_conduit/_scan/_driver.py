@@ -17,7 +17,6 @@ import socket
 import struct
 from _socket import socket as _raw_socket
 from collections.abc import AsyncGenerator, Iterable, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Final
 
@@ -27,15 +26,7 @@ from .._errors import AddressError
 from ._engine import PortState, Probe, ScanEngine, ScanReason, ScanResult
 from ._ports import parse_ports
 
-__all__ = [
-    "SCANNABLE",
-    "ScanStats",
-    "expand_hosts",
-    "raise_nofile_limit",
-    "scan",
-    "scan_batches",
-    "split_target",
-]
+__all__ = ["SCANNABLE", "ScanStats", "expand_hosts", "raise_nofile_limit", "scan", "split_target"]
 
 #: Schemes the scanner can probe: scheme -> (socket type, protocol, silence state).
 #: A stream transport must tell refused from timed out at connect; a datagram one
@@ -182,38 +173,6 @@ async def scan(
     Use it as ``async with contextlib.aclosing(scan(...)) as results: async for r in results``
     so that stopping early closes every socket at once.
     """
-    async with aclosing(
-        scan_batches(
-            targets,
-            ports,
-            retries=retries,
-            max_parallel=max_parallel,
-            initial_timeout=initial_timeout,
-            min_timeout=min_timeout,
-            max_timeout=max_timeout,
-            stats=stats,
-        )
-    ) as batches:
-        async for batch in batches:
-            for result in batch:
-                yield result
-
-
-async def scan_batches(
-    targets: str | Sequence[str],
-    ports: str | Iterable[int] = "1-1000",
-    *,
-    retries: int = 1,
-    max_parallel: int | None = None,
-    initial_timeout: float = 1.0,
-    min_timeout: float = 0.1,
-    max_timeout: float = 10.0,
-    stats: ScanStats | None = None,
-) -> AsyncGenerator[list[ScanResult], None]:
-    """:func:`scan`, its verdicts yielded a batch at a time (those one pass of the driver
-    reached, never an empty batch): a consumer that handles tens of thousands of ports
-    (the ``conduit scan`` command) then pays for one generator step per batch, not per port.
-    """
     urls = [targets] if isinstance(targets, str) else list(targets)
     split = [split_target(url) for url in urls]
     schemes = {scheme for scheme, _ in split}
@@ -341,12 +300,10 @@ async def scan_batches(
             stats.silences = engine.stats.silences
             stats.local_failures = engine.stats.local_failures
             stats.max_in_flight = engine.stats.max_in_flight
-            results = engine.results()
-            if results:
-                yield results
-        results = engine.results()
-        if results:
-            yield results
+            for result in engine.results():
+                yield result
+        for result in engine.results():
+            yield result
     finally:
         for sock, _ in by_fd.values():
             sock.close()

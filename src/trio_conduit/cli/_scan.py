@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from .._scan._driver import ScanStats, expand_hosts, scan_batches, split_target
+from .._scan._driver import ScanStats, expand_hosts, scan, split_target
 from .._scan._ports import PortSpecError, parse_ports
 from .._scan._report import ScanReport, json_line
 
@@ -85,16 +85,15 @@ async def run_scan(args: argparse.Namespace, argv: list[str]) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
     started = last = time.monotonic()
     done = 0
-    out = sys.stdout
+    write = sys.stdout.write
     async with aclosing(
-        scan_batches(args.urls, ports, retries=args.retries, max_parallel=args.max_parallel, stats=stats)
-    ) as batches:
-        async for batch in batches:
-            for result in batch:
-                report.add(result)
-            done += len(batch)
+        scan(args.urls, ports, retries=args.retries, max_parallel=args.max_parallel, stats=stats)
+    ) as results:
+        async for result in results:
+            report.add(result)
+            done += 1
             if args.json:
-                out.write("".join([json_line(result) + "\n" for result in batch]))
+                write(json_line(result) + "\n")
             if progress and time.monotonic() - last > 0.2:
                 last = time.monotonic()
                 rate = done / max(last - started, 1e-9)

@@ -33,7 +33,6 @@ from .._errors import (
     ProxyProtocolError,
     ProxyTimeout,
 )
-from .._transport import Context
 from ._stream import HalfCloseableProxiedStream, ProxiedStream, with_prefix
 from ._types import Hop, ProxyType, proxy_types
 from ._udp import Socks5DatagramChannel
@@ -41,7 +40,7 @@ from ._url import ProxyURL, Target, split_proxy_url
 
 if TYPE_CHECKING:
     from .._plugins import HookScope
-    from .._transport import Transport
+    from .._transport import Context, Transport
 
 __all__ = ["ProxyChain"]
 
@@ -171,19 +170,7 @@ class ProxyChain:
             options = ctx.options
         else:
             options = {o.name: o.default for o in tcp.options}
-        pctx = Context(  # the caller's, for the socket to the first proxy (dataclasses.replace is slow)
-            tcp,
-            hop.proxy.address,
-            options,
-            ctx.socket_options,
-            ctx.scope,
-            ctx.tracer,
-            ctx.role,
-            ctx.conn_id,
-            ctx.event_id,
-            nursery=ctx.nursery,
-            extra=ctx.extra,
-        )
+        pctx = ctx.retarget(tcp, hop.proxy.address, options)
         if ctx.tracer.log.isEnabledFor(logging.DEBUG):
             ctx.tracer.debug("proxy %s: connecting (conn #%d)", hop.name, ctx.conn_id)
         try:
