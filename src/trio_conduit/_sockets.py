@@ -25,7 +25,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import trio
 
@@ -253,14 +253,37 @@ def _literal(host: str, port: int) -> tuple[socket.AddressFamily, SockAddr] | No
     """``host`` as ``getaddrinfo`` gives a plain IPv4 or IPv6 literal (a sockaddr in canonical
     form), or ``None`` when it is something else (a name, a scope id, ``127.1``): no resolver
     call, no idna encoding, no enum conversions for the address connected to most often."""
+    if not host.isascii():
+        return None
     try:
         if ":" not in host:
             socket.inet_pton(socket.AF_INET, host)  # only the canonical a.b.c.d passes
             return socket.AF_INET, (host, port)
         text = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, host))
-    except OSError:
+    except (OSError, ValueError):  # (ValueError: a NUL in it)
         return None
     return socket.AF_INET6, (text, port, 0, 0)
+
+
+def _numeric_getaddrinfo(host: str, port: int, socktype: int, flags: int) -> list[tuple[Any, ...]] | None:
+    """``getaddrinfo`` of an address literal (or no host); ``None`` when ``host`` is a name.
+
+    A literal needs no resolver: the C call answers at once, without trio's
+    thread (or its checkpoint: the connect that follows is the checkpoint). The
+    host goes in as bytes: given a str, the C call would load and run the
+    ``idna`` codec (start-up time), and a literal is ASCII anyway; a name that
+    is not is trio's resolver's to encode.
+    """
+    if host and not host.isascii():
+        return None
+    try:
+        return socket.getaddrinfo(
+            host.encode() if host else None, port, type=socktype, flags=flags | socket.AI_NUMERICHOST
+        )
+    except socket.gaierror as exc:
+        if exc.errno != socket.EAI_NONAME or not host:
+            raise
+        return None
 
 
 async def _resolve(
@@ -272,13 +295,8 @@ async def _resolve(
             return [literal]
     flags = socket.AI_PASSIVE if passive else 0
     try:
-        try:
-            # Other numeric forms need no resolver either: the C call answers at once, without
-            # trio's thread (or its checkpoint: the connect that follows is the checkpoint).
-            infos = socket.getaddrinfo(host or None, port, type=socktype, flags=flags | socket.AI_NUMERICHOST)
-        except socket.gaierror as exc:
-            if exc.errno != socket.EAI_NONAME or not host:
-                raise
+        infos = _numeric_getaddrinfo(host, port, socktype, flags)  # other numeric forms (127.1)
+        if infos is None:
             infos = await trio.socket.getaddrinfo(host, port, type=socktype, flags=flags)
     except socket.gaierror as exc:
         raise NameResolutionError(

@@ -101,6 +101,19 @@ def compare_line(name: str, r: dict[str, Any]) -> str:
     return f"{name:24} pool {r['pool']:10.1f}   raw trio {r['raw_trio']:10.1f}   ratio {r['ratio']:.3f}"
 
 
+def certificate_files(directory: str) -> dict[str, str]:
+    """A fresh CA and a server certificate for ``localhost`` and 127.0.0.1, written in ``directory``:
+    ``{"cert": ..., "key": ..., "ca": ...}`` (PEM files)."""
+    from ..tls import EphemeralCA
+
+    ca = EphemeralCA("conduit bench CA")
+    cert, key = ca.issue("localhost", "127.0.0.1").write(directory, "server")
+    cafile = os.path.join(directory, "ca.pem")
+    with open(cafile, "wb") as f:
+        f.write(ca.cert_pem)
+    return {"cert": str(cert), "key": str(key), "ca": cafile}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import ssl
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -35,12 +34,12 @@ from typing import Any
 import trio
 
 import trio_conduit
-from trio_conduit.tls import EphemeralCA
 
 from . import cli_pipe
 from ._runner import (
     WORKER,
     announce_and_wait,
+    certificate_files,
     compare,
     compare_line,
     connection_rate,
@@ -197,13 +196,8 @@ def run_tls_bench(
     bulk_mib: int, connections: int, repeat: int, *, cli_mib: int | None = None
 ) -> dict[str, dict[str, Any]]:
     """The TLS figures (see the module docstring); ``cli_mib`` adds the conduit/ncat pipe."""
-    ca = EphemeralCA("conduit bench CA")
     with tempfile.TemporaryDirectory(prefix="conduit-bench-") as tmp:
-        cert, key = ca.issue("localhost", "127.0.0.1").write(tmp, "server")
-        cafile = os.path.join(tmp, "ca.pem")
-        with open(cafile, "wb") as f:
-            f.write(ca.cert_pem)
-        files = {"cert": str(cert), "key": str(key), "ca": cafile}
+        files = certificate_files(tmp)
         results = {
             "tls_bulk_mb_per_s": compare(_pair("bulk", bulk_mib * 1024 * 1024, files), repeat, "mb_per_s"),
             "tls_handshakes_per_s": compare(_pair("rate", connections, files), repeat, "per_s"),

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from contextlib import aclosing
 from pathlib import Path
 
-import trio
-
-from .._scan._driver import ScanStats, expand_hosts, scan, split_target
 from .._scan._ports import PortSpecError, parse_ports
-from .._scan._report import ScanReport, json_line
 
 __all__ = ["add_arguments", "run_scan"]
 
@@ -74,6 +69,14 @@ def _write(target: str, text: str) -> None:
 
 async def run_scan(args: argparse.Namespace, argv: list[str]) -> int:
     """Scan, then print the table (or JSON lines as results come), and write -oX/-oG files."""
+    # Imported here: the parser (add_arguments) is built for every command, --help included.
+    import shlex
+
+    import trio
+
+    from .._scan._driver import ScanStats, expand_hosts, scan, split_target
+    from .._scan._report import ScanReport, json_line
+
     split = [split_target(url) for url in args.urls]
     ports = parse_ports(args.ports)
     scheme = split[0][0]
