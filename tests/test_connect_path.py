@@ -100,7 +100,7 @@ def test_literal_addresses_as_getaddrinfo_gives_them(ip: ipaddress._BaseAddress,
         assert _literal(text, port) == _getaddrinfo(text, port)
 
 
-@given(st.text(alphabet="0123456789abcdef.:%x ", max_size=45), st.integers(0, 65535))
+@given(st.text(alphabet="0123456789abcdef.:%x \x00é", max_size=45), st.integers(0, 65535))
 def test_literal_is_none_or_what_getaddrinfo_gives(text: str, port: int) -> None:
     literal = _literal(text, port)
     if literal is not None:
