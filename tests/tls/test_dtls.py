@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from OpenSSL import SSL
 
 import trio_conduit as conduit
@@ -285,6 +286,7 @@ async def test_spoofed_hellos_allocate_nothing(pki: PKI) -> None:
         assert isinstance(inner, DTLSListener)
         port = listener.address.port
         _, hello = _client_hello(pki)
+        await trio.testing.wait_all_tasks_blocked()  # (the udp listener's reader, its socket taken, ends)
         tasks_before = task_count()
         sockets = []
         try:
