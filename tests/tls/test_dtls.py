@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import math
 import random
 import socket
 import struct
@@ -565,6 +567,142 @@ async def test_cancellation_at_random_points_leaves_nothing(pki: PKI) -> None:
         assert task_count() <= tasks + 1
         await listener.aclose()
     assert_no_fd_leak(before)
+
+
+class HandshakeLedger:
+    """Server-side handshakes: each one's connection when it starts and how often its ``close``
+    hook fired; a ``servername`` hook that awaits a little, so cancellations land in hooks too."""
+
+    def __init__(self, seed: int) -> None:
+        self.started: dict[int, Any] = {}
+        self.closed: dict[int, int] = {}
+        self.rng = random.Random(seed)
+
+    @conduit.hookimpl
+    async def conduit_tls_start(self, handshake: TLSHandshake) -> None:
+        if handshake.side == "server":
+            self.started[handshake.conn.id] = handshake.conn
+
+    @conduit.hookimpl
+    async def conduit_tls_servername(self, handshake: TLSHandshake, server_name: str) -> None:
+        if handshake.side == "server":
+            await trio.sleep(self.rng.uniform(0, 0.004))
+
+    @conduit.hookimpl
+    async def conduit_tls_close(self, handshake: TLSHandshake, exc: BaseException | None) -> None:
+        if handshake.side == "server":
+            self.closed[handshake.conn.id] = self.closed.get(handshake.conn.id, 0) + 1
+
+    async def assert_all_closed(self) -> None:
+        assert self.started  # handshakes were in flight
+        assert self.closed == dict.fromkeys(self.started, 1)  # each closed, once
+        for conn in self.started.values():
+            with pytest.raises(trio.ClosedResourceError):
+                await conn.send(b"anyone there?")
+
+
+async def _client_until_cancelled(pool: conduit.Pool, url: str) -> None:
+    ended = (conduit.ConduitError, trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError)
+    with contextlib.suppress(*ended):
+        async with await pool.connect(url) as conn:
+            await conn.send(b"ping")
+            await conn.receive()
+            await trio.sleep_forever()
+
+
+@pytest.mark.parametrize("how", ["cancel serve()", "close the listener"])
+async def test_cancelling_the_server_mid_handshake_leaves_nothing(pki: PKI, how: str) -> None:
+    """Six clients handshake at once; the server is cancelled (its ``serve()``), or its listener
+    closed, at a random moment: in a hook, waiting on a peer, queued for accept, in a handler.
+    Every server-side association is closed (its ``close`` hook fired once, ``send`` refuses),
+    the listener holds none, and no task or descriptor is left."""
+    ledger = HandshakeLedger(seed=5)
+    rng = random.Random(13)
+    async with conduit.open_pool(plugins=[ledger]) as pool:
+        await trio.testing.wait_all_tasks_blocked()
+        tasks, before = task_count(), open_fds()
+        for _ in range(30):
+            url = server_url(pki, handshake_timeout=3)
+            async with trio.open_nursery() as clients:
+                async with trio.open_nursery() as server:
+                    if how == "cancel serve()":
+                        addr = await server.start(functools.partial(pool.serve, url, echo))
+                        listener = None
+                    else:
+                        listener = await pool.listen(url)
+                        addr = listener.address
+                        server.start_soon(_accept_and_echo, listener)
+                    for _ in range(6):
+                        clients.start_soon(_client_until_cancelled, pool, client_url(pki, addr.port))
+                    await trio.sleep(rng.uniform(0, 0.03))
+                    inner = None
+                    if listener is not None:
+                        inner = listener.inner
+                        assert isinstance(inner, DTLSListener)
+                        await listener.aclose()  # (its accepted associations break: handlers end)
+                    else:
+                        server.cancel_scope.cancel()
+                if inner is not None:
+                    assert inner.associations == 0
+                    assert inner.reassembling == 0
+                clients.cancel_scope.cancel()
+        await ledger.assert_all_closed()
+        await trio.testing.wait_all_tasks_blocked()
+        assert task_count() == tasks
+        assert_no_fd_leak(before)
+
+
+async def _accept_and_echo(listener: Any, idle: float = math.inf) -> None:
+    """Accept and echo; a connection is closed once it has lived ``idle`` seconds (a vanished
+    client's association lives until its owner closes it, as on any datagram listener)."""
+    async with trio.open_nursery() as nursery:
+        while True:
+            try:
+                conn = await listener.accept()
+            except trio.ClosedResourceError:
+                return
+            nursery.start_soon(_echo_and_close, conn, idle)
+
+
+async def _echo_and_close(conn: Any, idle: float) -> None:
+    async with conn:
+        broken = (trio.BrokenResourceError, trio.ClosedResourceError)
+        with trio.move_on_after(idle), contextlib.suppress(*broken):
+            await echo(conn)
+
+
+async def test_cancelling_clients_mid_handshake_leaves_nothing(pki: PKI) -> None:
+    """Eight clients at once, each cancelled at its own random moment, ten times over: the server's
+    associations all end (finished ones are accepted and closed, the others time out), every
+    server-side handshake is closed once, and neither side leaves a task or a descriptor."""
+    ledger = HandshakeLedger(seed=9)
+    rng = random.Random(17)
+    async with conduit.open_pool(plugins=[ledger]) as pool:
+        await trio.testing.wait_all_tasks_blocked()
+        tasks, before = task_count(), open_fds()
+        listener = await pool.listen(server_url(pki, handshake_timeout=1))
+        inner = listener.inner
+        assert isinstance(inner, DTLSListener)
+        async with trio.open_nursery() as server:
+            server.start_soon(_accept_and_echo, listener, 2.0)
+            for _ in range(10):
+                async with trio.open_nursery() as clients:
+                    for _ in range(8):
+
+                        async def one(delay: float = rng.uniform(0, 0.03)) -> None:
+                            with trio.move_on_after(delay):
+                                await _client_until_cancelled(pool, client_url(pki, listener.address.port))
+
+                        clients.start_soon(one)
+            # The handshakes whose client vanished time out (1 s); accepted ones are closed (2 s).
+            with trio.fail_after(15):
+                while inner.associations:
+                    await trio.sleep(0.05)
+            await listener.aclose()
+        await ledger.assert_all_closed()
+        await trio.testing.wait_all_tasks_blocked()
+        assert task_count() == tasks
+        assert_no_fd_leak(before)
 
 
 # ---------------------------------------------------------------------------

@@ -559,6 +559,14 @@ class DTLSListener(Listener):
             self._new_send.close()
             for assoc in self._associations.values():
                 assoc.send.close()
+            # Associations done but never accepted: closed here (their close hooks fire).
+            with trio.CancelScope(shield=True):
+                while True:
+                    try:
+                        pending = self._new_receive.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                        break
+                    await trio.aclose_forcefully(pending)
             self._done.set()
 
     async def _route(self, data: bytes, addr: SockAddr, nursery: trio.Nursery) -> None:
