@@ -1,21 +1,24 @@
 """What the benchmarks share: CPUs and pinned processes, medians of alternating runs, pipes, stream helpers.
 
-The parent side (:func:`pinned_pair`, :func:`compare`, :func:`pipe_seconds`)
-runs in ``conduit bench``; the async helpers (:func:`announce_and_wait`,
-:func:`timed_bulk`, :func:`connection_rate`) in the worker processes
-(``python -m trio_conduit.bench._worker``).
+The parent side (:func:`pinned_pair`, :func:`certified_pair`, :func:`compare`,
+:func:`pipe_seconds`, :func:`bench_certificates`) runs in ``conduit bench``; the
+worker side (:func:`certified_worker`, :func:`announce_and_wait`,
+:func:`timed_bulk`, :func:`timed_steps`, :func:`connection_rate`) in the worker
+processes (``python -m trio_conduit.bench._worker``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import trio
@@ -76,6 +79,69 @@ def pinned_pair(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def bench_certificates() -> Iterator[dict[str, str]]:
+    """A CA made for this run and a server certificate for localhost and 127.0.0.1 from it,
+    as PEM files (removed afterwards): ``{"cert": ..., "key": ..., "ca": ...}``."""
+    from trio_conduit.tls import EphemeralCA
+
+    ca = EphemeralCA("conduit bench CA")
+    with tempfile.TemporaryDirectory(prefix="conduit-bench-") as tmp:
+        cert, key = ca.issue("localhost", "127.0.0.1").write(tmp, "server")
+        cafile = os.path.join(tmp, "ca.pem")
+        with open(cafile, "wb") as f:
+            f.write(ca.cert_pem)
+        yield {"cert": str(cert), "key": str(key), "ca": cafile}
+
+
+def certified_pair(
+    benchmark: str, mode: str, amount: int, files: dict[str, str]
+) -> Callable[[str], dict[str, float]]:
+    """:func:`compare`'s ``one`` for a benchmark whose workers :func:`certified_worker` runs:
+    its server (certificate and key of ``files``) and its client (``mode``, ``amount``, the CA)
+    as a :func:`pinned_pair`."""
+
+    def one(impl: str) -> dict[str, float]:
+        return pinned_pair(
+            lambda cpu: [*WORKER, benchmark, "server", impl, str(cpu), files["cert"], files["key"]],
+            lambda cpu, port: [
+                *WORKER,
+                benchmark,
+                "client",
+                impl,
+                str(cpu),
+                mode,
+                str(port),
+                str(amount),
+                files["ca"],
+            ],
+        )
+
+    return one
+
+
+#: A worker's server: ``server(impl, certfile, keyfile)`` announces its port and serves.
+CertifiedServer = Callable[[str, str, str], Awaitable[None]]
+#: A worker's client: ``client(impl, mode, port, amount, cafile)``, the figures it measured.
+CertifiedClient = Callable[[str, str, int, int, str], Awaitable[dict[str, float]]]
+
+
+def certified_worker(argv: list[str], server: CertifiedServer, client: CertifiedClient) -> bool:
+    """Run one side of a :func:`certified_pair` (pinned): ``server IMPL CPU CERT KEY`` or ``client
+    IMPL CPU MODE PORT AMOUNT CAFILE`` (the client prints its JSON). ``False``: another role."""
+    role, impl, cpu = argv[:3]
+    if role == "server":
+        pin(int(cpu))
+        trio.run(server, impl, argv[3], argv[4])
+    elif role == "client":
+        pin(int(cpu))
+        mode, port, amount, cafile = argv[3], int(argv[4]), int(argv[5]), argv[6]
+        print(json.dumps(trio.run(client, impl, mode, port, amount, cafile)), flush=True)
+    else:
+        return False
+    return True
 
 
 def run_json(argv: list[str]) -> dict[str, float]:
@@ -197,19 +263,28 @@ async def timed_bulk(
     return {"seconds": elapsed, "mb_per_s": amount / elapsed / 1e6}
 
 
+async def timed_steps(
+    step: Callable[[], Awaitable[object]], amount: int, warm_up: int = 0
+) -> dict[str, float]:
+    """``step()`` ``warm_up`` times untimed, then ``amount`` times timed: how many per second."""
+    for _ in range(warm_up):
+        await step()
+    start = time.perf_counter()
+    for _ in range(amount):
+        await step()
+    elapsed = time.perf_counter() - start
+    return {"seconds": elapsed, "per_s": amount / elapsed}
+
+
 async def connection_rate(
     connect: Callable[[], Awaitable[trio.abc.Stream]], amount: int, warm_up: int = 0
 ) -> dict[str, float]:
     """``amount`` connections one at a time, each with 1 byte and a close (the ``rate``
     figures; TLS counts its handshakes so), timed after ``warm_up`` untimed ones."""
-    for _ in range(warm_up):
+
+    async def one() -> None:
         stream = await connect()
         await stream.send_all(b"x")
         await stream.aclose()
-    start = time.perf_counter()
-    for _ in range(amount):
-        stream = await connect()
-        await stream.send_all(b"x")
-        await stream.aclose()
-    elapsed = time.perf_counter() - start
-    return {"seconds": elapsed, "per_s": amount / elapsed}
+
+    return await timed_steps(one, amount, warm_up)

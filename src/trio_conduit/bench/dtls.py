@@ -19,20 +19,23 @@ is one side.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import socket
-import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 import trio_conduit
-from trio_conduit.tls import EphemeralCA
 
-from ._runner import WORKER, announce_and_wait, compare, compare_line, pin, pinned_pair
+from ._runner import (
+    announce_and_wait,
+    bench_certificates,
+    certified_pair,
+    certified_worker,
+    compare,
+    compare_line,
+    timed_steps,
+)
 
 __all__ = ["DTLS"]
 
@@ -98,32 +101,29 @@ def _connector(impl: str, port: int, cafile: str, pool: Any) -> Callable[[], Awa
 async def _client(impl: str, mode: str, port: int, amount: int, cafile: str) -> dict[str, float]:
     async with trio_conduit.open_pool() as pool:
         connect = _connector(impl, port, cafile, pool)
-        if mode == "handshakes":
-            for i in range(_WARM_UP + amount):
-                if i == _WARM_UP:
-                    start = time.perf_counter()
-                channel, closer = await connect()
-                await channel.send(b"x")
-                await channel.receive()
-                if impl == "raw":
-                    channel.close()
-                await _aclose(closer)
-        else:
+
+        async def round_trip(channel: Any) -> None:
+            await channel.send(b"x")
+            await channel.receive()
+
+        async def handshake() -> None:
             channel, closer = await connect()
-            for _ in range(_WARM_UP):
-                await channel.send(b"x")
-                await channel.receive()
-            start = time.perf_counter()
-            for _ in range(amount):
-                await channel.send(b"x")
-                await channel.receive()
-            elapsed = time.perf_counter() - start
-            if impl == "raw":
-                channel.close()
-            await _aclose(closer)
-            return {"seconds": elapsed, "per_s": amount / elapsed}
-        elapsed = time.perf_counter() - start
-        return {"seconds": elapsed, "per_s": amount / elapsed}
+            await round_trip(channel)
+            await _close(impl, channel, closer)
+
+        if mode == "handshakes":
+            return await timed_steps(handshake, amount, _WARM_UP)
+        channel, closer = await connect()
+        try:
+            return await timed_steps(lambda: round_trip(channel), amount, _WARM_UP)
+        finally:
+            await _close(impl, channel, closer)
+
+
+async def _close(impl: str, channel: Any, closer: Any) -> None:
+    if impl == "raw":
+        channel.close()
+    await _aclose(closer)
 
 
 async def _aclose(closer: Any) -> None:
@@ -136,46 +136,18 @@ async def _aclose(closer: Any) -> None:
 
 def worker(argv: list[str]) -> None:
     """``server IMPL CPU CERT KEY`` or ``client IMPL CPU MODE PORT AMOUNT CAFILE``."""
-    role, impl, cpu = argv[:3]
-    pin(int(cpu))
-    if role == "server":
-        trio.run(_server, impl, argv[3], argv[4])
-    else:
-        mode, port, amount, cafile = argv[3], int(argv[4]), int(argv[5]), argv[6]
-        print(json.dumps(trio.run(_client, impl, mode, port, amount, cafile)), flush=True)
-
-
-def _pair(mode: str, amount: int, files: dict[str, str]) -> Callable[[str], dict[str, float]]:
-    def one(impl: str) -> dict[str, float]:
-        return pinned_pair(
-            lambda cpu: [*WORKER, "dtls", "server", impl, str(cpu), files["cert"], files["key"]],
-            lambda cpu, port: [
-                *WORKER,
-                "dtls",
-                "client",
-                impl,
-                str(cpu),
-                mode,
-                str(port),
-                str(amount),
-                files["ca"],
-            ],
-        )
-
-    return one
+    certified_worker(argv, _server, _client)
 
 
 def run_dtls_bench(handshakes: int, round_trips: int, repeat: int) -> dict[str, dict[str, Any]]:
-    ca = EphemeralCA("conduit bench CA")
-    with tempfile.TemporaryDirectory(prefix="conduit-bench-") as tmp:
-        cert, key = ca.issue("localhost", "127.0.0.1").write(tmp, "server")
-        cafile = os.path.join(tmp, "ca.pem")
-        with open(cafile, "wb") as f:
-            f.write(ca.cert_pem)
-        files = {"cert": str(cert), "key": str(key), "ca": cafile}
+    with bench_certificates() as files:
         return {
-            "dtls_handshakes_per_s": compare(_pair("handshakes", handshakes, files), repeat, "per_s"),
-            "dtls_ping_pong_per_s": compare(_pair("ping-pong", round_trips, files), repeat, "per_s"),
+            "dtls_handshakes_per_s": compare(
+                certified_pair("dtls", "handshakes", handshakes, files), repeat, "per_s"
+            ),
+            "dtls_ping_pong_per_s": compare(
+                certified_pair("dtls", "ping-pong", round_trips, files), repeat, "per_s"
+            ),
         }
 
 
