@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import trio
@@ -66,11 +66,17 @@ def pinned_pair(
     prints one JSON object.
     """
     server_cpu, client_cpu = cpus()
-    proc = subprocess.Popen(server(server_cpu), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    with serving_process(server(server_cpu)) as port:
+        return run_json(client(client_cpu, port))
+
+
+@contextlib.contextmanager
+def serving_process(argv: list[str]) -> Iterator[int]:
+    """Run a server side (``argv``): yield the port it prints; close its stdin to end it."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-        return run_json(client(client_cpu, port))
+        yield int(proc.stdout.readline())
     finally:
         if proc.stdin is not None:
             proc.stdin.close()
@@ -79,6 +85,62 @@ def pinned_pair(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def alternating_pair(
+    server: Callable[[str, int], list[str]], client: Callable[[int, int, int], list[str]]
+) -> dict[str, list[float]]:
+    """Both implementations in one run: their servers at once (``server(impl, cpu)``, each a
+    process pinned to the server's CPU) and one client process (``client(cpu, raw_port,
+    pool_port)``, pinned to the other CPU) that alternates between them block by block, so
+    that both see the same machine at the same time. Its JSON: ``{"raw": [...], "pool":
+    [...]}``, one figure per block, block *i* of each measured side by side."""
+    server_cpu, client_cpu = cpus()
+    with (
+        serving_process(server("raw", server_cpu)) as raw,
+        serving_process(server("pool", server_cpu)) as pool,
+    ):
+        return run_json(client(client_cpu, raw, pool))
+
+
+def compare_alternating(run: Callable[[], dict[str, list[float]]], repeat: int, unit: str) -> dict[str, Any]:
+    """``repeat`` :func:`alternating_pair` runs: the medians of each side's block figures, and
+    ``ratio``, the median of the per-block ratios pool / raw trio (each block against its
+    neighbour in time: load that drifts during a run cancels out). ``ratio_of_medians`` too."""
+    runs: dict[str, list[float]] = {"raw": [], "pool": []}
+    ratios: list[float] = []
+    for _ in range(repeat):
+        blocks = run()
+        runs["raw"] += blocks["raw"]
+        runs["pool"] += blocks["pool"]
+        ratios += [p / r for r, p in zip(blocks["raw"], blocks["pool"], strict=True)]
+    raw, pool = statistics.median(runs["raw"]), statistics.median(runs["pool"])
+    return {
+        "raw_trio": raw,
+        "pool": pool,
+        "ratio": statistics.median(ratios),
+        "ratio_of_medians": pool / raw,
+        "ratios": ratios,
+        "runs": runs,
+        "unit": unit,
+    }
+
+
+async def alternate_blocks(
+    steps: Mapping[str, Callable[[], Awaitable[object]]], amount: int, blocks: int, warm_up: int = 0
+) -> dict[str, list[float]]:
+    """The client of an :func:`alternating_pair`: ``steps["raw"]`` and ``steps["pool"]``, each
+    ``warm_up`` times untimed, then ``blocks`` blocks of ``amount // blocks`` timed steps each,
+    alternating which side goes first; each block's rate (steps per second)."""
+    per_block = max(1, amount // blocks)
+    for step in steps.values():
+        for _ in range(warm_up):
+            await step()
+    out: dict[str, list[float]] = {"raw": [], "pool": []}
+    for block in range(blocks):
+        for impl in ("raw", "pool") if block % 2 == 0 else ("pool", "raw"):
+            out[impl].append((await timed_steps(steps[impl], per_block))["per_s"])
+    return out
 
 
 @contextlib.contextmanager
@@ -144,10 +206,10 @@ def certified_worker(argv: list[str], server: CertifiedServer, client: Certified
     return True
 
 
-def run_json(argv: list[str]) -> dict[str, float]:
+def run_json(argv: list[str]) -> dict[str, Any]:
     """Run ``argv`` to its end; the JSON object it printed."""
     out = subprocess.run(argv, check=True, capture_output=True, text=True)
-    result: dict[str, float] = json.loads(out.stdout)
+    result: dict[str, Any] = json.loads(out.stdout)
     return result
 
 

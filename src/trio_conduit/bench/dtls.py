@@ -11,14 +11,19 @@
 * ``dtls_ping_pong_per_s``: on one association, 1-byte messages echoed one
   at a time (``--connections`` of them).
 
-Server and client run in two processes pinned to two CPUs; implementations
-alternate run by run. ``python -m trio_conduit.bench._worker dtls server|client ...``
-is one side.
+Both servers run at once (processes pinned to one CPU) and one client process
+(pinned to the other) alternates between them, block by block (:data:`BLOCKS`
+blocks per run, ``--repeat`` runs): the ratio is the median of the per-block
+ratios, each block against its neighbour in time, so load that drifts during a
+run (a shared machine) cancels out. ``python -m trio_conduit.bench._worker dtls
+server|alternate ...`` is one side.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,18 +33,21 @@ import trio
 import trio_conduit
 
 from ._runner import (
+    WORKER,
+    alternate_blocks,
+    alternating_pair,
     announce_and_wait,
     bench_certificates,
-    certified_pair,
-    certified_worker,
-    compare,
+    compare_alternating,
     compare_line,
-    timed_steps,
+    pin,
 )
 
 __all__ = ["DTLS"]
 
 _WARM_UP = 20
+#: Blocks per run, alternating raw trio and the pool.
+BLOCKS = 10
 
 
 async def _echo(channel: Any) -> None:
@@ -98,26 +106,37 @@ def _connector(impl: str, port: int, cafile: str, pool: Any) -> Callable[[], Awa
     return connect_pool
 
 
-async def _client(impl: str, mode: str, port: int, amount: int, cafile: str) -> dict[str, float]:
+async def _client(
+    mode: str, raw_port: int, pool_port: int, amount: int, cafile: str
+) -> dict[str, list[float]]:
+    """Raw trio and the pool, alternating block by block (:func:`~._runner.alternate_blocks`)."""
     async with trio_conduit.open_pool() as pool:
-        connect = _connector(impl, port, cafile, pool)
+        connectors = {
+            "raw": _connector("raw", raw_port, cafile, pool),
+            "pool": _connector("pool", pool_port, cafile, pool),
+        }
 
         async def round_trip(channel: Any) -> None:
             await channel.send(b"x")
             await channel.receive()
 
-        async def handshake() -> None:
-            channel, closer = await connect()
-            await round_trip(channel)
-            await _close(impl, channel, closer)
+        def handshakes(impl: str) -> Callable[[], Awaitable[None]]:
+            async def handshake() -> None:
+                channel, closer = await connectors[impl]()
+                await round_trip(channel)
+                await _close(impl, channel, closer)
+
+            return handshake
 
         if mode == "handshakes":
-            return await timed_steps(handshake, amount, _WARM_UP)
-        channel, closer = await connect()
+            return await alternate_blocks({i: handshakes(i) for i in connectors}, amount, BLOCKS, _WARM_UP)
+        opened = {impl: await connect() for impl, connect in connectors.items()}
         try:
-            return await timed_steps(lambda: round_trip(channel), amount, _WARM_UP)
+            pings = {impl: functools.partial(round_trip, opened[impl][0]) for impl in opened}
+            return await alternate_blocks(pings, amount, BLOCKS, _WARM_UP)
         finally:
-            await _close(impl, channel, closer)
+            for impl, (channel, closer) in opened.items():
+                await _close(impl, channel, closer)
 
 
 async def _close(impl: str, channel: Any, closer: Any) -> None:
@@ -135,18 +154,45 @@ async def _aclose(closer: Any) -> None:
 
 
 def worker(argv: list[str]) -> None:
-    """``server IMPL CPU CERT KEY`` or ``client IMPL CPU MODE PORT AMOUNT CAFILE``."""
-    certified_worker(argv, _server, _client)
+    """``server IMPL CPU CERT KEY`` or ``alternate CPU MODE RAW_PORT POOL_PORT AMOUNT CAFILE``."""
+    if argv[0] == "server":
+        _, impl, cpu, certfile, keyfile = argv
+        pin(int(cpu))
+        trio.run(_server, impl, certfile, keyfile)
+    else:
+        _, cpu, mode, raw, pool, amount, cafile = argv
+        pin(int(cpu))
+        print(json.dumps(trio.run(_client, mode, int(raw), int(pool), int(amount), cafile)), flush=True)
+
+
+def _alternating(mode: str, amount: int, files: dict[str, str]) -> Callable[[], dict[str, list[float]]]:
+    def run() -> dict[str, list[float]]:
+        return alternating_pair(
+            lambda impl, cpu: [*WORKER, "dtls", "server", impl, str(cpu), files["cert"], files["key"]],
+            lambda cpu, raw, pool: [
+                *WORKER,
+                "dtls",
+                "alternate",
+                str(cpu),
+                mode,
+                str(raw),
+                str(pool),
+                str(amount),
+                files["ca"],
+            ],
+        )
+
+    return run
 
 
 def run_dtls_bench(handshakes: int, round_trips: int, repeat: int) -> dict[str, dict[str, Any]]:
     with bench_certificates() as files:
         return {
-            "dtls_handshakes_per_s": compare(
-                certified_pair("dtls", "handshakes", handshakes, files), repeat, "per_s"
+            "dtls_handshakes_per_s": compare_alternating(
+                _alternating("handshakes", handshakes, files), repeat, "per_s"
             ),
-            "dtls_ping_pong_per_s": compare(
-                certified_pair("dtls", "ping-pong", round_trips, files), repeat, "per_s"
+            "dtls_ping_pong_per_s": compare_alternating(
+                _alternating("ping-pong", round_trips, files), repeat, "per_s"
             ),
         }
 
