@@ -282,6 +282,27 @@ def _client_hello(pki: PKI, mtu: int = 1472) -> tuple[DTLSEngine, list[bytes]]:
     return engine, engine.datagrams_to_send()
 
 
+async def hellos_get_cookies(family: int, sources: list[Any], server: Any, hello: list[bytes]) -> None:
+    """A "spoofer" bound at each of ``sources`` sends ``hello`` to ``server``; each gets a
+    HelloVerifyRequest (and ignores it)."""
+    sockets = []
+    try:
+        for source in sources:
+            s = trio.socket.socket(family, socket.SOCK_DGRAM)
+            sockets.append(s)
+            await s.bind(source)
+            for datagram in hello:
+                await s.sendto(datagram, server)
+        for s in sockets:
+            with trio.fail_after(10):
+                answer = await s.recv(4096)
+            assert answer[0] == 22
+            assert answer[13] == 3  # hello_verify_request
+    finally:
+        for s in sockets:
+            s.close()
+
+
 async def test_spoofed_hellos_allocate_nothing(pki: PKI) -> None:
     """Hellos from 40 source addresses that never answer the cookie: no association, no state."""
     async with conduit.open_pool() as pool:
@@ -292,22 +313,8 @@ async def test_spoofed_hellos_allocate_nothing(pki: PKI) -> None:
         _, hello = _client_hello(pki)
         await trio.testing.wait_all_tasks_blocked()  # (the udp listener's reader, its socket taken, ends)
         tasks_before = task_count()
-        sockets = []
-        try:
-            for i in range(40):
-                s = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sockets.append(s)
-                await s.bind((f"127.0.0.{2 + i % 20}", 0))
-                for datagram in hello:
-                    await s.sendto(datagram, ("127.0.0.1", port))
-            for s in sockets:  # each "spoofer" gets a HelloVerifyRequest (and ignores it)
-                with trio.fail_after(10):
-                    answer = await s.recv(4096)
-                assert answer[0] == 22
-                assert answer[13] == 3  # hello_verify_request
-        finally:
-            for s in sockets:
-                s.close()
+        sources = [(f"127.0.0.{2 + i % 20}", 0) for i in range(40)]
+        await hellos_get_cookies(socket.AF_INET, sources, ("127.0.0.1", port), hello)
         assert inner.cookies_sent == 40
         assert inner.associations == 0
         assert inner.reassembling == 0

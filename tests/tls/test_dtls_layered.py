@@ -27,7 +27,7 @@ from ..conftest import assert_no_fd_leak, free_udp_port, open_fds, task_count
 from ..interop.test_api_peers import wait_ready
 from ..proxy.conftest import RealProxy, _stop, start_dante
 from .conftest import PKI
-from .test_dtls import _client_hello, echo, serving
+from .test_dtls import _client_hello, echo, hellos_get_cookies, serving
 from .test_interop import OPENSSL, needs_openssl, tool
 
 
@@ -100,27 +100,15 @@ async def test_unix_dgram_cookies_for_strangers_and_no_reply_to_the_unbound(pki:
         _, hello = _client_hello(pki)
         await trio.testing.wait_all_tasks_blocked()
         tasks_before = task_count()
-        peers = []
-        try:
-            for i in range(20):
-                s = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                peers.append(s)
-                await s.bind(str(sock_dir / f"peer-{i}.sock"))
-                for datagram in hello:
-                    await s.sendto(datagram, url.removeprefix("unix+dgram://"))
-            for s in peers:
-                with trio.fail_after(10):
-                    answer = await s.recv(4096)
-                assert answer[0] == 22
-                assert answer[13] == 3  # hello_verify_request
-            with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unbound:
-                await unbound.sendto(hello[0], url.removeprefix("unix+dgram://"))
-                with trio.fail_after(10):
-                    while inner.dropped < 1:
-                        await trio.sleep(0.01)
-        finally:
-            for s in peers:
-                s.close()
+        path = url.removeprefix("unix+dgram://")
+        await hellos_get_cookies(
+            socket.AF_UNIX, [str(sock_dir / f"peer-{i}.sock") for i in range(20)], path, hello
+        )
+        with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unbound:
+            await unbound.sendto(hello[0], path)
+            with trio.fail_after(10):
+                while inner.dropped < 1:
+                    await trio.sleep(0.01)
         assert inner.cookies_sent == 20
         assert inner.associations == 0
         assert task_count() == tasks_before
