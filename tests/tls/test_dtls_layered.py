@@ -8,6 +8,7 @@ our client talks to our server.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import ssl
@@ -113,6 +114,32 @@ async def test_unix_dgram_cookies_for_strangers_and_no_reply_to_the_unbound(pki:
         assert inner.associations == 0
         assert task_count() == tasks_before
         await listener.aclose()
+
+
+async def test_unix_dgram_handlers_by_alpn(pki: PKI, sock_dir: Path) -> None:
+    """``handlers=`` with ``dtls=``: the server offers the handlers' protocols, each association
+    runs the one its client chose."""
+
+    async def coap(conn: Any) -> None:
+        async for message in conn:
+            await conn.send(b"coap:" + message)
+
+    async def other(conn: Any) -> None:
+        async for message in conn:
+            await conn.send(b"other:" + message)
+
+    url = f"unix+dgram://{sock_dir}/dtls.sock"
+    async with conduit.open_pool() as pool, trio.open_nursery() as nursery:
+        serve = functools.partial(pool.serve, handlers={"coap": coap, "other": other}, dtls=server_tls(pki))
+        await nursery.start(serve, url)
+        for protocol in ("other", "coap"):
+            async with await pool.connect(url, dtls=client_tls(pki, alpn=[protocol])) as conn:
+                assert conn.info.tls is not None
+                assert conn.info.tls.alpn == protocol
+                await conn.send(b"hi")
+                with trio.fail_after(10):
+                    assert await conn.receive() == protocol.encode() + b":hi"
+        nursery.cancel_scope.cancel()
 
 
 async def test_tls_and_dtls_options_are_checked_before_anything_opens(pki: PKI, sock_dir: Path) -> None:
