@@ -116,6 +116,35 @@ async def test_unix_dgram_cookies_for_strangers_and_no_reply_to_the_unbound(pki:
         await listener.aclose()
 
 
+async def test_unix_dgram_a_vanished_peer_breaks_only_its_association(pki: PKI, sock_dir: Path) -> None:
+    """A client whose bound path is gone: sending to it breaks that association (the handler
+    sees ``BrokenResourceError``); the listener serves the next client."""
+    gone = trio.Event()
+    seen: list[BaseException] = []
+
+    async def handler(conn: Any) -> None:
+        await conn.receive()
+        await gone.wait()
+        try:
+            await conn.send(b"anyone?")
+        except trio.BrokenResourceError as exc:
+            seen.append(exc)
+
+    url = f"unix+dgram://{sock_dir}/dtls.sock"
+    async with conduit.open_pool() as pool, serving(pool, url, handler, dtls=server_tls(pki)):
+        conn = await pool.connect(url, dtls=client_tls(pki))
+        await conn.send(b"hello")
+        os.unlink(conn.info.local)
+        gone.set()
+        with trio.fail_after(10):
+            while not seen:
+                await trio.sleep(0.01)
+        assert "sending to" in str(seen[0])
+        await conn.aclose()
+        async with await pool.connect(url, dtls=client_tls(pki)) as again:
+            assert again.info.tls is not None
+
+
 async def test_unix_dgram_handlers_by_alpn(pki: PKI, sock_dir: Path) -> None:
     """``handlers=`` with ``dtls=``: the server offers the handlers' protocols, each association
     runs the one its client chose."""

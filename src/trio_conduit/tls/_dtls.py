@@ -593,7 +593,9 @@ class DTLSListener(Listener):
         if not self.cookies.valid(addr, hello):
             verify = hello_verify_request(hello, self.cookies.cookie(addr, hello))
             self.cookies_sent += 1
-            with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            with contextlib.suppress(
+                OSError, MessageTooLarge, trio.BrokenResourceError, trio.ClosedResourceError
+            ):
                 await self._endpoint.send_to(verify, addr)
             return
         if self._handshakes >= self.config.max_handshakes and not self._reclaim():
@@ -632,7 +634,7 @@ class DTLSListener(Listener):
         async def send_datagram(datagram: bytes) -> None:
             try:
                 await endpoint.send_to(datagram, addr)
-            except (OSError, trio.BrokenResourceError) as exc:
+            except (OSError, MessageTooLarge, trio.BrokenResourceError) as exc:  # (a vanished unix peer too)
                 raise trio.BrokenResourceError(f"sending to {_peer_text(addr)} failed: {exc}") from exc
 
         async def receive_datagram() -> bytes:
