@@ -73,6 +73,9 @@ async def test_unix_dgram_round_trip_and_facts(pki: PKI, sock_dir: Path) -> None
         assert info.tls.version == "DTLSv1.2"
         assert info.tls.server_name == "localhost"
         assert info.tls.peer_certificate is not None
+        chain = info.tls.peer_chain  # (read from OpenSSL when first asked for)
+        assert [c.subject.rfc4514_string() for c in chain][1:] == ["CN=conduit test CA"]
+        assert chain[0] == info.tls.peer_certificate
         (server_side,) = seen
         # The server's association is keyed by (and reports) the path the client bound.
         assert server_side.info.remote == info.local
@@ -259,8 +262,9 @@ async def _our_client_to_s_server(pki: PKI, proxy_url: str) -> None:
             while b"\n" not in got:
                 got += await conn.receive()
         assert got == b"hello back\n"
+        # (No wait for s_server's "DONE": our close_notify leaves just before the control
+        # connection closes, and a relay may end the association first, RFC 1928 §7.)
         await conn.aclose()
-        await peer.until(b"DONE")  # our close_notify, through the relay, ended its session
 
 
 @pytest.mark.interop

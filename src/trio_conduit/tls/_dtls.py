@@ -42,10 +42,12 @@ import math
 import struct
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final, cast, final
 
 import trio
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 from .._connection import CommunicationInfo, Connection, DatagramConnection, Listener, StreamConnection
 from .._errors import MessageTooLarge
@@ -128,11 +130,53 @@ def _hostname_matches(cert: x509.Certificate, name: str) -> bool:
     return False
 
 
+#: Hostname checks already made: (leaf DER, name) → whether it matches (the newest 64). A client
+#: that connects again and again to one server checks one certificate: parsing it (its SAN) once
+#: is enough.
+_hostname_checks: OrderedDict[tuple[bytes, str], bool] = OrderedDict()
+
+
+def _hostname_ok(info: TLSInfo, name: str) -> bool:
+    der = info.peer_certificate_der
+    if der is None:
+        return False
+    key = (der, name)
+    found = _hostname_checks.get(key)
+    if found is None:
+        leaf = info.peer_certificate
+        found = _hostname_checks[key] = leaf is not None and _hostname_matches(leaf, name)
+        if len(_hostname_checks) > 64:
+            _hostname_checks.popitem(last=False)
+    return found
+
+
+@final
+@dataclass(frozen=True, eq=False)
+class _DTLSInfo(TLSInfo):
+    """:class:`TLSInfo` of a DTLS association: the peer's chain is read from OpenSSL (and made
+    ``cryptography`` objects) when first asked for, not at each handshake."""
+
+    _ssl_conn: SSL.Connection | None = field(default=None, repr=False)
+
+    @cached_property
+    def peer_chain(self) -> tuple[x509.Certificate, ...]:
+        conn = self._ssl_conn
+        chain = None
+        if conn is not None:
+            chain = conn.get_verified_chain(as_cryptography=True) or conn.get_peer_cert_chain(
+                as_cryptography=True
+            )
+        if chain:
+            return tuple(chain)
+        leaf = self.peer_certificate
+        return (leaf,) if leaf is not None else ()
+
+
 def _info(engine: DTLSEngine, side: str, server_name: str | None, seconds: float, reused: bool) -> TLSInfo:
     conn = engine.ssl
-    cert = conn.get_peer_certificate(as_cryptography=True)
+    cert = conn.get_peer_certificate()  # (as DER straight from OpenSSL: no cryptography object yet)
     alpn = conn.get_alpn_proto_negotiated()
-    info = TLSInfo(
+    return _DTLSInfo(
         side=side,  # type: ignore[arg-type]
         version=conn.get_protocol_version_name(),
         cipher=conn.get_cipher_name() or "",
@@ -141,27 +185,25 @@ def _info(engine: DTLSEngine, side: str, server_name: str | None, seconds: float
         server_name=server_name,
         session_reused=reused,
         handshake_seconds=seconds,
-        peer_certificate_der=_der(cert) if cert is not None else None,
+        peer_certificate_der=crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+        if cert is not None
+        else None,
+        _ssl_conn=conn,
     )
-    chain = conn.get_verified_chain(as_cryptography=True) or conn.get_peer_cert_chain(as_cryptography=True)
-    if chain:
-        vars(info)["peer_chain"] = tuple(chain)
-    return info
 
 
-def _der(cert: x509.Certificate) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding
+try:  # pyOpenSSL has no SSL_session_reused; its cffi binding does (private: False if it goes away).
+    from OpenSSL._util import lib as _lib
 
-    return cert.public_bytes(Encoding.DER)
+    _SSL_session_reused: Callable[[Any], int] | None = _lib.SSL_session_reused
+except (ImportError, AttributeError):  # pragma: no cover - pyOpenSSL as we know it has both
+    _SSL_session_reused = None
 
 
 def _session_reused(conn: SSL.Connection) -> bool:
-    # pyOpenSSL has no SSL_session_reused; its cffi binding does (private: False if it goes away).
     try:
-        from OpenSSL._util import lib
-
-        return bool(lib.SSL_session_reused(conn._ssl))
-    except (ImportError, AttributeError):
+        return _SSL_session_reused is not None and bool(_SSL_session_reused(conn._ssl))
+    except AttributeError:
         return False
 
 
@@ -402,16 +444,14 @@ async def _client_steps(conn: DTLSConnection, hs: TLSHandshake, config: TLSConfi
         raise _verify_error(holder, hs.peer, exc) from exc
     sni = hs.server_name if hs.server_name and not _is_ip(hs.server_name) else None
     info = _info(engine, "client", sni, hs.elapsed, _session_reused(ssl_conn))
-    if config.verify and hs.server_name:
-        leaf = info.peer_certificate
-        if leaf is None or not _hostname_matches(leaf, hs.server_name):
-            raise TLSVerifyError(
-                f"DTLS handshake with {hs.peer} failed: certificate verify failed: hostname mismatch, "
-                f"certificate is not valid for {hs.server_name!r} (X509 verify code 62)",
-                peer=hs.peer,
-                verify_code=62,
-                verify_message="hostname mismatch",
-            )
+    if config.verify and hs.server_name and not _hostname_ok(info, hs.server_name):
+        raise TLSVerifyError(
+            f"DTLS handshake with {hs.peer} failed: certificate verify failed: hostname mismatch, "
+            f"certificate is not valid for {hs.server_name!r} (X509 verify code 62)",
+            peer=hs.peer,
+            verify_code=62,
+            verify_message="hostname mismatch",
+        )
     conn._tls = info
     await _after(hs, conn, info)
     if config.session_cache:
