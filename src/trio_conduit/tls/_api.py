@@ -22,7 +22,6 @@ from .._connection import Connection, Kind, Listener, StreamConnection
 from .._plugins import global_scope
 from .._trace import Tracer
 from ._config import TLSConfig, build_context
-from ._dtls import dtls_client, dtls_listener
 from ._errors import TLSError
 from ._handshake import TunnelPlan, client_handshake, server_handshake
 from ._listener import TLSListener
@@ -48,12 +47,16 @@ class SecureLayer:
     async def client(self, conn: Connection, ctx: Context) -> Connection:
         """The client handshake over ``conn`` (closed if it fails)."""
         if self.datagram:
+            from ._dtls import dtls_client  # (DTLS needs pyOpenSSL: loaded only for DTLS)
+
             return await dtls_client(conn, self.config, ctx)
         return await tls_client(conn, self.config, ctx)
 
     def listener(self, inner: Listener, ctx: Context) -> Listener:
         """The server over ``inner`` (the caller closes ``inner`` if this raises)."""
         if self.datagram:
+            from ._dtls import dtls_listener
+
             return dtls_listener(inner, self.config, ctx)
         return tls_listener(inner, self.config, ctx)
 
