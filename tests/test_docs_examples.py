@@ -130,6 +130,17 @@ b'hello over TLS' True
 b'twice?' b'twice?'
 relay: 2 received, 2 duplicated
 """,
+    "cli_exec_chat.py": """\
+hello 127.0.0.1 (TCP), you said: one
+hello 127.0.0.1 (TCP), you said: two
+alice sees: <announce> 127.0.0.1:PORT is connected as <user1>.
+alice sees: <announce> already connected: nobody.
+alice sees: <announce> 127.0.0.1:PORT is connected as <user2>.
+alice sees: <user2> hi alice \\033[2J
+alice sees: <announce> <user2> is disconnected.
+exit status 0
+exit status 0
+""",
     "scan_ports.py": """\
 listening: open (syn-ack)
 bound only: closed (conn-refused)

@@ -9,6 +9,7 @@ have an entry in ``docs/api.rst``).
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import re
@@ -288,10 +289,13 @@ DOCUMENTED_ELSEWHERE: dict[str, str] = {
 
 
 def public_names(module: types.ModuleType) -> set[str]:
+    """The module's public names, the lazy ones (PEP 562 ``__dir__``, ``trio_conduit._lazy``) included."""
     return {
         name
-        for name, value in vars(module).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType) and name != "annotations"
+        for name in dir(module)
+        if not name.startswith("_")
+        and not isinstance(getattr(module, name), types.ModuleType)
+        and name != "annotations"
     }
 
 
@@ -363,3 +367,26 @@ def test_classes_and_functions_are_defined_in_private_modules(module_name: str) 
         home = value.__module__
         assert home.startswith("trio_conduit."), (name, home)
         assert any(part.startswith("_") for part in home.split(".")), (name, home)
+
+
+@pytest.mark.parametrize("module_name", ["trio_conduit", "trio_conduit.proxy", "trio_conduit.tls"])
+def test_lazy_exports_match_what_type_checkers_see(module_name: str) -> None:
+    """A lazy package (``trio_conduit._lazy``) writes its names twice: ``_EXPORTS`` for run time and
+    ``from .x import Name as Name`` under ``if typing.TYPE_CHECKING:`` for type checkers. Both agree."""
+    module = importlib.import_module(module_name)
+    assert module.__file__ is not None
+    tree = ast.parse(Path(module.__file__).read_text())
+    seen: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "typing.TYPE_CHECKING":
+            for statement in node.body:
+                assert isinstance(statement, ast.ImportFrom), ast.unparse(statement)
+                for alias in statement.names:
+                    assert alias.asname == alias.name, ast.unparse(statement)
+                    seen[alias.name] = "." * statement.level + (statement.module or "")
+    lazy = {name: where for where, names in module._EXPORTS.items() for name in names}
+    assert seen == lazy
+    for name, where in lazy.items():
+        assert getattr(module, name) is getattr(importlib.import_module(where, module_name), name)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = module.no_such_name

@@ -36,8 +36,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
             "trio_conduit._util",
             "trio_conduit._version",
             "trio_conduit._benchmark",
+            "trio_conduit._lazy",
+            "trio_conduit._entry_points",
         ),
-        "errors, trace lines, URL parsing, small utilities, what a benchmark is",
+        "errors, trace lines, URL parsing, utilities, what a benchmark is, lazy re-exports, entry points",
     ),
     ("connection", ("trio_conduit._connection",), "what a connection is: the classes users see, its facts"),
     (

@@ -44,17 +44,8 @@ from trio_conduit import (
 )
 from trio_conduit.transport import parse_host_port, probe_socket
 
-from ._congestion import (
-    BBRLikeCC,
-    CongestionControl,
-    CongestionControlFactory,
-    FixedRateCC,
-    NativeCC,
-    builtin_congestion_controls,
-    parse_rate,
-)
-
 if TYPE_CHECKING:
+    from ._congestion import BBRLikeCC, CongestionControl, CongestionControlFactory, FixedRateCC, NativeCC
     from ._driver import Multiplexer, UDTListener, UDTMessageChannel, UDTStream, UDTTimeout
     from ._endpoint import Endpoint
     from ._engine import Config, Snapshot
@@ -64,6 +55,11 @@ if TYPE_CHECKING:
 # The engine and the driver load on first use (or first attribute access): a program
 # that only has this plugin registered does not pay for importing them.
 _LAZY: dict[str, str] = {
+    "BBRLikeCC": "_congestion",
+    "CongestionControl": "_congestion",
+    "CongestionControlFactory": "_congestion",
+    "FixedRateCC": "_congestion",
+    "NativeCC": "_congestion",
     "Multiplexer": "_driver",
     "UDTListener": "_driver",
     "UDTMessageChannel": "_driver",
@@ -126,6 +122,8 @@ def _optional_seconds(text: str) -> float | None:
 def _optional_rate(text: str) -> float | None:
     if text.lower() in ("", "-1", "none", "unlimited"):
         return None
+    from ._congestion import parse_rate
+
     return parse_rate(text)
 
 
@@ -221,6 +219,8 @@ class UDTTransport(Transport):
             raise AddressError(f"{where}: {exc}") from None
 
     def _congestion(self, ctx: Context) -> Callable[[], CongestionControl]:
+        from ._congestion import CongestionControl
+
         value = ctx.options["congestion"]
         where = str(ctx.address)
         if callable(value):
@@ -483,6 +483,8 @@ def conduit_transports() -> Sequence[Transport]:
 
 @hookimpl
 def conduit_congestion_controls() -> Mapping[str, Callable[..., object]]:
+    from ._congestion import builtin_congestion_controls
+
     return builtin_congestion_controls()
 
 

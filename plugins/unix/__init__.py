@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import socket
 import stat
 import tempfile
@@ -164,7 +163,7 @@ class UnixDatagramTransport(Transport):
         try:
             if ctx.socket_options.local is None and ctx.options["bind"]:
                 own = os.path.join(
-                    tempfile.gettempdir(), f"conduit-{os.getpid()}-{ctx.conn_id}-{secrets.token_hex(4)}.sock"
+                    tempfile.gettempdir(), f"conduit-{os.getpid()}-{ctx.conn_id}-{os.urandom(4).hex()}.sock"
                 )
                 await sock.bind(own)
                 cleanup = _unlink_if_ours(own, os.lstat(own).st_ino)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterable, Mapping
-from importlib import metadata
+import types
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import pluggy
 
-from . import hookspecs
+from . import _entry_points, hookspecs
 from ._errors import PluginError
 
 if TYPE_CHECKING:
@@ -37,8 +37,36 @@ _ASYNC_HOOKS: Final = frozenset(
 )
 
 
+#: What pluggy can take a hook implementation or specification from.
+_HOOKABLE: Final = (types.FunctionType, types.MethodType, staticmethod, classmethod)
+
+
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's manager, quicker at registering modules (every plugin of ours is one, at every start).
+
+    pluggy looks at every name of a plugin with :func:`inspect.getattr_static`;
+    in a module, only a function (or a bound method, a static or class method)
+    can be a hook, so every other name is skipped at once. Anything else is
+    pluggy's own lookup.
+    """
+
+    def parse_hookimpl_opts(self, plugin: object, name: str) -> pluggy.HookimplOpts | None:
+        if isinstance(plugin, types.ModuleType) and not isinstance(vars(plugin).get(name), _HOOKABLE):
+            return None
+        return super().parse_hookimpl_opts(plugin, name)
+
+    def parse_hookspec_opts(
+        self, module_or_class: types.ModuleType | type, name: str
+    ) -> pluggy.HookspecOpts | None:
+        if isinstance(module_or_class, types.ModuleType) and not isinstance(
+            vars(module_or_class).get(name), _HOOKABLE
+        ):
+            return None
+        return super().parse_hookspec_opts(module_or_class, name)
+
+
 def _new_manager() -> pluggy.PluginManager:
-    pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    pm = _PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
     # Historic: every plugin registered later is called at once and may add its own specs.
     pm.hook.conduit_addhooks.call_historic(kwargs={"pluginmanager": pm})
@@ -183,7 +211,22 @@ async def _dispatch(
 _GLOBAL: HookScope | None = None
 _LOAD_ERRORS: dict[str, str] = {}
 _DEFAULT_PLUGINS: list[tuple[object, str | None]] = []
-_DISTRIBUTIONS: list[tuple[str, str, str]] = []
+#: The entry-point plugins registered in the global scope: name → where it came from.
+_LOADED: dict[str, str] = {}
+
+
+def _group_entry_points() -> list[tuple[str, str, Callable[[], object]]]:
+    """(name, value, load) for each entry point of the group, in importlib.metadata's order.
+
+    :mod:`trio_conduit._entry_points` reads them cheaply where it can (start-up
+    time); otherwise :mod:`importlib.metadata` does.
+    """
+    found = _entry_points.scan(ENTRY_POINT_GROUP)
+    if found is not None:
+        return [(ep.name, ep.value, ep.load) for ep in found]
+    from importlib import metadata
+
+    return [(ep.name, ep.value, ep.load) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)]
 
 
 def _build_global() -> HookScope:
@@ -194,23 +237,20 @@ def _build_global() -> HookScope:
         except (ValueError, pluggy.PluginValidationError) as exc:
             raise PluginError(f"cannot register plugin {plugin!r}: {exc}") from exc
     _LOAD_ERRORS.clear()
+    _LOADED.clear()
     # One entry point at a time: a plugin that fails to import is reported (logged, and
     # listed by load_errors() / `conduit check`), and does not take the others down.
-    # The distributions are scanned once (pluggy's loader scans them per call).
-    _DISTRIBUTIONS.clear()
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if pm.has_plugin(ep.name) or pm.is_blocked(ep.name):
+    for name, value, load in _group_entry_points():
+        if pm.has_plugin(name) or pm.is_blocked(name):
             continue
         try:
-            plugin = ep.load()
-            pm.register(plugin, name=ep.name)
+            plugin = load()
+            pm.register(plugin, name=name)
         except Exception as exc:
-            _LOAD_ERRORS[ep.name] = f"{ep.value}: {type(exc).__name__}: {exc}"
-            _log.error("cannot load plugin %r (%s): %r; skipped", ep.name, ep.value, exc)
+            _LOAD_ERRORS[name] = f"{value}: {type(exc).__name__}: {exc}"
+            _log.error("cannot load plugin %r (%s): %r; skipped", name, value, exc)
             continue
-        dist = ep.dist
-        if dist is not None:
-            _DISTRIBUTIONS.append((ep.name, dist.metadata["Name"] or "?", dist.version))
+        _LOADED[name] = value
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
@@ -254,6 +294,18 @@ def load_errors() -> dict[str, str]:
 
 
 def plugin_distributions() -> list[tuple[str, str, str]]:
-    """(plugin name, distribution, version) for plugins loaded from entry points."""
+    """(plugin name, distribution, version) for plugins loaded from entry points.
+
+    Only ``conduit check`` and ``conduit plugins`` ask, so :mod:`importlib.metadata`
+    (which parses each distribution's ``METADATA``) is imported here, not at start-up.
+    """
+    from importlib import metadata
+
     global_scope()
-    return list(_DISTRIBUTIONS)
+    pending = dict(_LOADED)
+    found: list[tuple[str, str, str]] = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if pending.get(ep.name) == ep.value and ep.dist is not None:
+            del pending[ep.name]  # the first of a name is the one registered
+            found.append((ep.name, ep.dist.metadata["Name"] or "?", ep.dist.version))
+    return found

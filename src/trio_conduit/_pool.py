@@ -22,15 +22,14 @@ from ._errors import AddressError, ConduitError, ConnectError, ConnectTimeout
 from ._idle import IdleReaper
 from ._plugins import HookScope, global_scope
 from ._pool_options import CORE_OPTIONS, check_drain_timeout, check_timeout, known_options, resolve
-from ._scan._driver import scan, split_target
-from ._scan._engine import ScanResult
 from ._sockets import SocketOptions, SocketRole
 from ._trace import Tracer
 from ._transport import Context, Transport
-from .proxy._chain import ProxyChain
-from .proxy._url import ProxyURL
 
 if TYPE_CHECKING:
+    from ._scan._engine import ScanResult
+    from .proxy._chain import ProxyChain
+    from .proxy._url import ProxyURL
     from .tls import TLSConnection
     from .tls._api import SecureLayer
 
@@ -296,7 +295,7 @@ class Pool:
         if inner is None:
             raise AddressError(f"{address}: needs the {scheme}:// transport, and no plugin registers it")
         target = dataclasses.replace(address, scheme=scheme, query=())
-        chain = ProxyChain.build(proxies, inner, target, self.scope)
+        chain = _build_chain(proxies, inner, target, self.scope)
 
         async def connect_layered(ctx: Context) -> Connection:
             conn = await chain.connect(transport.inner_context(ctx))
@@ -420,7 +419,7 @@ class Pool:
             # A layer (TLS) over a transport the chain can carry: the chain goes beneath it.
             chain, open_connection = self._layer_over_proxies(proxies, transport, address)
         elif proxies:
-            chain = ProxyChain.build(proxies, transport, address, self.scope)
+            chain = _build_chain(proxies, transport, address, self.scope)
             open_connection = chain.connect
         given: dict[str, object] = dict(opts)
         tls = _take_tls(transport, given)
@@ -494,7 +493,7 @@ class Pool:
                 check_timeout(name, value)
         proxies = given.pop("proxies", None)
         if proxies:
-            ProxyChain.build(proxies, transport, address, self.scope)
+            _build_chain(proxies, transport, address, self.scope)
         if given.get("broadcast") is False:
             del given["broadcast"]
         given = {k: v for k, v in given.items() if not (v is None and k in CORE_OPTIONS)}
@@ -517,6 +516,8 @@ class Pool:
     ) -> AsyncGenerator[ScanResult, None]:
         """:func:`trio_conduit.scan` over this pool's transports: each target's scheme must be
         one this pool registers (and one the scanner can probe). ``options``: ``scan``'s."""
+        from ._scan._driver import scan, split_target
+
         self._check_open()
         for url in [targets] if isinstance(targets, str) else targets:
             scheme, _ = split_target(url)
@@ -797,6 +798,15 @@ async def _wrong_class(conn: Connection, expected: str) -> NoReturn:
     """Close ``conn`` and raise TypeError: its transport broke its word on its kind."""
     await trio.aclose_forcefully(conn)
     raise TypeError(f"{conn!r}: expected a {expected} from this transport, got a {type(conn).__name__}")
+
+
+def _build_chain(
+    proxies: Iterable[str | ProxyURL], transport: Transport, address: Address, scope: HookScope
+) -> ProxyChain:
+    """``ProxyChain.build``: the proxy layer is imported here, so a pool without proxies never loads it."""
+    from .proxy._chain import ProxyChain
+
+    return ProxyChain.build(proxies, transport, address, scope)
 
 
 def _take_tls(transport: Transport, given: dict[str, object]) -> SecureLayer | None:

@@ -25,7 +25,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -246,18 +246,34 @@ async def socket_created(ctx: Context, sock: trio.socket.SocketType, role: Socke
         )
 
 
+def _numeric_getaddrinfo(host: str, port: int, socktype: int, flags: int) -> list[tuple[Any, ...]] | None:
+    """``getaddrinfo`` of an address literal (or no host); ``None`` when ``host`` is a name.
+
+    A literal needs no resolver: the C call answers at once, without trio's
+    thread (or its checkpoint: the connect that follows is the checkpoint). The
+    host goes in as bytes: given a str, the C call would load and run the
+    ``idna`` codec (start-up time), and a literal is ASCII anyway; a name that
+    is not is trio's resolver's to encode.
+    """
+    if host and not host.isascii():
+        return None
+    try:
+        return socket.getaddrinfo(
+            host.encode() if host else None, port, type=socktype, flags=flags | socket.AI_NUMERICHOST
+        )
+    except socket.gaierror as exc:
+        if exc.errno != socket.EAI_NONAME or not host:
+            raise
+        return None
+
+
 async def _resolve(
     ctx: Context, host: str, port: int, socktype: int, *, passive: bool = False
 ) -> list[tuple[int, SockAddr]]:
     flags = socket.AI_PASSIVE if passive else 0
     try:
-        try:
-            # An address literal needs no resolver: the C call answers at once, without
-            # trio's thread (or its checkpoint: the connect that follows is the checkpoint).
-            infos = socket.getaddrinfo(host or None, port, type=socktype, flags=flags | socket.AI_NUMERICHOST)
-        except socket.gaierror as exc:
-            if exc.errno != socket.EAI_NONAME or not host:
-                raise
+        infos = _numeric_getaddrinfo(host, port, socktype, flags)
+        if infos is None:
             infos = await trio.socket.getaddrinfo(host, port, type=socktype, flags=flags)
     except socket.gaierror as exc:
         raise NameResolutionError(

@@ -13,6 +13,7 @@ import select
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -108,6 +109,22 @@ def payload_file(tmp_path: Path, name: str, data: bytes) -> Path:
 # ---------------------------------------------------------------------------
 
 
+def ncat_listener(
+    ncat: str, transport: str, sock_dir: Path
+) -> tuple[list[str], str, Callable[[subprocess.Popen[bytes]], None]]:
+    """``ncat -l`` on a free tcp port or a unix socket path in ``sock_dir``: its argv, the URL
+    that reaches it, and a wait until it listens."""
+    if transport == "tcp":
+        port = free_tcp_port()
+        return (
+            [ncat, "-l", "127.0.0.1", str(port)],
+            f"tcp://127.0.0.1:{port}",
+            lambda proc: wait_bound("tcp", port, proc),
+        )
+    path = sock_dir / "n.sock"
+    return [ncat, "-l", "-U", str(path)], f"unix://{path}", lambda proc: wait_path(path, proc)
+
+
 STREAM_PEERS = ["tcp", "unix"]
 
 
@@ -130,17 +147,9 @@ def test_ncat_client_to_conduit_listen(tmp_path: Path, sock_dir: Path, ncat: str
 def test_conduit_connect_to_ncat_listen(tmp_path: Path, sock_dir: Path, ncat: str, transport: str) -> None:
     up, reply = os.urandom(4 << 20), b"ncat says hello\n"
     reply_file = payload_file(tmp_path, "reply", reply)
-    if transport == "tcp":
-        port = free_tcp_port()
-        argv, url = [ncat, "-l", "127.0.0.1", str(port)], f"tcp://127.0.0.1:{port}"
-    else:
-        path = sock_dir / "n.sock"
-        argv, url = [ncat, "-l", "-U", str(path)], f"unix://{path}"
+    argv, url, listening = ncat_listener(ncat, transport, sock_dir)
     with open(reply_file, "rb") as stdin, spawn(argv, tmp_path, stdin=stdin) as server:
-        if transport == "tcp":
-            wait_bound("tcp", port, server.popen)
-        else:
-            wait_path(path, server.popen)
+        listening(server.popen)
         with conduit(tmp_path, "connect", url) as client:
             got_s, got_c = together((server, None), (client, up))
             assert client.wait() == 0, client.stderr

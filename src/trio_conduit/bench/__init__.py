@@ -13,6 +13,8 @@ is :mod:`trio_conduit.cli._bench`.
 * :mod:`.serving`: ``workers`` (``conduit listen --workers 2`` against one) and
   ``memory`` (RSS per idle connection, ``pool.serve`` against ``trio.serve_tcp``);
 * :mod:`.scan`: ``scan``, a full TCP port scan against ``nmap -sT`` (root), and the connect figures;
+* :mod:`.startup`: ``startup``, ``conduit --version`` and a one-byte ``conduit connect`` (tcp, tls)
+  against ``python -c "import trio"`` and ncat;
 * :mod:`._runner`: what they share (pinned processes, alternating runs, medians);
 * :mod:`._worker`: the entry point of their worker processes.
 
@@ -29,10 +31,22 @@ from .dtls import DTLS
 from .scan import SCAN
 from .serving import MEMORY, WORKERS
 from .socks5 import SOCKS5
+from .startup import STARTUP
 from .tcp import BULK, RATE
 from .tls import TLS
 
 __all__ = ["BENCHMARKS"]
 
 #: trio-conduit's own benchmarks, in the order they run.
-BENCHMARKS: tuple[trio_conduit.Benchmark, ...] = (BULK, RATE, CLI, SOCKS5, TLS, DTLS, WORKERS, MEMORY, SCAN)
+BENCHMARKS: tuple[trio_conduit.Benchmark, ...] = (
+    BULK,
+    RATE,
+    CLI,
+    SOCKS5,
+    TLS,
+    DTLS,
+    WORKERS,
+    MEMORY,
+    SCAN,
+    STARTUP,
+)

@@ -145,17 +145,9 @@ async def alternate_blocks(
 
 @contextlib.contextmanager
 def bench_certificates() -> Iterator[dict[str, str]]:
-    """A CA made for this run and a server certificate for localhost and 127.0.0.1 from it,
-    as PEM files (removed afterwards): ``{"cert": ..., "key": ..., "ca": ...}``."""
-    from trio_conduit.tls import EphemeralCA
-
-    ca = EphemeralCA("conduit bench CA")
+    """:func:`certificate_files` in a directory made for this run (removed afterwards)."""
     with tempfile.TemporaryDirectory(prefix="conduit-bench-") as tmp:
-        cert, key = ca.issue("localhost", "127.0.0.1").write(tmp, "server")
-        cafile = os.path.join(tmp, "ca.pem")
-        with open(cafile, "wb") as f:
-            f.write(ca.cert_pem)
-        yield {"cert": str(cert), "key": str(key), "ca": cafile}
+        yield certificate_files(tmp)
 
 
 def certified_pair(
@@ -227,6 +219,19 @@ def compare(one: Callable[[str], dict[str, float]], repeat: int, key: str) -> di
 def compare_line(name: str, r: dict[str, Any]) -> str:
     """A :func:`compare` result as its report line."""
     return f"{name:24} pool {r['pool']:10.1f}   raw trio {r['raw_trio']:10.1f}   ratio {r['ratio']:.3f}"
+
+
+def certificate_files(directory: str) -> dict[str, str]:
+    """A fresh CA and a server certificate for ``localhost`` and 127.0.0.1, written in ``directory``:
+    ``{"cert": ..., "key": ..., "ca": ...}`` (PEM files)."""
+    from ..tls import EphemeralCA
+
+    ca = EphemeralCA("conduit bench CA")
+    cert, key = ca.issue("localhost", "127.0.0.1").write(directory, "server")
+    cafile = os.path.join(directory, "ca.pem")
+    with open(cafile, "wb") as f:
+        f.write(ca.cert_pem)
+    return {"cert": str(cert), "key": str(key), "ca": cafile}
 
 
 def free_port() -> int:

@@ -16,7 +16,6 @@ import json
 import platform
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Final
 
@@ -24,12 +23,12 @@ import trio
 
 from .. import hookspecs
 from .._connection import Connection, DatagramConnection, StreamConnection
-from .._errors import ConduitError
 from .._plugins import HookScope, global_scope, load_errors, plugin_distributions
 from .._pool import Pool, open_pool
 from .._pool_options import CORE_OPTIONS
 from .._transport import Transport
 from .._version import __version__
+from ._report import error_line, leaves
 
 __all__ = ["PAYLOAD", "ROUND_TRIP_TIMEOUT", "error_line", "leaves", "round_trip", "run_check", "run_plugins"]
 
@@ -37,31 +36,6 @@ __all__ = ["PAYLOAD", "ROUND_TRIP_TIMEOUT", "error_line", "leaves", "round_trip"
 PAYLOAD: Final = b"conduit-check"
 #: Seconds a round trip (listen, connect, echo) may take before it counts as failed.
 ROUND_TRIP_TIMEOUT: Final = 5.0
-
-
-def leaves(exc: BaseException) -> Iterator[BaseException]:
-    """The exceptions inside (nested) exception groups, or ``exc`` itself."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from leaves(inner)
-    else:
-        yield exc
-
-
-def error_line(exc: BaseException) -> str:
-    """One line that says what went wrong, for any error a connection can raise."""
-    exc = next(leaves(exc), exc)
-    if isinstance(exc, ConduitError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        name = _errno.errorcode.get(exc.errno or 0)
-        text = exc.strerror or str(exc)
-        return f"{text} [{name}]" if name else text
-    if isinstance(exc, trio.BrokenResourceError):
-        return str(exc) or "connection broken"
-    if isinstance(exc, trio.TooSlowError):
-        return "timed out"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 # ---------------------------------------------------------------------------

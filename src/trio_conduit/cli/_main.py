@@ -16,24 +16,23 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import traceback
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, NoReturn, Protocol
+from typing import TYPE_CHECKING, Final, NoReturn, Protocol
 
-import trio
-
-from .._errors import AddressError, ConduitError, PluginError
-from .._trace import configure_cli_logging, verbosity_level
-from .._trace import logger as trace_logger
 from .._version import __version__
-from . import _bench
-from ._check import error_line, leaves, run_check, run_plugins
-from ._relay import Drain, parse_linger, run_connect, run_listen
+from ._exec_args import add_exec_arguments, check_modes
 from ._scan import add_arguments as add_scan_arguments
-from ._scan import run_scan
-from ._stdio import OutputClosed, reserve_standard_fds
+from ._startup import parse_linger, reserve_standard_fds
 from ._tls import add_tls_arguments, tls_url
+
+if TYPE_CHECKING:
+    from .._benchmark import Benchmark
+
+# Start-up: ``--version`` and ``--help`` build the parser and stop, so this module imports
+# no Trio and no transport at the top; each command's modules (``_relay``, ``_check``,
+# ``_bench``, ...) are imported by :func:`_dispatch` when that command runs (the docs'
+# architecture page, "Start-up").
 
 __all__ = ["build_parser", "main"]
 
@@ -184,6 +183,7 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
     )
     _add_common_relay(connect)
     add_tls_arguments(connect, listening=False)
+    add_exec_arguments(connect, listening=False)
     connect.add_argument("--timeout", metavar="S", type=_seconds, help="give up connecting after S seconds")
     connect.add_argument("--local", metavar="ADDR", help="bind to this local address (host:port, or a path)")
     connect.add_argument(
@@ -205,6 +205,7 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
     )
     _add_common_relay(listen)
     add_tls_arguments(listen, listening=True)
+    add_exec_arguments(listen, listening=True)
     listen.add_argument(
         "-k", "--keep-open", action="store_true", help="serve many connections, each its own task"
     )
@@ -251,6 +252,10 @@ def build_parser(bench_wanted: bool = False) -> argparse.ArgumentParser:
     bench = subs.add_parser("bench", help="benchmarks (trio_conduit.bench)")
     bench.set_defaults(bench_error=None)
     if bench_wanted:
+        from .._errors import PluginError
+        from . import _bench
+
+        found: list[Benchmark]
         try:
             found = _bench.benchmarks()
         except ModuleNotFoundError as exc:
@@ -299,6 +304,8 @@ def _run_trio(command: Callable[[], Awaitable[int]], on_term: OnTerm | None = No
     With ``on_term``, a first SIGTERM starts ``on_term`` instead (which ends the command
     its own way, with its own status); a second SIGTERM, or SIGINT, cancels at once.
     """
+    import trio
+
     result = EXIT_FAILURE
     caught: int | None = None
 
@@ -332,6 +339,14 @@ def _run_trio(command: Callable[[], Awaitable[int]], on_term: OnTerm | None = No
 
 def _report(exc: BaseException, verbose: int) -> int:
     """Print the one-line error for ``exc`` (a group: its first leaf); the exit status."""
+    import traceback
+
+    import trio
+
+    from .._errors import AddressError, ConduitError
+    from ._report import error_line, leaves
+    from ._stdio import OutputClosed
+
     found = [e for e in leaves(exc) if not isinstance(e, trio.Cancelled)]
     first = found[0] if found else exc
     if isinstance(first, KeyboardInterrupt):
@@ -354,10 +369,16 @@ def _report(exc: BaseException, verbose: int) -> int:
 
 def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.command == "check":
+        from ._check import run_check
+
         return _run_trio(lambda: run_check(args.json))
     if args.command == "plugins":
+        from ._check import run_plugins
+
         return run_plugins(args.json)
     if args.command in ("connect", "listen"):
+        from ._relay import Drain, run_connect, run_listen
+
         url = tls_url(args, with_options(args.url, args.options), listening=args.command == "listen")
         if args.command == "connect":
             return _run_trio(lambda: run_connect(args, url))
@@ -369,11 +390,15 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
         drain = Drain(args.drain_timeout)
         return _run_trio(lambda: run_listen(args, url, drain), drain)
     if args.command == "scan":
+        from ._scan import run_scan
+
         return _run_trio(lambda: run_scan(args, list(argv)))
     if args.command == "bench":
         if args.bench_error:
             _say(f"bench: {args.bench_error}")
             return EXIT_FAILURE
+        from . import _bench
+
         return _bench.run(args, args.benchmarks)
     raise AssertionError(args.command)  # pragma: no cover
 
@@ -404,12 +429,18 @@ def _main(argv: list[str]) -> int:
     if args.command is None:
         _say("a command is needed: check, connect, listen, scan, plugins or bench (-h for help)")
         return EXIT_USAGE
+    if args.command in ("connect", "listen") and (mode_error := check_modes(args)):
+        _say(f"{args.command}: {mode_error}")
+        return EXIT_USAGE
     if args.command == "listen" and args.max_conns is not None and not (args.keep_open or args.socks5):
         _say("listen: --max-conns needs --keep-open")
         return EXIT_USAGE
     if args.command == "listen" and args.workers is not None and not (args.keep_open or args.socks5):
         _say("listen: --workers needs --keep-open or --socks5")
         return EXIT_USAGE
+    from .._trace import configure_cli_logging, verbosity_level
+    from .._trace import logger as trace_logger
+
     if trace_logger.handlers:  # main() called again in this process: do not stack handlers
         trace_logger.setLevel(verbosity_level(args.verbose))
     else:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
@@ -33,7 +32,7 @@ import trio
 
 from .._address import Address
 from .._connection import Connection, DatagramConnection, Kind, StreamConnection
-from .._errors import ConduitError
+from .._errors import AddressError, ConduitError
 from .._pool import Pool, open_pool
 from ._stdio import (
     CHUNK,
@@ -46,6 +45,7 @@ from ._stdio import (
     kernel_socket,
     open_input,
     probe,
+    read_pieces,
     sendfile_to_socket,
     splice_from_socket,
     splice_from_socket_via_pipe,
@@ -122,21 +122,10 @@ async def relay_stream(conn: StreamConnection, stdin: StdFd, output: Output, *, 
 async def _read_input(
     stdin: StdFd, send: Callable[[bytes], Awaitable[None]], *, lines: bool, chunk: int
 ) -> None:
-    """Call ``send`` with each piece of stdin: what one read gives (up to ``chunk``), or each line."""
+    """Call ``send`` with each piece of stdin (see :func:`._stdio.read_pieces`)."""
     inp = open_input(stdin)
     try:
-        if not lines:
-            while data := await inp.receive_some(chunk):
-                await send(bytes(data))
-            return
-        pending = b""
-        while data := await inp.receive_some(CHUNK):
-            pending += data
-            *complete, pending = pending.split(b"\n")
-            for line in complete:
-                await send(line + b"\n")
-        if pending:
-            await send(pending)
+        await read_pieces(inp, send, lines=lines, chunk=chunk)
     finally:
         await inp.aclose()
 
@@ -174,16 +163,26 @@ async def relay_datagrams(
 # ---------------------------------------------------------------------------
 
 
-async def _relay(conn: Connection, args: argparse.Namespace, output: Output) -> None:
+def _zero_copy(args: argparse.Namespace) -> bool:
+    # splice(2) (or a socket handed to --exec's child) moves data past the connection's
+    # methods, where idle_timeout counts it
+    return not args.no_splice and args.idle_timeout is None
+
+
+async def _relay(conn: Connection, args: argparse.Namespace, output: Output) -> int | None:
+    """stdin/stdout (or ``--exec``'s child, whose exit status is returned) ↔ ``conn``."""
+    if args.exec is not None:
+        from ._exec import run_exec
+
+        return await run_exec(conn, args.exec, zero_copy=_zero_copy(args), lines=args.lines)
     stdin = probe(0)
     if isinstance(conn, DatagramConnection):
         await relay_datagrams(conn, stdin, output, lines=args.lines, linger=args.linger)
     elif isinstance(conn, StreamConnection):
-        # splice(2) moves data past the connection's methods, where idle_timeout counts it
-        zero_copy = not args.no_splice and args.idle_timeout is None
-        await relay_stream(conn, stdin, output, zero_copy=zero_copy)
+        await relay_stream(conn, stdin, output, zero_copy=_zero_copy(args))
     else:  # pragma: no cover - a plugin handing out something else
         raise TypeError(f"{conn!r} is neither a stream nor a datagram connection")
+    return None
 
 
 async def run_connect(args: argparse.Namespace, url: str) -> int:
@@ -206,20 +205,21 @@ async def _until_idle(
     pool: Pool, conn: Connection, args: argparse.Namespace, work: Coroutine[Any, Any, object]
 ) -> int:
     """Run ``work`` on ``conn``; with ``--idle-timeout`` stop it when ``conn`` has been idle
-    that long (then say so; exit status 1, as ncat's ``-i``)."""
+    that long (then say so; exit status 1, as ncat's ``-i``). The status: ``work``'s if it
+    returns a number (``--exec``: the child's), else 0."""
     if args.idle_timeout is None:
-        await work
-        return 0
+        status = await work
+        return status if isinstance(status, int) else 0
     watch = pool._idle.watch(conn, args.idle_timeout, handled=True)
     try:
         with watch.scope:
-            await work
+            status = await work
     finally:
         watch.done = True
     if watch.scope.cancelled_caught:
         _say(f"idle timeout: no data either way for {args.idle_timeout:g} s")
         return 1
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 async def _echo(conn: Connection) -> None:
@@ -306,6 +306,13 @@ async def _listen_keep_open(pool: Pool, url: str, args: argparse.Namespace, outp
     transport, requested = pool.parse(url, listening=True)
     datagram = transport.kind is Kind.DATAGRAM
     live: set[Connection] = set()
+    hub = None
+    if args.broker:
+        from ._broker import Hub
+
+        if datagram:
+            raise AddressError(f"--broker and --chat need a stream transport, not {requested.scheme}://")
+        hub = Hub(chat=args.chat, describe=_peer)
 
     async with trio.open_nursery() as nursery:
 
@@ -313,6 +320,14 @@ async def _listen_keep_open(pool: Pool, url: str, args: argparse.Namespace, outp
             try:
                 if args.echo:
                     await _echo(conn)
+                    return
+                if args.exec is not None:
+                    from ._exec import run_exec
+
+                    await run_exec(conn, args.exec, zero_copy=_zero_copy(args), lines=args.lines)
+                    return
+                if hub is not None:
+                    await hub.serve(conn)
                     return
                 live.add(conn)
                 if isinstance(conn, DatagramConnection):
@@ -333,7 +348,9 @@ async def _listen_keep_open(pool: Pool, url: str, args: argparse.Namespace, outp
             _serve, pool, url, handler, args.max_conns, args.idle_timeout, nursery.cancel_scope
         )
         announce(requested, bound, args.verbose)
-        if not args.echo:
+        if hub is not None:
+            nursery.start_soon(partial(_read_input, probe(0), hub.from_stdin, lines=args.chat, chunk=CHUNK))
+        elif not args.echo and args.exec is None:
             nursery.start_soon(
                 partial(
                     _broadcast_stdin,
@@ -401,14 +418,3 @@ async def run_listen(args: argparse.Namespace, url: str, drain: Drain | None = N
                 return await _listen_keep_open(pool, url, args, output)
             return await _listen_once(pool, url, args, output, drain)
     return 0  # drained
-
-
-def parse_linger(text: str) -> float:
-    """``--linger`` seconds: a number >= 0, or ``inf``."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if math.isnan(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (or inf): {text!r}")
-    return value

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
 import time
 from contextlib import aclosing
 from pathlib import Path
 
-import trio
-
-from .._scan._driver import ScanStats, expand_hosts, scan, split_target
 from .._scan._ports import PortSpecError, parse_ports
-from .._scan._report import ScanReport
 
 __all__ = ["add_arguments", "run_scan"]
 
@@ -75,6 +69,15 @@ def _write(target: str, text: str) -> None:
 
 async def run_scan(args: argparse.Namespace, argv: list[str]) -> int:
     """Scan, then print the table (or JSON lines as results come), and write -oX/-oG files."""
+    # Imported here: the parser (add_arguments) is built for every command, --help included.
+    import json
+    import shlex
+
+    import trio
+
+    from .._scan._driver import ScanStats, expand_hosts, scan, split_target
+    from .._scan._report import ScanReport
+
     split = [split_target(url) for url in args.urls]
     ports = parse_ports(args.ports)
     scheme = split[0][0]

@@ -16,7 +16,7 @@ What kind of file each standard stream is decides how it is read or written:
 * anything else (a socket, a character device): an ``FdStream``.
 
 A closed standard descriptor is reopened on ``/dev/null`` before anything
-else runs (:func:`reserve_standard_fds`), so that no socket takes its number.
+else runs (:func:`trio_conduit.cli._startup.reserve_standard_fds`), so that no socket takes its number.
 
 The zero-copy paths are used only when the connection is exactly the core's
 kernel-socket stream (a subclass may transform the bytes, a TLS layer surely
@@ -55,7 +55,7 @@ __all__ = [
     "kernel_socket",
     "open_input",
     "probe",
-    "reserve_standard_fds",
+    "read_pieces",
     "sendfile_to_socket",
     "splice_from_socket",
     "splice_from_socket_via_pipe",
@@ -94,21 +94,6 @@ class StdFd:
 
     fd: int
     kind: FdKind
-
-
-def reserve_standard_fds() -> None:
-    """Open ``/dev/null`` on any of fds 0, 1, 2 that is closed (``<&-``), before sockets are made.
-
-    Otherwise the first socket would get fd 0 and "stdin" would be the connection itself.
-    """
-    for fd, flags in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
-        try:
-            os.fstat(fd)
-        except OSError:
-            new = os.open(os.devnull, flags)  # the lowest free number: fd itself, as lower ones are open
-            if new != fd:
-                os.dup2(new, fd)
-                os.close(new)
 
 
 def probe(fd: int) -> StdFd:
@@ -205,6 +190,25 @@ def open_input(std: StdFd) -> trio.abc.ReceiveStream:
     if std.kind is FdKind.TTY:
         return _ThreadReader(std.fd)
     return trio.lowlevel.FdStream(os.dup(std.fd))
+
+
+async def read_pieces(
+    inp: trio.abc.ReceiveStream, send: Callable[[bytes], Awaitable[None]], *, lines: bool, chunk: int
+) -> None:
+    """Call ``send`` with each piece of ``inp`` until its end: what one read gives (up to ``chunk``),
+    or each line (stdin; ``--exec``'s child's output to datagrams)."""
+    if not lines:
+        while data := await inp.receive_some(chunk):
+            await send(bytes(data))
+        return
+    pending = b""
+    while data := await inp.receive_some(CHUNK):
+        pending += data
+        *complete, pending = pending.split(b"\n")
+        for line in complete:
+            await send(line + b"\n")
+    if pending:
+        await send(pending)
 
 
 def _open_output(std: StdFd) -> trio.abc.SendStream:

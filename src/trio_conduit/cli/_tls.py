@@ -20,9 +20,6 @@ import tempfile
 import urllib.parse
 from typing import Final
 
-from .._address import split_url
-from .._errors import AddressError
-
 __all__ = ["add_tls_arguments", "tls_url"]
 
 #: Plain schemes ``--tls`` turns into their TLS scheme.
@@ -99,6 +96,9 @@ def tls_url(args: argparse.Namespace, url: str, *, listening: bool) -> str:
 
     Raises :class:`~trio_conduit.AddressError` when TLS flags come without TLS.
     """
+    from .._address import split_url  # here, not at the top: --help and --version import no Trio
+    from .._errors import AddressError
+
     parts = split_url(url)
     options: list[tuple[str, str]] = []
     if getattr(args, "alpn", None):
