@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .proxy._chain import ProxyChain
     from .proxy._url import ProxyURL
     from .tls import TLSConnection
+    from .tls._api import SecureLayer
 
 __all__ = ["Handler", "Pool", "PoolListener", "open_pool"]
 
@@ -553,10 +554,8 @@ class Pool:
         ctx = self._context(transport, address, scope, SocketRole.LISTEN, given)
         inner = await transport.listen(ctx)
         if tls is not None:
-            from .tls._api import tls_listener
-
             try:
-                inner = tls_listener(inner, tls, ctx)
+                inner = tls.listener(inner, ctx)
             except BaseException:  # a certificate that does not load: no listener at all
                 await trio.aclose_forcefully(inner)
                 raise
@@ -811,9 +810,10 @@ def _build_chain(
     return ProxyChain.build(proxies, transport, address, scope)
 
 
-def _take_tls(transport: Transport, given: dict[str, object]) -> Any:
-    """Remove ``tls=`` from the options (a TLSConfig), unless the transport takes it itself."""
-    if "tls" not in given:
+def _take_tls(transport: Transport, given: dict[str, object]) -> SecureLayer | None:
+    """Remove ``tls=`` (streams) or ``dtls=`` (datagrams) from the options, unless the transport
+    takes it itself: the layer to put over what the transport makes."""
+    if "tls" not in given and "dtls" not in given:
         return None
     from .tls._api import take_tls_option
 
@@ -821,14 +821,12 @@ def _take_tls(transport: Transport, given: dict[str, object]) -> Any:
 
 
 def _with_tls(
-    connect: Callable[[Context], Awaitable[Connection]], tls: Any
+    connect: Callable[[Context], Awaitable[Connection]], tls: SecureLayer
 ) -> Callable[[Context], Awaitable[Connection]]:
-    """``connect``, then a TLS client handshake on what it produced (within the connect timeout)."""
+    """``connect``, then a (D)TLS client handshake on what it produced (within the connect timeout)."""
 
     async def connect_tls(ctx: Context) -> Connection:
-        from .tls._api import tls_client
-
-        return await tls_client(await connect(ctx), tls, ctx)
+        return await tls.client(await connect(ctx), ctx)
 
     return connect_tls
 

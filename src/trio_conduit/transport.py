@@ -28,6 +28,7 @@ from ._errors import unavailable_reason as unavailable_reason
 from ._plugins import HookScope as HookScope
 from ._plugins import hookimpl as hookimpl
 from ._socket_channel import DEFAULT_DATAGRAM_SIZE as DEFAULT_DATAGRAM_SIZE
+from ._socket_channel import DatagramEndpoint as DatagramEndpoint
 from ._socket_channel import DatagramListener as DatagramListener
 from ._socket_channel import MessageSocketChannel as MessageSocketChannel
 from ._socket_channel import PeerChannel as PeerChannel
