@@ -605,7 +605,6 @@ def main(argv: list[str] | None = None) -> int:
         return _worker(argv[1:])
     if argv[:1] == ["rx-cost"]:
         import trio
-
         import trio.testing
 
         rounds, burst = (int(a) for a in argv[1:3]) if len(argv) >= 3 else (100, 32)
