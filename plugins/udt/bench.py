@@ -20,6 +20,10 @@
   four pairings as on loopback (ours with its native control), our
   ``congestion=bbr`` to ours and to libudt, TCP cubic and TCP bbr.
 
+* **rx-cost** (``python -m trio_conduit_plugins.udt.bench rx-cost ROUNDS BURST``): our
+  receive path alone, on packets made in-process, with a mock clock -- deterministic, for
+  ``valgrind --tool=callgrind`` (two runs: instructions per packet from the difference).
+
 The C++ programs are built with g++ from ``tests/udt/peer/`` (``--peer-dir``;
 by default looked up from the current directory, as nox runs from the
 checkout) against Debian's libudt-dev. Contenders that cannot run are

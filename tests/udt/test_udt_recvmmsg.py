@@ -122,3 +122,12 @@ def test_not_for_ipv6() -> None:
         pytest.skip("no IPv6")
     with s:
         assert BatchReader.open(s, 4, SLOT) is None
+
+
+def test_rx_cost_runs_the_receive_path_on_made_packets(capsys: pytest.CaptureFixture[str]) -> None:
+    from trio_conduit_plugins.udt.bench import main
+
+    assert main(["rx-cost", "3", "8"]) == 0
+    out = capsys.readouterr().out
+    assert '"packets": 24' in out
+    assert f'"bytes": {24 * SLOT}' in out
