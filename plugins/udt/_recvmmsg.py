@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
+import mmap
 import os
 import socket
 import struct
@@ -83,6 +85,14 @@ def _layout() -> tuple[int, str]:
 
 
 _SIZE, _PATTERN = _layout()
+
+
+@functools.cache
+def _repeated(pattern: str, count: int) -> struct.Struct:
+    """``pattern`` (native layout) ``count`` times over; one per pattern and count, shared."""
+    return struct.Struct("@" + pattern * count)
+
+
 _STAMP_PATTERN: Final = f"{_CMSG.size}xqq{_CONTROL - _CMSG.size - 16}x"
 #: ``msg_controllen`` of a datagram whose only ancillary data is its arrival stamp.
 STAMP_ONLY: Final = socket.CMSG_SPACE(16)
@@ -99,7 +109,9 @@ class BatchReader:
         self.slot = slot
         self.headers = bytearray(_HEADER * count)
         self.payloads = bytearray(slot * count)
-        self._spill = bytearray(_SPILL * count)
+        # 64 KiB per datagram, needed only by a coalesced batch: anonymous memory that the
+        # kernel backs page by page when it is written to, not 2 MiB of zeros per socket
+        self._spill = mmap.mmap(-1, _SPILL * count)
         self._names = bytearray(_NAME * count)
         self._control = bytearray(_CONTROL * count)
         self._msgs = (_MMsgHdr * count)()
@@ -128,8 +140,6 @@ class BatchReader:
         self._view = memoryview(self._msgs).cast("B")
         # the kernel writes lengths into the array: a pristine copy resets it before each call
         self._template = bytes(self._view)
-        self._meta = [struct.Struct("@" + _PATTERN * k) for k in range(count + 1)]
-        self._stamps = [struct.Struct("@" + _STAMP_PATTERN * k) for k in range(count + 1)]
         self._sources: dict[bytes, tuple[str, int]] = {}
 
     @classmethod
@@ -159,13 +169,13 @@ class BatchReader:
 
     def meta(self, k: int) -> tuple[int, ...]:
         """``(controllen, flags, length)`` of each of the first ``k`` datagrams, flat."""
-        fields: tuple[int, ...] = self._meta[k].unpack_from(self._view)
+        fields: tuple[int, ...] = _repeated(_PATTERN, k).unpack_from(self._view)
         return fields
 
     def stamps(self, k: int) -> tuple[int, ...]:
         """``(seconds, nanoseconds)`` of each of the first ``k`` datagrams, flat: meaningful
         only where its ``controllen`` is :data:`STAMP_ONLY`."""
-        fields: tuple[int, ...] = self._stamps[k].unpack_from(self._control)
+        fields: tuple[int, ...] = _repeated(_STAMP_PATTERN, k).unpack_from(self._control)
         return fields
 
     def control(self, i: int, length: int) -> tuple[float | None, int]:
