@@ -409,13 +409,15 @@ class Multiplexer:
                 continue  # e.g. an ICMP error queued for an earlier send
             if not k:
                 return False
+            # a short read emptied the socket; a full one may have left datagrams waiting
+            more = k >= min(left, reader.count)
             left -= k
             now = clock()
             self._take_many(reader, k, now, wall)
             if self._use_big or self._closed:
                 return False
             if now > until:
-                return True
+                return more
         return True
 
     def _take_many(self, reader: BatchReader, k: int, now: float, wall: float) -> None:

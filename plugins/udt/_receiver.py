@@ -52,6 +52,9 @@ BACK_TO_BACK: Final = 1e-6
 #: Arrivals closer than this belong to one burst, which lasts BURST_SPAN at most (``Receiver._arrived``).
 BURST_GAP: Final = 100e-6
 BURST_SPAN: Final = 1e-3
+#: A silence this long after a paced burst is a sender waiting for ACKs (twice the ACK
+#: interval), not its pace (``Receiver._arrived``).
+PAUSE: Final = 2 * SYN
 _WORD: Final = struct.Struct("!I")
 _SEQ_DEST: Final = struct.Struct("!I8xI")  # a data packet's sequence word and destination id
 _ACK_WORD: Final = control_word(ControlType.ACK)
@@ -160,6 +163,7 @@ class Receiver:
         self._last_arrival = now
         self._burst_start = now
         self._burst_pkts = 0
+        self._burst_paced = True
         self._pass_pkts = 0
         self._in_pass = False
         self._pass_speed = _IntakeWindow(16)
@@ -346,6 +350,14 @@ class Receiver:
         # time from its start to the next burst's, pause included, shared by its packets --
         # one sample per burst in the median filter. Packets paced further apart than
         # BURST_GAP are a burst each, and their intervals are the reference's.
+        #
+        # Except after a paced burst (its packets stamped apart, no clump) followed by a
+        # silence longer than PAUSE but within two (RTT + SYN): that is a window-limited
+        # sender waiting for ACKs (on a long link, a whole RTT), and the silence is not its
+        # pace (a longer one, on a short link, is a sender that stalled). Counted in, a sender
+        # whose window is rate x (RTT + SYN) would be told the rate its window allows and
+        # never grow it (measured: libudt's cwnd stuck near 25 packets on the 50 ms link).
+        # That burst's interval is its own packets' spacing, as the reference's would be.
         self._arrived_stamped([self._session.endpoint.arrival] * count, now)
 
     def _arrived_stamped(self, arrivals: Sequence[float], now: float) -> None:
@@ -354,18 +366,30 @@ class Receiver:
         last = self._last_arrival
         start = self._burst_start
         pkts = self._burst_pkts
+        paced = self._burst_paced
+        # a sender waiting for ACKs is silent for about a round trip (and the ACK interval)
+        wait = 2 * (self._session.rtt + SYN)
         for arrival in arrivals:
-            if arrival - last < BURST_GAP and arrival - start < BURST_SPAN:
+            gap = arrival - last
+            if gap < BURST_GAP and arrival - start < BURST_SPAN:
                 pkts += 1
+                if gap < BACK_TO_BACK:
+                    paced = False  # a clump (coalesced, or handed over together)
             else:
                 if pkts:
-                    speed.add(max((arrival - start) / pkts, BACK_TO_BACK))
+                    if paced and pkts > 1 and PAUSE < gap < wait:
+                        # a window-limited sender's burst, then its wait for ACKs: the pace
+                        speed.add(max((last - start) / (pkts - 1), BACK_TO_BACK))
+                    else:
+                        speed.add(max((arrival - start) / pkts, BACK_TO_BACK))
                 start = arrival
                 pkts = 1
+                paced = True
             last = arrival
         self._last_arrival = last
         self._burst_start = start
         self._burst_pkts = pkts
+        self._burst_paced = paced
         if self._session.endpoint.read_passes:
             self._pass_pkts += len(arrivals)
             wait = now - arrivals[0]

@@ -1170,3 +1170,29 @@ def test_a_pass_that_left_datagrams_waiting_reports_the_intake_rate() -> None:
     # the same arrivals, but each pass stopped at its limit: the 50,000 packets/s taken in
     passes(20, backlog=True)
     assert r.arrival_rate() == pytest.approx(50_000, rel=0.02)
+
+
+def test_a_window_limited_senders_wait_for_acks_is_not_its_pace() -> None:
+    net = Net()
+    _c, s = connect_pair(net)
+    s.rtt, s.rtt_var = 0.05, 0.001  # a 50 ms link
+    r = s.receiver
+    seq = r.next
+    t = net.now
+
+    def rounds(n: int, silence: float) -> None:
+        # 25 packets 50 us apart (the window), then silence until the next round
+        nonlocal seq, t
+        for _ in range(n):
+            arrivals = [t + i * 50e-6 for i in range(25)]
+            _stamped_batch(s, seq, arrivals, arrivals[-1] + 1e-4)
+            s.receive(1 << 24)
+            seq += 25
+            t = arrivals[-1] + silence
+
+    # waiting a round trip for ACKs: the burst's pace (20,000 packets/s), not 25 per 50 ms
+    rounds(20, 0.05)
+    assert r.arrival_rate() == pytest.approx(20_000, rel=0.02)
+    # silent far longer than a round trip (a stall): counted in, as before
+    rounds(20, 1.0)
+    assert r.arrival_rate() < 100
