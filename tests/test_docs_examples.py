@@ -59,6 +59,10 @@ server: peer closed
 hook saw: ['localhost']
 DTLS 1.2 available: True
 """,
+    "dtls_layered.py": """\
+b'OVER A UNIX DATAGRAM SOCKET' unix+dgram DTLSv1.2
+b'THROUGH THE RELAY' via socks5
+""",
     "quickstart.py": """\
 b'hello, conduit'
 tcp 1

@@ -358,6 +358,11 @@ class AccessGate:
         """A listener on a socket of ``family`` enforces these rules."""
         self._families.add(family)
 
+    def withdraw(self, family: int) -> None:
+        """The listener that installed these rules for ``family`` no longer reads its socket
+        (it handed it over): unless another enforces them, :meth:`check_installed` refuses them."""
+        self._families.discard(family)
+
     def check_installed(self, where: object) -> None:
         """After the transport made its listener: :class:`AddressError` unless it enforces the rules
         on IP sockets only."""

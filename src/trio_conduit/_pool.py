@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .proxy._chain import ProxyChain
     from .proxy._url import ProxyURL
     from .tls import TLSConnection
+    from .tls._api import SecureLayer
 
 __all__ = ["Handler", "Pool", "PoolListener", "open_pool"]
 
@@ -431,7 +432,7 @@ class Pool:
         elif proxies:
             chain = _build_chain(proxies, transport, address, self.scope)
             open_connection = chain.connect
-        given: dict[str, object] = dict(opts)
+        given = opts  # the caller's own **opts dict: ours to change
         tls = _take_tls(transport, given)
         if tls is not None:
             open_connection = _with_tls(open_connection, tls)
@@ -448,7 +449,8 @@ class Pool:
         ctx = self._context(transport, address, self.scope, SocketRole.CONNECT, given, conn_id, event_id)
         if kind is not None:
             _check_kind(transport, ctx, kind)
-        if tracer.log.isEnabledFor(logging.INFO):
+        tracing = tracer.log.isEnabledFor(logging.INFO)
+        if tracing:
             tracer.info(
                 "%s connection requested to %s (conn #%d) event #%d",
                 transport.name,
@@ -473,7 +475,7 @@ class Pool:
         except ConnectError as exc:
             tracer.info("connect failed for event #%d (conn #%d): %s", event_id, conn_id, exc)
             raise
-        if tracer.log.isEnabledFor(logging.INFO):
+        if tracing:
             tracer.info(
                 "connect succeeded for event #%d (conn #%d) [%s]", event_id, conn_id, _fmt(conn.info.remote)
             )
@@ -577,10 +579,8 @@ class Pool:
 
             await check_enforced(gate, inner, address)
         if tls is not None:
-            from .tls._api import tls_listener
-
             try:
-                inner = tls_listener(inner, tls, ctx)
+                inner = tls.listener(inner, ctx)
             except BaseException:  # a certificate that does not load: no listener at all
                 await trio.aclose_forcefully(inner)
                 raise
@@ -848,9 +848,10 @@ def _build_chain(
     return ProxyChain.build(proxies, transport, address, scope)
 
 
-def _take_tls(transport: Transport, given: dict[str, object]) -> Any:
-    """Remove ``tls=`` from the options (a TLSConfig), unless the transport takes it itself."""
-    if "tls" not in given:
+def _take_tls(transport: Transport, given: dict[str, object]) -> SecureLayer | None:
+    """Remove ``tls=`` (streams) or ``dtls=`` (datagrams) from the options, unless the transport
+    takes it itself: the layer to put over what the transport makes."""
+    if "tls" not in given and "dtls" not in given:
         return None
     from .tls._api import take_tls_option
 
@@ -858,14 +859,12 @@ def _take_tls(transport: Transport, given: dict[str, object]) -> Any:
 
 
 def _with_tls(
-    connect: Callable[[Context], Awaitable[Connection]], tls: Any
+    connect: Callable[[Context], Awaitable[Connection]], tls: SecureLayer
 ) -> Callable[[Context], Awaitable[Connection]]:
-    """``connect``, then a TLS client handshake on what it produced (within the connect timeout)."""
+    """``connect``, then a (D)TLS client handshake on what it produced (within the connect timeout)."""
 
     async def connect_tls(ctx: Context) -> Connection:
-        from .tls._api import tls_client
-
-        return await tls_client(await connect(ctx), tls, ctx)
+        return await tls.client(await connect(ctx), ctx)
 
     return connect_tls
 

@@ -31,6 +31,7 @@ from ._lazy import lazy_exports as _lazy_exports
 from ._plugins import HookScope as HookScope
 from ._plugins import hookimpl as hookimpl
 from ._socket_channel import DEFAULT_DATAGRAM_SIZE as DEFAULT_DATAGRAM_SIZE
+from ._socket_channel import DatagramEndpoint as DatagramEndpoint
 from ._socket_channel import DatagramListener as DatagramListener
 from ._socket_channel import MessageSocketChannel as MessageSocketChannel
 from ._socket_channel import PeerChannel as PeerChannel
