@@ -23,6 +23,13 @@ DOCS = ROOT / "docs"
 
 #: What each example prints on stdout, exactly.
 EXPECTED: dict[str, str] = {
+    "access_rules.py": """\
+allow 127.0.0.0/29,10.0-3.*.*; deny 127.0.0.2
+{'127.0.0.1': True, '127.0.0.2': False, '10.2.9.9': True, '10.4.0.1': False}
+127.0.0.1 b'welcome'
+127.0.0.2 reset before a byte was read
+denied: 1
+""",
     "tls_quickstart.py": """\
 TLSv1.3 h2 localhost False
 peer: CN=localhost
@@ -51,6 +58,10 @@ too large for one datagram
 server: peer closed
 hook saw: ['localhost']
 DTLS 1.2 available: True
+""",
+    "dtls_layered.py": """\
+b'OVER A UNIX DATAGRAM SOCKET' unix+dgram DTLSv1.2
+b'THROUGH THE RELAY' via socks5
 """,
     "quickstart.py": """\
 b'hello, conduit'

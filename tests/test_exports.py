@@ -27,6 +27,9 @@ PUBLIC: dict[str, frozenset[str]] = {
             "open_pool",
             "Pool",
             "PoolListener",
+            # access control
+            "AccessRules",
+            "AccessSource",
             # scanning
             "scan",
             "ScanResult",
@@ -102,6 +105,7 @@ PUBLIC: dict[str, frozenset[str]] = {
             "hookimpl",
             "SocketOptions",
             "SocketRole",
+            "AccessGate",
             # errors, the guard, the socket facts
             "SocketErrors",
             "ErrorExplainer",
@@ -119,6 +123,7 @@ PUBLIC: dict[str, frozenset[str]] = {
             "HookScope",
             "DEFAULT_DATAGRAM_SIZE",
             "DEFAULT_RECEIVE_SIZE",
+            "DatagramEndpoint",
             "DatagramListener",
             "HalfCloseableSocketStream",
             "MessageSocketChannel",
@@ -139,6 +144,7 @@ PUBLIC: dict[str, frozenset[str]] = {
             "tls_client",
             "tls_listener",
             "dtls_client",
+            "dtls_listener",
             "dtls_versions",
             "DTLSConnection",
             "DTLSListener",
@@ -367,7 +373,9 @@ def test_classes_and_functions_are_defined_in_private_modules(module_name: str) 
         assert any(part.startswith("_") for part in home.split(".")), (name, home)
 
 
-@pytest.mark.parametrize("module_name", ["trio_conduit", "trio_conduit.proxy", "trio_conduit.tls"])
+@pytest.mark.parametrize(
+    "module_name", ["trio_conduit", "trio_conduit.proxy", "trio_conduit.tls", "trio_conduit.transport"]
+)
 def test_lazy_exports_match_what_type_checkers_see(module_name: str) -> None:
     """A lazy package (``trio_conduit._lazy``) writes its names twice: ``_EXPORTS`` for run time and
     ``from .x import Name as Name`` under ``if typing.TYPE_CHECKING:`` for type checkers. Both agree."""

@@ -19,7 +19,8 @@ import subprocess
 import sys
 import textwrap
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -116,30 +117,35 @@ def known(netns: NetNS) -> Iterator[NetNS]:
     """The namespace with its rules and listeners in place."""
     if shutil.which("iptables") is None:
         pytest.skip("iptables is not installed")
-    rules = [["-A", "INPUT", "-p", "tcp", "--syn", "--dport", str(p), "-j", "DROP"] for p in TCP_DROP]
-    rules += [
-        ["-A", "INPUT", "-p", "tcp", "--dport", str(p), "-j", "REJECT", "--reject-with", how]
-        for p, how in TCP_REJECT.items()
-    ]
-    rules.append(
-        ["-A", "INPUT", "-p", "tcp", "--dport", str(TCP_RESET), "-j", "REJECT", "--reject-with", "tcp-reset"]
-    )
-    for rule in rules:
+    for rule in firewall_rules(TCP_DROP, TCP_REJECT, TCP_RESET):
         netns.run("iptables", *rule)
     netns.run("sysctl", "-q", "-w", "net.ipv4.icmp_ratelimit=0")
+    with serving_in(
+        netns, LISTENERS, ",".join(map(str, TCP_OPEN)), ",".join(map(str, UDP_SILENT)), str(UDP_ECHO)
+    ):
+        yield netns
+
+
+def firewall_rules(drop: Iterable[int], reject: dict[int, str], reset: int) -> list[list[str]]:
+    """ip(6)tables rules: DROP the SYNs to ``drop``, REJECT ``reject``'s ports with their ICMP
+    error, and ``reset``'s with a TCP reset."""
+    rules = [["-A", "INPUT", "-p", "tcp", "--syn", "--dport", str(p), "-j", "DROP"] for p in drop]
+    rules += [
+        ["-A", "INPUT", "-p", "tcp", "--dport", str(p), "-j", "REJECT", "--reject-with", how]
+        for p, how in reject.items()
+    ]
+    rules.append(
+        ["-A", "INPUT", "-p", "tcp", "--dport", str(reset), "-j", "REJECT", "--reject-with", "tcp-reset"]
+    )
+    return rules
+
+
+@contextmanager
+def serving_in(ns: NetNS, code: str, *args: str) -> Iterator[None]:
+    """Run the listeners snippet ``code`` in ``ns`` (it prints ``ready``, then serves until its
+    stdin closes) for the length of the block."""
     proc = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            netns.name,
-            sys.executable,
-            "-c",
-            LISTENERS,
-            ",".join(map(str, TCP_OPEN)),
-            ",".join(map(str, UDP_SILENT)),
-            str(UDP_ECHO),
-        ],
+        ["ip", "netns", "exec", ns.name, sys.executable, "-c", code, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -147,7 +153,7 @@ def known(netns: NetNS) -> Iterator[NetNS]:
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
-        yield netns
+        yield
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
@@ -247,6 +253,11 @@ def test_all_tcp_ports_agree_with_nmap_and_ndiff(known: NetNS, tmp_path: Path) -
 # ---------------------------------------------------------------------------
 
 
+def table_rows(lines: list[str]) -> dict[str, tuple[str, str]]:
+    """The human table's port rows: ``"22/tcp"`` -> (state, reason)."""
+    return {line.split()[0]: (line.split()[1], line.split()[-1]) for line in lines if "/tcp " in line}
+
+
 def test_cli_table_and_grepable(known: NetNS, tmp_path: Path) -> None:
     grep = tmp_path / "scan.gnmap"
     proc = known.run(
@@ -255,8 +266,7 @@ def test_cli_table_and_grepable(known: NetNS, tmp_path: Path) -> None:
     assert proc.returncode == 0
     lines = proc.stdout.splitlines()
     assert "Not shown: 65 closed tcp ports (conn-refused)" in lines
-    rows = {line.split()[0]: (line.split()[1], line.split()[-1]) for line in lines if "/tcp " in line}
-    assert rows == {
+    assert table_rows(lines) == {
         "22/tcp": ("open", "syn-ack"),
         "80/tcp": ("open", "syn-ack"),
         "81/tcp": ("filtered", "no-response"),

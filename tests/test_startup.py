@@ -38,6 +38,7 @@ HEAVY = (
     "trio_conduit.bench",
     "trio_conduit.cli._check",
     "trio_conduit.cli._bench",
+    "trio_conduit._access",
     "trio_conduit_plugins.udt._driver",
     "trio_conduit_plugins.udt._session",
     "importlib.metadata",

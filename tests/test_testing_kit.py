@@ -73,3 +73,27 @@ async def test_conduit_relay_duplicates_what_it_is_told_to(
     assert isinstance(peer, conduit.DatagramConnection)
     got = [await peer.receive() for _ in range(10)]
     assert sorted(got) == sorted([b"%d" % i for i in range(5)] * 2)  # each one twice
+
+
+async def test_the_relay_reports_what_it_dropped(conduit_pool: conduit.Pool, conduit_relay: Any) -> None:
+    """Whatever the relay did not drop arrives (once, or twice when duplicated): its record of
+    drops per direction is exact. What is queued when it stops is delivered first."""
+    sink = await conduit_pool.listen("udp://127.0.0.1:0")
+    relay: ImpairmentRelay = await conduit_relay(
+        sink.address.port, seed=3, loss=0.3, dup=0.2, reorder=0.2, delay=0.05
+    )
+    channel = await conduit_pool.connect_channel(f"udp://127.0.0.1:{relay.port}")
+    sent = [b"datagram %03d" % i for i in range(100)]
+    for datagram in sent:
+        await channel.send(datagram)
+    await relay.stop()  # (the delay is 50 ms: most are still queued now)
+    kept = [d for d in sent if not relay.dropped(d)]
+    assert relay.drop_counts == {"to_target": len(sent) - len(kept), "to_client": 0}
+    assert 10 < len(kept) < 90  # the seed did drop some, not all
+    peer = await sink.accept()
+    assert isinstance(peer, conduit.DatagramConnection)
+    expected = len(kept) + relay.stats["duplicated"]  # (no queue overflow: every copy was sent)
+    assert relay.stats["overflow"] == 0
+    with trio.fail_after(10):
+        got = [await peer.receive() for _ in range(expected)]
+    assert set(got) == set(kept)

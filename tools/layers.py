@@ -38,8 +38,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
             "trio_conduit._benchmark",
             "trio_conduit._lazy",
             "trio_conduit._entry_points",
+            "trio_conduit._access",
         ),
-        "errors, trace lines, URL parsing, utilities, what a benchmark is, lazy re-exports, entry points",
+        "errors, trace lines, URL parsing, utilities, what a benchmark is, lazy re-exports, entry points, "
+        "access rules",
     ),
     (
         "connection",

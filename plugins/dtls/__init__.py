@@ -6,9 +6,10 @@ for ``udp``, as ``tls://`` is over ``tcp://``. Options: the TLS ones
 on), ``mtu`` (the ciphertext MTU to start from) and ``queue`` (datagrams held
 per association on a server), and the inner transport's own. A client's
 association is a handshake over a connected ``udp://`` channel; a server
-binds one UDP socket through the inner transport's context and serves every
-peer from it (:class:`trio_conduit.tls.DTLSListener`: stateless cookies
-first).
+is the inner transport's listener whose socket the DTLS listener takes over
+to serve every peer from it (:func:`trio_conduit.tls.dtls_listener`:
+stateless cookies first). ``dtls=`` on ``unix+dgram://`` or on ``udp://``
+through a SOCKS5 proxy is the pool's (the same two functions).
 
 Written as a third-party plugin must be: it imports ``trio_conduit``,
 ``trio_conduit.transport`` and ``trio_conduit.tls`` only, the last when
@@ -18,10 +19,11 @@ first needed.
 from __future__ import annotations
 
 import dataclasses
-import socket
 from collections.abc import Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
+
+import trio
 
 from trio_conduit import Address, Connection, Kind, TransportUnavailable
 from trio_conduit.transport import (
@@ -118,19 +120,7 @@ class DTLSTransport(Transport):
         options["connected"] = True
         query = tuple((k, v) for k, v in ctx.address.query if k in names)
         address = dataclasses.replace(ctx.address, scheme=self.inner_scheme, query=query)
-        return Context(
-            inner,
-            address,
-            MappingProxyType(options),
-            ctx.socket_options,
-            ctx.scope,
-            ctx.tracer,
-            ctx.role,
-            ctx.conn_id,
-            ctx.event_id,
-            nursery=ctx.nursery,
-            extra=ctx.extra,
-        )
+        return ctx.retarget(inner, address, MappingProxyType(options))
 
     # -- connecting ---------------------------------------------------------------
     async def connect_over(self, conn: Connection, ctx: Context) -> Connection:
@@ -149,28 +139,25 @@ class DTLSTransport(Transport):
         return await dtls_client(conn, config, ctx, transport_name="dtls", mtu=ctx.int_option("mtu"))
 
     async def listen(self, ctx: Context) -> Listener:
-        from trio_conduit.tls import DTLSListener
+        from trio_conduit.tls import dtls_listener
 
         config = self.config(ctx)
-        if ctx.nursery is None:
-            raise RuntimeError("a dtls:// listener needs the pool's nursery")
         inner_ctx = self.inner_context(ctx)
-        sock = await inner_ctx.listen_inet(socket.SOCK_DGRAM)
-        host, port = sock.getsockname()[:2]
-        address = Address("dtls", host=host, port=port, query=ctx.address.query)
-        backlog = ctx.socket_options.backlog
-        return DTLSListener(
-            sock,
-            config,
-            address=address,
-            scope=ctx.scope,
-            tracer=ctx.tracer,
-            nursery=ctx.nursery,
-            transport_name="dtls",
-            mtu=ctx.int_option("mtu"),
-            queue=ctx.int_option("queue"),
-            backlog=128 if backlog is None else max(1, backlog),
-        )
+        listener = await inner_ctx.transport.listen(inner_ctx)
+        address = dataclasses.replace(listener.address, scheme="dtls", query=ctx.address.query)
+        try:
+            return dtls_listener(
+                listener,
+                config,
+                ctx,
+                transport_name="dtls",
+                address=address,
+                mtu=ctx.int_option("mtu"),
+                queue=ctx.int_option("queue"),
+            )
+        except BaseException:  # a certificate that does not load: no listener at all
+            await trio.aclose_forcefully(listener)
+            raise
 
 
 @hookimpl

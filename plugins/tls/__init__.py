@@ -128,19 +128,7 @@ class TLSTransport(Transport):
             address = dataclasses.replace(ctx.address, scheme=self.inner_scheme, query=query)
             entry = (ctx.options, ctx.address, ctx.scope, inner, options, address)
             _remember(self._inner_by_options, key, entry)
-        inner_ctx = Context(
-            inner,
-            address,
-            options,
-            ctx.socket_options,
-            ctx.scope,
-            ctx.tracer,
-            ctx.role,
-            ctx.conn_id,
-            ctx.event_id,
-            nursery=ctx.nursery,
-            extra=ctx.extra,
-        )
+        inner_ctx = ctx.retarget(inner, address, options)
         return inner, inner_ctx
 
     def config(self, ctx: Context) -> TLSConfig:

@@ -392,8 +392,16 @@ class UDTTransport(Transport):
         backlog = ctx.socket_options.backlog
         mux = await self._make_mux(ctx, 0, listen=True, payload_size=config.mss - 44)
         mux.acquire()
+        gate = ctx.access
+        admit = None
+        if gate is not None:
+            gate.install(socket.AF_INET6 if len(mux.local) == 4 else socket.AF_INET)
+
+            def admit(addr: tuple[Any, ...]) -> bool:
+                return gate.admits(addr, datagram=True)
+
         try:
-            mux.endpoint.listen(config, 1024 if backlog is None else max(1, backlog))
+            mux.endpoint.listen(config, 1024 if backlog is None else max(1, backlog), admit)
         except BaseException:
             mux.release()
             raise

@@ -57,6 +57,7 @@ from ._engine import (
     State,
     Writable,
 )
+from ._recvmmsg import MSG_TRUNC, STAMP_ONLY, BatchReader
 from ._session import Session
 
 __all__ = [
@@ -77,6 +78,8 @@ _ANC_SPACE: Final = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(_TIMESPEC.size)
 _RECV_SIZE: Final = 65536
 #: Datagrams drained per wake-up before timers and sends get their turn.
 _DRAIN_BATCH: Final = 256
+#: Datagrams per ``recvmmsg`` call.
+_MMSG_BATCH: Final = 32
 _SEG: Final = struct.Struct("=H")
 _MAX_SEGMENTS: Final = 64
 _DRAIN_TIME: Final = 0.001
@@ -256,16 +259,18 @@ class Multiplexer:
                 self._flush()
                 self._dispatch()
                 deadline = ep.next_deadline()
-                readable = False
+                # A sender whose pacing timer is already due when it gets here would never see
+                # the socket readable (the wait is cancelled at once) and leave ACKs unread, and
+                # their ACK2s unsent, for as long as it keeps sending: it reads on every turn.
+                due = deadline <= trio.current_time()
                 with trio.CancelScope(deadline=deadline) as sleep:
                     self._sleep = sleep
                     if self._pending:
                         await wait_writable(sock)
                     else:
                         await wait_readable(sock)
-                        readable = True
                 self._sleep = None
-                if readable and not self._closed:
+                if not self._closed and (due or not sleep.cancelled_caught):
                     self._drain()
 
     def _setup_scatter(self, slot: int) -> None:
@@ -282,15 +287,18 @@ class Multiplexer:
         self._iov_big = big
         self._iov_small = [hv[:16], pv[:slot], memoryview(self._spill)]
         self._use_big = False
+        self._reader = BatchReader.open(self._sock, _MMSG_BATCH, slot)
 
     def _drain(self) -> None:
+        backlog = False
         try:
-            self._read_pass()
+            backlog = self._read_pass()
         finally:
-            self.endpoint.end_of_pass(trio.current_time())
+            self.endpoint.end_of_pass(trio.current_time(), backlog=backlog)
 
-    def _read_pass(self) -> None:
-        """Read every waiting datagram (up to a batch) and feed the engine.
+    def _read_pass(self) -> bool:
+        """Read every waiting datagram (up to a batch) and feed the engine; whether it stopped
+        at its limit with datagrams still waiting.
 
         With GRO the socket is read with ``recvmsg_into`` over an iovec list
         that alternates 16-byte header slots and payload slots: the kernel
@@ -306,6 +314,8 @@ class Multiplexer:
         clock = trio.current_time
         # the kernel stamps with the wall clock: its offset from trio's clock, once per wake-up
         wall = time.clock_gettime(time.CLOCK_REALTIME) - clock()
+        if self._reader is not None and not self._use_big:
+            return self._read_many(self._reader, wall)
         recvmsg = sock.recvmsg
         if not self.gro:
             for _ in range(_DRAIN_BATCH):
@@ -315,7 +325,7 @@ class Multiplexer:
                     break
                 except OSError as exc:
                     if exc.errno == errno.EBADF:
-                        return
+                        return False
                     continue
                 arrival = None
                 for level, kind, value in anc:
@@ -325,7 +335,7 @@ class Multiplexer:
                 ep.receive_datagram(data, addr, clock(), arrival)
                 if ep._out:
                     self._flush()  # a light ACK or a NAK: now, not after the pass
-            return
+            return False
         recvmsg_into = sock.recvmsg_into
         slot = self._slot
         full = slot + 16
@@ -342,7 +352,7 @@ class Multiplexer:
                 break
             except OSError as exc:
                 if exc.errno == errno.EBADF:
-                    return
+                    return False
                 continue  # e.g. an ICMP error queued for an earlier send
             now = clock()
             late = now > until  # this one, then stop
@@ -376,6 +386,103 @@ class Multiplexer:
                 ep.receive_datagram(data, addr, now, arrival)
             if ep._out:
                 self._flush()  # ACK2s, light ACKs, NAKs: now, not after the pass
+        return late
+
+    def _read_many(self, reader: BatchReader, wall: float) -> bool:
+        """:meth:`_read_pass` with ``recvmmsg``: up to :data:`_MMSG_BATCH` datagrams per call.
+
+        Runs of in-order full-size data datagrams from one peer go to the engine
+        together (:meth:`Endpoint.receive_batch`, one arrival stamp each); anything
+        else is put back together and handed over one by one. A GRO-coalesced
+        datagram switches to :meth:`_read_pass`'s long iovec list for the next pass.
+        """
+        clock = trio.current_time
+        until = clock() + _DRAIN_TIME
+        left = _DRAIN_BATCH
+        while left > 0:
+            try:
+                k = reader.read(left)
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    return False
+                left -= 1
+                continue  # e.g. an ICMP error queued for an earlier send
+            if not k:
+                return False
+            # a short read emptied the socket; a full one may have left datagrams waiting
+            more = k >= min(left, reader.count)
+            left -= k
+            now = clock()
+            self._take_many(reader, k, now, wall)
+            if self._use_big or self._closed:
+                return False
+            if now > until:
+                return more
+        return True
+
+    def _take_many(self, reader: BatchReader, k: int, now: float, wall: float) -> None:
+        """Hand the ``k`` datagrams ``reader`` holds to the engine."""
+        ep = self.endpoint
+        meta = reader.meta(k)
+        controls = meta[0::3]
+        lengths = meta[2::3]
+        slot = reader.slot
+        full = slot + 16
+        plain = STAMP_ONLY if self.timestamps else 0
+        if plain:
+            stamps = reader.stamps(k)
+            arrivals = [
+                sec + nsec * 1e-9 - wall for sec, nsec in zip(stamps[0::2], stamps[1::2], strict=True)
+            ]
+        else:
+            arrivals = [now] * k
+        addr = reader.source(0) if reader.same_source(k) else None
+        headers, payloads = memoryview(reader.headers), memoryview(reader.payloads)
+        i = 0
+        while i < k:
+            if addr is not None:
+                # the longest run from i of full-size data datagrams, the last maybe shorter
+                j = i
+                while j < k and lengths[j] == full and controls[j] == plain:
+                    j += 1
+                if j < k and 16 < lengths[j] < full and controls[j] == plain and headers[16 * j] < 0x80:
+                    j += 1
+                if j > i and ep.receive_batch(
+                    headers[16 * i :],
+                    payloads[slot * i :],
+                    slot,
+                    j - i,
+                    lengths[j - 1] - 16,
+                    addr,
+                    now,
+                    arrivals=arrivals[i:j],
+                ):
+                    if ep._out:
+                        self._flush()  # a light ACK: now, not after the pass
+                    i = j
+                    continue
+            # datagram i, the ordinary way
+            length = lengths[i]
+            if meta[3 * i + 1] & MSG_TRUNC:
+                ep.dropped += 1
+            else:
+                arrival: float | None = arrivals[i]
+                segment = 0
+                if controls[i] != plain:
+                    arrival, segment = reader.control(i, controls[i])
+                    if arrival is not None:
+                        arrival -= wall
+                data = reader.datagram(i, length)
+                source = addr or reader.source(i)
+                if 0 < segment < length:
+                    if self.gro:
+                        self._use_big = True  # coalesced batches are coming: use the long list
+                    ep.receive_segments(data, length, segment, source, now, arrival)
+                else:
+                    ep.receive_datagram(data, source, now, arrival)
+                if ep._out:
+                    self._flush()  # ACK2s, light ACKs, NAKs: now, not after the pass
+            i += 1
 
     def _flush(self) -> None:
         if self._closed and not self._pending and not self.endpoint._out:

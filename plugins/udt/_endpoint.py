@@ -18,7 +18,7 @@ import math
 import os
 import random
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ._cookie import CookieJar
@@ -97,6 +97,7 @@ class Endpoint:
         self.listening = False
         self._listen_config: Config | None = None
         self._backlog = 0
+        self._admit: Callable[[tuple[Any, ...]], bool] | None = None
         self._cookies: CookieJar | None = None
         self._accept_queue: deque[Session] = deque()
         self._dirty_read: set[Session] = set()
@@ -129,8 +130,13 @@ class Endpoint:
         raise LocalProtocolError("no free UDT socket id")  # pragma: no cover
 
     # -- the application side ---------------------------------------------------------------
-    def listen(self, config: Config, backlog: int) -> None:
-        """Accept connection requests on this port (one listener per port, as the reference)."""
+    def listen(
+        self, config: Config, backlog: int, admit: Callable[[tuple[Any, ...]], bool] | None = None
+    ) -> None:
+        """Accept connection requests on this port (one listener per port, as the reference).
+
+        ``admit(addr)``: whether a peer may connect at all (access rules); a request from a
+        peer it refuses is dropped unread, before the cookie exchange."""
         if self.listening:
             raise LocalProtocolError("this port already has a listener")
         if config.rendezvous:
@@ -138,6 +144,7 @@ class Endpoint:
         self.listening = True
         self._listen_config = config
         self._backlog = max(1, backlog)
+        self._admit = admit
         self._cookies = CookieJar(self.now, self._secret)
 
     def stop_listening(self) -> list[Session]:
@@ -254,24 +261,27 @@ class Endpoint:
 
     def receive_batch(
         self,
-        headers: bytearray,
-        payloads: bytearray,
+        headers: bytearray | memoryview,
+        payloads: bytearray | memoryview,
         slot: int,
         count: int,
         last_len: int,
         addr: tuple[Any, ...],
         now: float,
         arrival: float | None = None,
+        arrivals: Sequence[float] | None = None,
     ) -> bool:
         """The fast path for ``count`` packets received scattered by the driver.
 
         ``headers`` holds their 16-byte headers back to back and ``payloads``
         their payloads in ``slot``-byte slots (the last ``last_len`` long), as
-        ``recvmsg_into`` left them with an iovec list alternating the two. If
-        they are in-order stream data for one session, their payloads go to
-        its reader as one block and this returns ``True``; otherwise it takes
-        nothing and returns ``False`` (the driver then hands the datagram
-        over the ordinary way).
+        ``recvmsg_into`` left them with an iovec list alternating the two (one
+        GRO-coalesced datagram, which arrived at ``arrival``), or as
+        ``recvmmsg`` left ``count`` datagrams (which arrived at ``arrivals``,
+        one stamp each). If they are in-order stream data for one session,
+        their payloads go to its reader as one block and this returns
+        ``True``; otherwise it takes nothing and returns ``False`` (the driver
+        then hands the datagrams over the ordinary way).
         """
         w0, _w1, _ts, dest = HEADER.unpack_from(headers)
         s = self._sessions.get(dest)
@@ -295,17 +305,20 @@ class Endpoint:
             if fields[0::2] != tuple(range(w0, w0 + count)) or fields[1::2] != (dest,) * count:
                 return False
         self.now = now
+        if arrivals is not None:
+            arrival = arrivals[-1]
         self.arrival = now if arrival is None else min(arrival, now)
-        r.accept_run(bytes(payloads[: (count - 1) * slot + last_len]), count, w0, last_len, now)
+        r.accept_run(bytes(payloads[: (count - 1) * slot + last_len]), count, w0, last_len, now, arrivals)
         return True
 
-    def end_of_pass(self, now: float) -> None:
-        """The driver read what was waiting (a pass of :meth:`receive_datagram` and the like)."""
+    def end_of_pass(self, now: float, *, backlog: bool = False) -> None:
+        """The driver read what was waiting (a pass of :meth:`receive_datagram` and the like);
+        ``backlog``: it stopped at its limit, with datagrams still waiting."""
         passed = self._read_this_pass
         if passed:
             self._read_this_pass = []
             for r in passed:
-                r.end_of_pass(now)
+                r.end_of_pass(now, backlog=backlog)
 
     def datagrams_to_send(self) -> list[tuple[Any, tuple[Any, ...], int]]:
         """Everything queued for sending: ``(data, addr, segment_size)`` (0: a single datagram).
@@ -403,6 +416,8 @@ class Endpoint:
 
     def _on_request(self, data: bytes | bytearray | memoryview, addr: tuple[Any, ...], now: float) -> None:
         """A handshake for socket id 0 at a listener (the reference's ``CUDT::listen``)."""
+        if self._admit is not None and not self._admit(addr):
+            return  # refused by the access rules (counted and traced there): not even parsed
         if len(data) - HEADER_SIZE != HANDSHAKE_SIZE:
             self.dropped += 1
             return

@@ -19,6 +19,7 @@ import math
 import statistics
 import struct
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ._engine import MIN_EXP, SYN, State
@@ -51,6 +52,9 @@ BACK_TO_BACK: Final = 1e-6
 #: Arrivals closer than this belong to one burst, which lasts BURST_SPAN at most (``Receiver._arrived``).
 BURST_GAP: Final = 100e-6
 BURST_SPAN: Final = 1e-3
+#: A silence this long after a paced burst is a sender waiting for ACKs (twice the ACK
+#: interval), not its pace (``Receiver._arrived``).
+PAUSE: Final = 2 * SYN
 _WORD: Final = struct.Struct("!I")
 _SEQ_DEST: Final = struct.Struct("!I8xI")  # a data packet's sequence word and destination id
 _ACK_WORD: Final = control_word(ControlType.ACK)
@@ -159,6 +163,7 @@ class Receiver:
         self._last_arrival = now
         self._burst_start = now
         self._burst_pkts = 0
+        self._burst_paced = True
         self._pass_pkts = 0
         self._in_pass = False
         self._pass_speed = _IntakeWindow(16)
@@ -332,7 +337,8 @@ class Receiver:
         # more than we read. So where the driver reads in passes (``Endpoint.read_passes``),
         # a second window gets one interval per pass -- the packets it took in over the time
         # since the previous pass ended, time away from the socket included -- and a pass is
-        # "behind" when a datagram in it waited in the socket longer than that. While most
+        # "behind" when a datagram in it waited in the socket longer than that, or when it
+        # stopped at its limit with datagrams still waiting. While most
         # recent passes are behind, the rate reported is the per-pass one.
         #
         # The intervals are taken over bursts, not packet by packet: a sender hands the kernel
@@ -344,34 +350,65 @@ class Receiver:
         # time from its start to the next burst's, pause included, shared by its packets --
         # one sample per burst in the median filter. Packets paced further apart than
         # BURST_GAP are a burst each, and their intervals are the reference's.
-        arrival = self._session.endpoint.arrival
-        if arrival - self._last_arrival < BURST_GAP and arrival - self._burst_start < BURST_SPAN:
-            self._burst_pkts += count
-        else:
-            if self._burst_pkts:
-                span = arrival - self._burst_start
-                self._speed.add(max(span / self._burst_pkts, BACK_TO_BACK))
-            self._burst_start = arrival
-            self._burst_pkts = count
-        self._last_arrival = arrival
+        #
+        # Except after a paced burst (its packets stamped apart, no clump) followed by a
+        # silence longer than PAUSE but within two (RTT + SYN): that is a window-limited
+        # sender waiting for ACKs (on a long link, a whole RTT), and the silence is not its
+        # pace (a longer one, on a short link, is a sender that stalled). Counted in, a sender
+        # whose window is rate x (RTT + SYN) would be told the rate its window allows and
+        # never grow it (measured: libudt's cwnd stuck near 25 packets on the 50 ms link).
+        # That burst's interval is its own packets' spacing, as the reference's would be.
+        self._arrived_stamped([self._session.endpoint.arrival] * count, now)
+
+    def _arrived_stamped(self, arrivals: Sequence[float], now: float) -> None:
+        """:meth:`_arrived` for packets that arrived at ``arrivals`` (one stamp each)."""
+        speed = self._speed
+        last = self._last_arrival
+        start = self._burst_start
+        pkts = self._burst_pkts
+        paced = self._burst_paced
+        # a sender waiting for ACKs is silent for about a round trip (and the ACK interval)
+        wait = 2 * (self._session.rtt + SYN)
+        for arrival in arrivals:
+            gap = arrival - last
+            if gap < BURST_GAP and arrival - start < BURST_SPAN:
+                pkts += 1
+                if gap < BACK_TO_BACK:
+                    paced = False  # a clump (coalesced, or handed over together)
+            else:
+                if pkts:
+                    if paced and pkts > 1 and PAUSE < gap < wait:
+                        # a window-limited sender's burst, then its wait for ACKs: the pace
+                        speed.add(max((last - start) / (pkts - 1), BACK_TO_BACK))
+                    else:
+                        speed.add(max((arrival - start) / pkts, BACK_TO_BACK))
+                start = arrival
+                pkts = 1
+                paced = True
+            last = arrival
+        self._last_arrival = last
+        self._burst_start = start
+        self._burst_pkts = pkts
+        self._burst_paced = paced
         if self._session.endpoint.read_passes:
-            self._pass_pkts += count
-            wait = now - arrival
+            self._pass_pkts += len(arrivals)
+            wait = now - arrivals[0]
             if wait > self._pass_wait:
                 self._pass_wait = wait
             if not self._in_pass:
                 self._in_pass = True
                 self._session.endpoint._read_this_pass.append(self)
 
-    def end_of_pass(self, now: float) -> None:
-        """The driver finished a pass of reads (see :meth:`_arrived`)."""
+    def end_of_pass(self, now: float, *, backlog: bool = False) -> None:
+        """The driver finished a pass of reads (see :meth:`_arrived`); ``backlog``: it left
+        datagrams waiting (its limit per pass reached): this receiver is behind."""
         self._in_pass = False
         count = self._pass_pkts
         if count:
             self._pass_pkts = 0
             gap = now - self._pass_end
             self._pass_speed.add(count, gap)
-            behind = self._pass_wait > gap
+            behind = backlog or self._pass_wait > gap
             self._behind += behind - self._behind_log[self._behind_pos]
             self._behind_log[self._behind_pos] = behind
             self._behind_pos = (self._behind_pos + 1) % len(self._behind_log)
@@ -507,21 +544,48 @@ class Receiver:
             self._received(count, nbytes, self.curr, short, now)
         return off
 
-    def accept_run(self, payload: bytes, count: int, first31: int, last_len: int, now: float) -> None:
-        """``count`` in-order stream packets from one datagram, their payloads joined (the fast path)."""
+    def accept_run(
+        self,
+        payload: bytes,
+        count: int,
+        first31: int,
+        last_len: int,
+        now: float,
+        arrivals: Sequence[float] | None = None,
+    ) -> None:
+        """``count`` in-order stream packets, their payloads joined (the fast path): from one
+        coalesced datagram, or ``count`` datagrams that arrived at ``arrivals``."""
         s = self._session
         s._heard(now)
         self._batch += 1
         batch = self._batch
-        # packet pairs (16n, 16n+1) timed only across datagrams, by arrival
-        arrival = s.endpoint.arrival
-        self._pair_across(first31, batch, arrival)
-        self._pair_within(first31, count, (first31 + count - 1) & SEQ_MASK, batch, arrival)
+        last31 = (first31 + count - 1) & SEQ_MASK
+        if arrivals is None:
+            # packet pairs (16n, 16n+1) timed only across datagrams, by arrival
+            arrival = s.endpoint.arrival
+            self._pair_across(first31, batch, arrival)
+            self._pair_within(first31, count, last31, batch, arrival)
+        else:
+            self._pairs_stamped(first31, count, arrivals)
         self.readable.append(payload)
         self.readable_bytes += len(payload)
         nxt = self.next + count
         self._advanced_to(nxt, wire(nxt))
-        self._received(count, len(payload), nxt - 1, last_len != s.payload_size, now)
+        self._received(count, len(payload), nxt - 1, last_len != s.payload_size, now, arrivals)
+
+    def _pairs_stamped(self, first31: int, count: int, arrivals: Sequence[float]) -> None:
+        """Packet pairs (16n, 16n+1) among ``count`` datagrams from ``first31``, each with its stamp."""
+        probe = self._probe
+        if first31 & 0xF == 1 and self._probe_seq31 == first31 - 1:
+            probe.add(max(arrivals[0] - self._probe_time, BACK_TO_BACK))
+        for j in range((-first31) & 0xF, count - 1, 16):
+            probe.add(max(arrivals[j + 1] - arrivals[j], BACK_TO_BACK))
+        self._probe_seq31 = -1
+        last31 = (first31 + count - 1) & SEQ_MASK
+        if last31 & 0xF == 0:
+            self._probe_time = arrivals[-1]
+            self._probe_seq31 = last31
+            self._probe_batch = -1  # stamped: the next datagram's own stamp times the pair
 
     def _advanced_to(self, nxt: int, nxt31: int) -> None:
         """Everything before ``nxt`` (``nxt31`` on the wire) has arrived."""
@@ -530,14 +594,25 @@ class Receiver:
         if nxt - 1 > self.curr:
             self.curr = nxt - 1
 
-    def _received(self, count: int, nbytes: int, top: int, short: bool, now: float) -> None:
-        """After a datagram's ``count`` data packets (up to ``top``): counters, the controller,
-        the reader, light ACKs."""
+    def _received(
+        self,
+        count: int,
+        nbytes: int,
+        top: int,
+        short: bool,
+        now: float,
+        arrivals: Sequence[float] | None = None,
+    ) -> None:
+        """After a datagram's ``count`` data packets (up to ``top``; ``count`` datagrams that
+        arrived at ``arrivals``): counters, the controller, the reader, light ACKs."""
         s = self._session
         stats = self.stats
         stats.pkt_recv += count
         stats.bytes_recv += nbytes
-        self._arrived(count, now)
+        if arrivals is None:
+            self._arrived(count, now)
+        else:
+            self._arrived_stamped(arrivals, now)
         self._pkt_count += count
         cc = self.cc
         cc.now = int(now * 1_000_000)

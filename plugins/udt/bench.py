@@ -20,6 +20,10 @@
   four pairings as on loopback (ours with its native control), our
   ``congestion=bbr`` to ours and to libudt, TCP cubic and TCP bbr.
 
+* **rx-cost** (``python -m trio_conduit_plugins.udt.bench rx-cost ROUNDS BURST``): our
+  receive path alone, on packets made in-process, with a mock clock -- deterministic, for
+  ``valgrind --tool=callgrind`` (two runs: instructions per packet from the difference).
+
 The C++ programs are built with g++ from ``tests/udt/peer/`` (``--peer-dir``;
 by default looked up from the current directory, as nox runs from the
 checkout) against Debian's libudt-dev. Contenders that cannot run are
@@ -67,6 +71,68 @@ LINK_CONTENDERS: tuple[str, ...] = (
 # ---------------------------------------------------------------------------
 # workers (run as subprocesses)
 # ---------------------------------------------------------------------------
+
+
+async def _rx_cost(rounds: int, burst: int, clock: Any) -> None:
+    """Our receiver's work, deterministically: ``rounds`` bursts of ``burst`` full-size data packets.
+
+    A connection over loopback; then packets made here (not by our sender) are put into the
+    listener's socket ``burst`` at a time from the client's socket, and each burst is read by
+    the receiver's task and by the application before the next is sent. Run it twice under
+    ``valgrind --tool=callgrind`` with different ``rounds``: the difference of the instruction
+    counts over the difference of the packets is the receive path's cost per packet (socket
+    reads, engine, ACKs, the application's reads), free of start-up and of the machine's load.
+    trio's clock is a ``MockClock`` that moves 6 us per packet (the pace of the libudt pair),
+    so timers (ACKs every 10 ms) fire per packet as they would at that speed, however slow
+    the run.
+    """
+    import socket
+
+    import trio
+
+    import trio_conduit as conduit
+
+    from ._driver import UDTStream
+    from ._endpoint import Endpoint
+    from ._engine import Config, State
+    from ._packet import HEADER, MSG_FIRST, MSG_LAST
+
+    async with conduit.open_pool() as pool:
+        listener = await pool.listen("udt://127.0.0.1:0")
+        where = (listener.address.host, listener.address.port)
+        # the sending side: a sans-IO endpoint that only shakes hands, then raw packets
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        client = Endpoint(trio.current_time())
+        session = client.connect(where, Config(), trio.current_time())
+        with trio.fail_after(5):
+            while session.state is State.CONNECTING:
+                for data, addr, _seg in client.datagrams_to_send():
+                    sock.sendto(data if not isinstance(data, list) else b"".join(data), addr)
+                await trio.lowlevel.wait_readable(sock)
+                data, addr = sock.recvfrom(65536)
+                client.receive_datagram(data, addr, trio.current_time())
+        for data, addr, _seg in client.datagrams_to_send():
+            sock.sendto(data if not isinstance(data, list) else b"".join(data), addr)
+        server = await listener.accept()
+        assert isinstance(server, UDTStream)
+        receiver = server.session.receiver
+        dest = server.session.socket_id
+        payload = bytes(server.session.payload_size)
+        seq = receiver.next31
+        got = 0
+        for _ in range(rounds):
+            clock.jump(burst * 6e-6)
+            for _ in range(burst):
+                sock.sendto(HEADER.pack(seq, MSG_FIRST | MSG_LAST, 0, dest) + payload, where)
+                seq = (seq + 1) & 0x7FFFFFFF
+            want = got + burst * len(payload)
+            while got < want:
+                got += len(await server.receive_some())
+        print(json.dumps({"packets": rounds * burst, "bytes": got}))
+        sock.close()
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(server)
 
 
 def _pin(cpu: int) -> None:
@@ -541,6 +607,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["worker"]:
         return _worker(argv[1:])
+    if argv[:1] == ["rx-cost"]:
+        import trio
+        import trio.testing
+
+        rounds, burst = (int(a) for a in argv[1:3]) if len(argv) >= 3 else (100, 32)
+        clock = trio.testing.MockClock()
+        trio.run(_rx_cost, rounds, burst, clock, clock=clock)
+        return 0
     p = argparse.ArgumentParser(
         prog="python -m trio_conduit_plugins.udt.bench", description=__doc__.splitlines()[0]
     )

@@ -19,6 +19,8 @@ from ._lazy import lazy_exports as _lazy_exports
 from ._version import __version__ as __version__
 
 if typing.TYPE_CHECKING:
+    from ._access import AccessRules as AccessRules
+    from ._access import AccessSource as AccessSource
     from ._address import Address as Address
     from ._address import Option as Option
     from ._address import URLParts as URLParts
@@ -76,6 +78,10 @@ if typing.TYPE_CHECKING:
 
 #: Relative module → the public names it gives this package.
 _EXPORTS: dict[str, tuple[str, ...]] = {
+    "._access": (
+        "AccessRules",
+        "AccessSource",
+    ),
     "._address": (
         "Address",
         "Option",

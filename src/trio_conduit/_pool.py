@@ -27,10 +27,12 @@ from ._trace import Tracer
 from ._transport import Context, Transport
 
 if TYPE_CHECKING:
+    from ._access import AccessGate, AccessSource
     from ._scan._engine import ScanResult
     from .proxy._chain import ProxyChain
     from .proxy._url import ProxyURL
     from .tls import TLSConnection
+    from .tls._api import SecureLayer
 
 __all__ = ["Handler", "Pool", "PoolListener", "open_pool"]
 
@@ -102,11 +104,21 @@ class PoolListener(Listener):
     :class:`~trio_conduit.Address` (with the real port when 0 was asked for).
     """
 
-    def __init__(self, inner: Listener, owner: _Owner, transport: Transport) -> None:
+    def __init__(
+        self, inner: Listener, owner: _Owner, transport: Transport, access: AccessGate | None = None
+    ) -> None:
         self._inner = inner
         self._owner = owner
         self.transport = transport
         self._address = inner.address
+        #: The access rules at work (``allow=``/``deny=``), or ``None``.
+        self.access = access
+
+    @property
+    def denied(self) -> int:
+        """How many peers the access rules refused (stream connections; datagrams on a datagram
+        listener); 0 without rules."""
+        return 0 if self.access is None else self.access.denied
 
     @property
     def address(self) -> Address:
@@ -420,7 +432,7 @@ class Pool:
         elif proxies:
             chain = _build_chain(proxies, transport, address, self.scope)
             open_connection = chain.connect
-        given: dict[str, object] = dict(opts)
+        given = opts  # the caller's own **opts dict: ours to change
         tls = _take_tls(transport, given)
         if tls is not None:
             open_connection = _with_tls(open_connection, tls)
@@ -437,7 +449,8 @@ class Pool:
         ctx = self._context(transport, address, self.scope, SocketRole.CONNECT, given, conn_id, event_id)
         if kind is not None:
             _check_kind(transport, ctx, kind)
-        if tracer.log.isEnabledFor(logging.INFO):
+        tracing = tracer.log.isEnabledFor(logging.INFO)
+        if tracing:
             tracer.info(
                 "%s connection requested to %s (conn #%d) event #%d",
                 transport.name,
@@ -462,7 +475,7 @@ class Pool:
         except ConnectError as exc:
             tracer.info("connect failed for event #%d (conn #%d): %s", event_id, conn_id, exc)
             raise
-        if tracer.log.isEnabledFor(logging.INFO):
+        if tracing:
             tracer.info(
                 "connect succeeded for event #%d (conn #%d) [%s]", event_id, conn_id, _fmt(conn.info.remote)
             )
@@ -532,6 +545,8 @@ class Pool:
         plugins: Iterable[object] = (),
         backlog: int | None = None,
         reuse_port: bool = False,
+        allow: AccessSource | None = None,
+        deny: AccessSource | None = None,
         **opts: object,
     ) -> PoolListener:
         """Bind and listen on ``url``; accept connections yourself with ``accept()``.
@@ -539,8 +554,15 @@ class Pool:
         Port 0 asks the kernel for a free port: ``listener.address`` has it.
         ``plugins`` are hook implementations for this listener only.
         ``reuse_port``: ``SO_REUSEPORT`` (see :meth:`serve`).
+        ``allow``/``deny``: access rules, enforced as each peer is accepted, before
+        anything is read from it (see :doc:`access`); host names in them are resolved now.
         """
         self._check_open()
+        gate: AccessGate | None = None
+        if allow is not None or deny is not None:  # (the access module loads only when used)
+            from ._access import open_gate
+
+            gate = await open_gate(allow, deny, self.tracer)
         scope = self.scope.child(plugins)
         transport, address = self.parse(url, listening=True, scope=scope)
         given: dict[str, object] = dict(opts)
@@ -550,16 +572,19 @@ class Pool:
         if reuse_port:
             given["reuse_port"] = True
         ctx = self._context(transport, address, scope, SocketRole.LISTEN, given)
+        ctx.access = gate
         inner = await transport.listen(ctx)
-        if tls is not None:
-            from .tls._api import tls_listener
+        if gate is not None:
+            from ._access import check_enforced
 
+            await check_enforced(gate, inner, address)
+        if tls is not None:
             try:
-                inner = tls_listener(inner, tls, ctx)
+                inner = tls.listener(inner, ctx)
             except BaseException:  # a certificate that does not load: no listener at all
                 await trio.aclose_forcefully(inner)
                 raise
-        listener = PoolListener(inner, _Owner(self, scope), transport)
+        listener = PoolListener(inner, _Owner(self, scope), transport, gate)
         self._listeners.add(listener)
         self.tracer.info("%s listening on %s", transport.name, listener.address)
         return listener
@@ -576,6 +601,8 @@ class Pool:
         backlog: int | None = None,
         reuse_port: bool = False,
         drain_timeout: float | None = None,
+        allow: AccessSource | None = None,
+        deny: AccessSource | None = None,
         task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
         **opts: object,
     ) -> None:
@@ -603,6 +630,9 @@ class Pool:
         this many seconds to finish before they are cancelled (``None`` or 0:
         cancelled at once). A cancellation from outside (the caller's cancel
         scope, Ctrl-C) cancels the handlers at once.
+
+        ``allow``/``deny``: access rules (see :meth:`listen` and :doc:`access`); a
+        refused peer never reaches a handler, a hook or a TLS handshake.
         """
         if handlers is not None:
             from .tls._api import alpn_handler
@@ -619,7 +649,9 @@ class Pool:
             drain_timeout = self._drain_timeout
         check_drain_timeout(drain_timeout)
         self._max_drain = max(self._max_drain, drain_timeout or 0.0)
-        listener = await self.listen(url, plugins=plugins, backlog=backlog, reuse_port=reuse_port, **opts)
+        listener = await self.listen(
+            url, plugins=plugins, backlog=backlog, reuse_port=reuse_port, allow=allow, deny=deny, **opts
+        )
         scope = listener._owner.scope
         limit = trio.Semaphore(max_connections) if max_connections else None
         # Closing the pool or drain() cancels this, even when we run in a nursery outside the pool.
@@ -723,6 +755,12 @@ class Pool:
         """The connections this pool owns that are still open."""
         return list(self._conns.values())
 
+    @property
+    def listeners(self) -> list[PoolListener]:
+        """The listeners this pool owns that are still open (those of running :meth:`serve` calls too:
+        ``listener.denied`` counts the peers their access rules refused)."""
+        return list(self._listeners)
+
 
 async def _finish_and_run_handler(
     finish: Callable[[], Awaitable[Any]],
@@ -810,9 +848,10 @@ def _build_chain(
     return ProxyChain.build(proxies, transport, address, scope)
 
 
-def _take_tls(transport: Transport, given: dict[str, object]) -> Any:
-    """Remove ``tls=`` from the options (a TLSConfig), unless the transport takes it itself."""
-    if "tls" not in given:
+def _take_tls(transport: Transport, given: dict[str, object]) -> SecureLayer | None:
+    """Remove ``tls=`` (streams) or ``dtls=`` (datagrams) from the options, unless the transport
+    takes it itself: the layer to put over what the transport makes."""
+    if "tls" not in given and "dtls" not in given:
         return None
     from .tls._api import take_tls_option
 
@@ -820,14 +859,12 @@ def _take_tls(transport: Transport, given: dict[str, object]) -> Any:
 
 
 def _with_tls(
-    connect: Callable[[Context], Awaitable[Connection]], tls: Any
+    connect: Callable[[Context], Awaitable[Connection]], tls: SecureLayer
 ) -> Callable[[Context], Awaitable[Connection]]:
-    """``connect``, then a TLS client handshake on what it produced (within the connect timeout)."""
+    """``connect``, then a (D)TLS client handshake on what it produced (within the connect timeout)."""
 
     async def connect_tls(ctx: Context) -> Connection:
-        from .tls._api import tls_client
-
-        return await tls_client(await connect(ctx), tls, ctx)
+        return await tls.client(await connect(ctx), ctx)
 
     return connect_tls
 

@@ -2,7 +2,8 @@ r"""Kernel sockets as datagram connections (``trio.abc.Channel[bytes]``), and th
 
 * :class:`SocketChannel` — a datagram socket, connected or not (WSAConnect / nsock semantics).
 * :class:`MessageSocketChannel` — whole messages over a connected ``SOCK_SEQPACKET`` socket.
-* :class:`DatagramListener` and its :class:`PeerChannel`\ s — one bound socket, a channel per peer.
+* :class:`DatagramEndpoint` — one bound socket as a source of (datagram, peer) pairs.
+* :class:`DatagramListener` and its :class:`PeerChannel`\ s — an endpoint, a channel per peer.
 
 OS errors are translated by :class:`~trio_conduit._errors.SocketErrors`, the
 same boundary streams use.
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_DATAGRAM_SIZE",
+    "DatagramEndpoint",
     "DatagramListener",
     "MessageSocketChannel",
     "PeerChannel",
@@ -250,6 +252,72 @@ class MessageSocketChannel(SocketHolder, DatagramConnection):
 
 
 @final
+class DatagramEndpoint(SocketHolder):
+    """A bound datagram socket as a source of ``(datagram, peer)`` pairs, and a way to answer any peer.
+
+    What a server reads when it routes peers itself: the :class:`DatagramListener` (a
+    channel per peer) and the DTLS listener (stateless cookies first) both stand on one.
+    :meth:`receive_from` skips what is not fatal to a listener (an ICMP error for an
+    earlier reply, a truncated datagram) and raises ``trio.ClosedResourceError`` once
+    the socket is closed. A peer that sent from an unbound unix socket has no address:
+    ``peer`` is ``""`` and nothing can be sent back to it.
+    """
+
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        *,
+        transport: str,
+        max_size: int = DEFAULT_DATAGRAM_SIZE,
+        queue: int = 256,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self._sock = sock
+        self.transport = transport
+        self.max_size = max_size
+        #: Datagrams a reader should hold per peer (the transport's ``queue`` option).
+        self.queue = queue
+        self._on_close = on_close
+
+    def info(self, peer: SockAddr | None) -> CommunicationInfo:
+        """The facts of a connection to ``peer`` over this socket."""
+        sock = self._sock
+        return CommunicationInfo(
+            transport=self.transport,
+            family=sock.family,
+            socktype=sock.type,
+            protocol=sock.proto,
+            local=sockname(sock),
+            remote=peer,
+        )
+
+    async def receive_from(self) -> tuple[bytes, SockAddr]:
+        while True:
+            if self._is_closed:
+                raise trio.ClosedResourceError("this endpoint was closed")
+            try:
+                data, addr = await self._sock.recvfrom(self.max_size)
+            except OSError as exc:
+                if exc.errno == errno.EBADF or self._is_closed:
+                    raise trio.ClosedResourceError("this endpoint was closed") from None
+                continue  # ICMP errors for earlier replies, truncation: not fatal to a listener
+            return data, addr if addr else ""
+
+    async def send_to(self, value: Buffer, peer: SockAddr) -> None:
+        """Send one datagram to ``peer``; errors as on a datagram channel (:class:`SocketErrors`)."""
+        if self._is_closed:
+            raise trio.ClosedResourceError("this endpoint was closed")
+        if not peer:
+            raise trio.BrokenResourceError("this peer has no address (an unbound unix socket): cannot reply")
+        with SocketErrors(peer, datagram=True):
+            await self._sock.sendto(value, peer)
+
+    def close(self) -> None:
+        """Close the socket (and run ``on_close``: a unix listener removes its file); idempotent."""
+        self._close_socket()
+
+
+@final
 class PeerChannel(DatagramConnection):
     """One peer of a datagram listener: its datagrams in, replies out through the shared socket."""
 
@@ -263,15 +331,7 @@ class PeerChannel(DatagramConnection):
 
     @property
     def info(self) -> CommunicationInfo:
-        sock = self._listener.socket
-        return CommunicationInfo(
-            transport=self._listener.transport,
-            family=sock.family,
-            socktype=sock.type,
-            protocol=sock.proto,
-            local=sockname(sock),
-            remote=self._peer,
-        )
+        return self._listener.endpoint.info(self._peer)
 
     @property
     def peer(self) -> SockAddr:
@@ -286,10 +346,7 @@ class PeerChannel(DatagramConnection):
     async def send(self, value: Buffer) -> None:
         if self._is_closed:
             raise trio.ClosedResourceError("this channel was closed")
-        if not self._peer:
-            raise trio.BrokenResourceError("this peer has no address (an unbound unix socket): cannot reply")
-        with SocketErrors(self._peer, datagram=True):
-            await self._listener.socket.sendto(value, self._peer)
+        await self._listener.endpoint.send_to(value, self._peer)
 
     async def receive(self) -> bytes:
         if self._is_closed:
@@ -310,15 +367,18 @@ class PeerChannel(DatagramConnection):
 
 
 @final
-class DatagramListener(SocketHolder, Listener):
+class DatagramListener(Listener):
     """Server side of a datagram transport: each new peer address becomes a channel.
 
     A reader task (in the pool's nursery, ended with the listener) receives on
-    the one bound socket and routes each datagram to its peer's channel; a new
-    peer is queued for :meth:`accept` (``backlog`` of them at most; beyond,
-    its datagrams are dropped until there is room). A peer's channel holds up
-    to ``queue`` datagrams; more are dropped and counted. Closing a peer's
-    channel forgets it: its next datagram makes a new one.
+    the one bound socket (its :attr:`endpoint`) and routes each datagram to its
+    peer's channel; a new peer is queued for :meth:`accept` (``backlog`` of them
+    at most; beyond, its datagrams are dropped until there is room). A peer's
+    channel holds up to ``queue`` datagrams; more are dropped and counted.
+    Closing a peer's channel forgets it: its next datagram makes a new one.
+
+    A layer that routes peers itself (DTLS: no state for a stranger before its
+    cookie) takes the socket over with :meth:`take_endpoint`.
     """
 
     def __init__(
@@ -332,26 +392,47 @@ class DatagramListener(SocketHolder, Listener):
         max_size: int = DEFAULT_DATAGRAM_SIZE,
         on_close: Callable[[], None] | None = None,
     ) -> None:
-        self._sock = sock
+        self.endpoint = DatagramEndpoint(
+            sock, transport=ctx.address.scheme, max_size=max_size, queue=queue, on_close=on_close
+        )
         self._ctx = ctx
         self._address = address
         self.transport = ctx.address.scheme
         self._queue = queue
-        self._max_size = max_size
-        self._on_close = on_close
         self._peers: dict[SockAddr, PeerChannel] = {}
         backlog = ctx.socket_options.backlog
         self._new_send, self._new_recv = trio.open_memory_channel[PeerChannel](
             128 if backlog is None else max(1, backlog)
         )
         self._is_closed = False
+        self._taken = False
         self._cancel = trio.CancelScope()
         self.dropped = 0
+        self._gate = ctx.access
+        if self._gate is not None:
+            self._gate.install(sock.family)
         nursery.start_soon(self._reader)
 
     @property
     def address(self) -> Address:
         return self._address
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        return self.endpoint.socket
+
+    def take_endpoint(self) -> DatagramEndpoint:
+        """Hand the bound socket over: this listener's reader stops (it accepts nothing more) and
+        the endpoint's owner reads and closes the socket from now on. Take it before the first
+        checkpoint after the listener is made, or datagrams already read here are lost."""
+        if self._taken or self._is_closed:
+            raise trio.ClosedResourceError("this listener's socket was taken or closed")
+        self._taken = True
+        self._cancel.cancel()
+        self._new_send.close()
+        if self._gate is not None:  # the new owner reads the socket: these rules are not enforced here
+            self._gate.withdraw(self.endpoint.socket.family)
+        return self.endpoint
 
     def _forget(self, peer: PeerChannel) -> None:
         if self._peers.get(peer.peer) is peer:
@@ -359,19 +440,15 @@ class DatagramListener(SocketHolder, Listener):
 
     async def _reader(self) -> None:
         with self._cancel:
-            while True:
+            while not self._taken:
                 try:
-                    data, addr = await self._sock.recvfrom(self._max_size)
-                except OSError as exc:
-                    if exc.errno == errno.EBADF or self._is_closed:
-                        return
-                    # ICMP errors for earlier replies, truncation: not fatal to the listener.
-                    continue
+                    data, key = await self.endpoint.receive_from()
                 except trio.ClosedResourceError:
                     return
-                key = addr if addr else ""
                 peer = self._peers.get(key)
                 if peer is None:
+                    if self._gate is not None and not self._gate.admits(key, datagram=True):
+                        continue
                     peer = PeerChannel(self, key, self._ctx.new_conn_id(), self._queue)
                     try:
                         self._new_send.send_nowait(peer)
@@ -388,10 +465,13 @@ class DatagramListener(SocketHolder, Listener):
             raise trio.ClosedResourceError("this listener was closed") from None
 
     async def aclose(self) -> None:
-        if self._close_socket():
+        if not self._is_closed:
+            self._is_closed = True
             self._cancel.cancel()
             self._new_send.close()
             self._new_recv.close()
             for peer in list(self._peers.values()):
                 peer._send_q.close()
+            if not self._taken:
+                self.endpoint.close()
         await trio.lowlevel.checkpoint()

@@ -28,7 +28,7 @@ from ._connection import (
     StreamConnection,
 )
 from ._errors import STREAM_ERRORS
-from ._sockets import SocketHolder, SocketKind, SocketRole, socket_created, socket_info
+from ._sockets import SocketHolder, SocketKind, SocketRole, socket_created, socket_info, sockname
 from ._trace import DEBUG_ALL
 from ._util import ConflictDetector
 
@@ -70,7 +70,10 @@ class SocketStream(SocketHolder, StreamConnection):
     ``kind``: the socket's ``(family, type, proto)`` when the caller knows them
     (a listener's :func:`socket_kind`, shared by what it accepts), which
     spares working them out again for each connection; ``local`` likewise its
-    local address (see :func:`socket_info`).
+    local address (see :func:`socket_info`). With ``remote`` given (the address it
+    connected to, or accepted from), :attr:`info` is made on first use, and the local
+    address asked of the kernel then (or when the socket closes, if that comes first):
+    a connection nobody asks about costs no ``CommunicationInfo``.
     ``receive_some()`` without a size reads up to ``receive_size`` bytes
     (256 KiB by default). ``send_size`` caps what one ``send()`` call carries
     (SCTP sends each call as one message, which must fit the send buffer).
@@ -99,11 +102,23 @@ class SocketStream(SocketHolder, StreamConnection):
         self._tracer = tracer
         self._receive_size = receive_size
         self._send_size = send_size
-        self._info = socket_info(sock, transport, remote, peer_credentials, kind, local)
+        self._facts = (transport, remote, peer_credentials, kind)
+        self._local = local
+        self._info: CommunicationInfo | None = None
+        if remote is None:  # ask the kernel now, while the peer is surely there
+            self._info = socket_info(sock, transport, remote, peer_credentials, kind, local)
 
     @property
     def info(self) -> CommunicationInfo:
-        return self._info
+        info = self._info
+        if info is None:
+            info = self._info = socket_info(self._sock, *self._facts, self._local)
+        return info
+
+    def _close_socket(self) -> bool:
+        if self._info is None and self._local is None and not self._is_closed:
+            self._local = sockname(self._sock)  # the last moment to learn it (for a later ``info``)
+        return super()._close_socket()
 
     async def send_all(self, data: Buffer) -> None:
         with self._send_conflict:
@@ -208,6 +223,8 @@ class SocketListener(SocketHolder, Listener):
         self._wrap = wrap
         self._address = address
         self._on_close = on_close
+        if ctx.access is not None:
+            ctx.access.install(sock.family)
 
     @property
     def address(self) -> Address:
@@ -215,6 +232,7 @@ class SocketListener(SocketHolder, Listener):
 
     async def accept(self) -> Connection:
         ctx = self._ctx
+        gate = ctx.access
         while True:
             if self._is_closed:
                 raise trio.ClosedResourceError("this listener was closed")
@@ -230,6 +248,9 @@ class SocketListener(SocketHolder, Listener):
                     await trio.sleep(0.1)
                     continue
                 raise
+            if gate is not None and not gate.admits(remote):
+                gate.refuse(sock)  # before any byte is read, any hook or TLS: an RST
+                continue
             try:
                 await socket_created(ctx, sock, SocketRole.ACCEPTED)
                 return self._wrap(sock, remote, ctx.new_conn_id())

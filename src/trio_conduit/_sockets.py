@@ -25,7 +25,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import trio
 
@@ -62,6 +62,9 @@ SocketPreparer = Callable[[trio.socket.SocketType], None]
 ErrorExplainer = Callable[[OSError], ConnectError | None]
 
 HAPPY_EYEBALLS_DELAY: Final = 0.250
+
+#: A socket's (family, type, protocol), as ``socket`` reports them.
+SocketKind = tuple[socket.AddressFamily, socket.SocketKind, int]
 
 
 class SocketRole(enum.Enum):
@@ -247,6 +250,22 @@ async def socket_created(ctx: Context, sock: trio.socket.SocketType, role: Socke
         )
 
 
+def _literal(host: str, port: int) -> tuple[socket.AddressFamily, SockAddr] | None:
+    """``host`` as ``getaddrinfo`` gives a plain IPv4 or IPv6 literal (a sockaddr in canonical
+    form), or ``None`` when it is something else (a name, a scope id, ``127.1``): no resolver
+    call, no idna encoding, no enum conversions for the address connected to most often."""
+    if not host.isascii():
+        return None
+    try:
+        if ":" not in host:
+            socket.inet_pton(socket.AF_INET, host)  # only the canonical a.b.c.d passes
+            return socket.AF_INET, (host, port)
+        text = socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, host))
+    except (OSError, ValueError):  # (ValueError: a NUL in it)
+        return None
+    return socket.AF_INET6, (text, port, 0, 0)
+
+
 def _numeric_getaddrinfo(host: str, port: int, socktype: int, flags: int) -> list[tuple[Any, ...]] | None:
     """``getaddrinfo`` of an address literal (or no host); ``None`` when ``host`` is a name.
 
@@ -270,10 +289,14 @@ def _numeric_getaddrinfo(host: str, port: int, socktype: int, flags: int) -> lis
 
 async def _resolve(
     ctx: Context, host: str, port: int, socktype: int, *, passive: bool = False
-) -> list[tuple[int, SockAddr]]:
+) -> list[tuple[socket.AddressFamily, SockAddr]]:
+    if host:
+        literal = _literal(host, port)
+        if literal is not None:
+            return [literal]
     flags = socket.AI_PASSIVE if passive else 0
     try:
-        infos = _numeric_getaddrinfo(host, port, socktype, flags)
+        infos = _numeric_getaddrinfo(host, port, socktype, flags)  # other numeric forms (127.1)
         if infos is None:
             infos = await trio.socket.getaddrinfo(host, port, type=socktype, flags=flags)
     except socket.gaierror as exc:
@@ -282,17 +305,17 @@ async def _resolve(
             f"cannot resolve {host!r} for {ctx.address}: {exc.strerror}",
             address=str(ctx.address),
         ) from exc
-    seen: set[tuple[int, SockAddr]] = set()
-    out: list[tuple[int, SockAddr]] = []
+    seen: set[tuple[socket.AddressFamily, SockAddr]] = set()
+    out: list[tuple[socket.AddressFamily, SockAddr]] = []
     for family, _type, _proto, _name, sockaddr in infos:
-        key = (int(family), sockaddr)
-        if key[0] in (socket.AF_INET, socket.AF_INET6) and key not in seen:
+        key = (family, sockaddr)
+        if family in (socket.AF_INET, socket.AF_INET6) and key not in seen:
             seen.add(key)
             out.append(key)
     return out
 
 
-async def resolve_inet(ctx: Context, socktype: int) -> list[tuple[int, SockAddr]]:
+async def resolve_inet(ctx: Context, socktype: int) -> list[tuple[socket.AddressFamily, SockAddr]]:
     """``ctx.address``'s host and port as (family, sockaddr) pairs; :class:`NameResolutionError` if none."""
     host, port = ctx.address.host or "", ctx.address.port or 0
     targets = await _resolve(ctx, host, port, socktype)
@@ -305,30 +328,43 @@ async def resolve_inet(ctx: Context, socktype: int) -> list[tuple[int, SockAddr]
     return targets
 
 
-def _interleave(targets: list[tuple[int, SockAddr]]) -> list[tuple[int, SockAddr]]:
+def _interleave(
+    targets: list[tuple[socket.AddressFamily, SockAddr]],
+) -> list[tuple[socket.AddressFamily, SockAddr]]:
     """First address family first, then alternate families (RFC 8305 §4)."""
     if not targets:
         return targets
     first = targets[0][0]
     a = [t for t in targets if t[0] == first]
     b = [t for t in targets if t[0] != first]
-    out: list[tuple[int, SockAddr]] = []
+    out: list[tuple[socket.AddressFamily, SockAddr]] = []
     for i in range(max(len(a), len(b))):
         out.extend(x[i] for x in (a, b) if i < len(x))
     return out
 
 
+class ConnectedSocket(NamedTuple):
+    """What :func:`connect_inet` knows of the socket it returned (``ctx.connected``): its
+    ``(family, type, proto)`` and the address it connected to. The connection made of that
+    socket takes them for ``conn.info`` rather than asking the kernel (``getpeername()``)."""
+
+    sock: trio.socket.SocketType
+    kind: SocketKind
+    remote: SockAddr
+
+
 async def _connect_one(
     ctx: Context,
-    family: int,
+    family: socket.AddressFamily,
     socktype: int,
     proto: int,
     sockaddr: SockAddr,
     prepare: SocketPreparer | None = None,
-) -> trio.socket.SocketType:
+) -> ConnectedSocket:
     sock = await make_socket(ctx, family, socktype, proto, role=SocketRole.CONNECT, prepare=prepare)
     await connect_socket(ctx, sock, sockaddr)
-    return sock
+    kind = socktype if isinstance(socktype, socket.SocketKind) else socket.SocketKind(socktype)
+    return ConnectedSocket(sock, (family, kind, proto), sockaddr)
 
 
 async def connect_inet(
@@ -337,6 +373,7 @@ async def connect_inet(
     """Resolve ``ctx.address`` and connect, racing addresses 250 ms apart (happy eyeballs).
 
     The first socket to connect wins; the others are cancelled and closed.
+    ``ctx.connected`` then says what the winner is connected to (see :class:`ConnectedSocket`).
     When all fail: one error of their common type if they agree, else a
     :class:`ConnectError` listing each, raised from an ``ExceptionGroup`` of them.
     """
@@ -361,17 +398,20 @@ async def connect_inet(
             address=str(ctx.address),
         )
     if len(targets) == 1:
-        return await _connect_one(ctx, targets[0][0], socktype, proto, targets[0][1], prepare)
+        ctx.connected = await _connect_one(ctx, targets[0][0], socktype, proto, targets[0][1], prepare)
+        return ctx.connected.sock
 
     targets = _interleave(targets)
-    winner: trio.socket.SocketType | None = None
+    winner: ConnectedSocket | None = None
     errors: list[ConnectError] = []
     other_errors: list[Exception] = []
 
-    async def attempt(family: int, sockaddr: SockAddr, failed: trio.Event, nursery: trio.Nursery) -> None:
+    async def attempt(
+        family: socket.AddressFamily, sockaddr: SockAddr, failed: trio.Event, nursery: trio.Nursery
+    ) -> None:
         nonlocal winner
         try:
-            sock = await _connect_one(ctx, family, socktype, proto, sockaddr, prepare)
+            connected = await _connect_one(ctx, family, socktype, proto, sockaddr, prepare)
         except ConnectError as exc:
             errors.append(exc)
             failed.set()
@@ -381,10 +421,10 @@ async def connect_inet(
             nursery.cancel_scope.cancel()
             return
         if winner is None:
-            winner = sock
+            winner = connected
             nursery.cancel_scope.cancel()
         else:
-            sock.close()
+            connected.sock.close()
 
     try:
         async with trio.open_nursery() as nursery:
@@ -395,14 +435,15 @@ async def connect_inet(
                     await failed.wait()
     except BaseException:
         if winner is not None:
-            winner.close()
+            winner.sock.close()
         raise
     if other_errors:
         if winner is not None:
-            winner.close()
+            winner.sock.close()
         raise other_errors[0]
     if winner is not None:
-        return winner
+        ctx.connected = winner
+        return winner.sock
     kinds = {type(e) for e in errors}
     first = errors[0]
     if len(kinds) == 1:
@@ -546,10 +587,6 @@ def sockname(sock: trio.socket.SocketType) -> SockAddr | None:
         return sock.getsockname()  # type: ignore[no-any-return]
     except OSError:
         return None
-
-
-#: A socket's (family, type, protocol), as ``socket`` reports them.
-SocketKind = tuple[socket.AddressFamily, socket.SocketKind, int]
 
 
 def socket_kind(sock: trio.socket.SocketType) -> SocketKind:

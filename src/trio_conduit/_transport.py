@@ -27,6 +27,7 @@ from ._socket_stream import HalfCloseableSocketStream, SocketListener
 from ._sockets import ErrorExplainer, SocketOptions, SocketPreparer, SocketRole
 
 if TYPE_CHECKING:
+    from ._access import AccessGate
     from ._peer import PeerCredentials
     from ._plugins import HookScope
     from ._trace import Tracer
@@ -101,6 +102,14 @@ class Context:
     #: end when the listener closes.
     nursery: trio.Nursery | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    #: A listener's access rules at work (``allow=``/``deny=``): the listener a transport
+    #: makes calls ``access.install(family)``, and ``access.admits(peer)`` for each new
+    #: peer before reading from it (see :class:`~trio_conduit.transport.AccessGate`).
+    #: ``ctx.stream_listener`` and ``ctx.datagram_listener`` do both.
+    access: AccessGate | None = None
+    #: Set by :meth:`connect_inet`: the socket it returned, its kind and its peer, which
+    #: :meth:`stream` takes instead of asking that socket again.
+    connected: _sockets.ConnectedSocket | None = None
 
     def int_option(self, name: str) -> int:
         """A resolved option that must be an integer (``TypeError`` otherwise)."""
@@ -108,6 +117,25 @@ class Context:
         if not isinstance(value, int) or isinstance(value, bool):
             raise TypeError(f"{self.address}: option {name!r} must be an int, not {value!r}")
         return value
+
+    def retarget(self, transport: Transport, address: Address, options: Mapping[str, object]) -> Context:
+        """This connect's context for another transport and address, everything else the same
+        (ids, scope, tracer, role, socket options, nursery, ``extra``, access rules): what a layer
+        hands the transport beneath it, or a proxy chain the connection to its first proxy."""
+        return Context(
+            transport,
+            address,
+            options,
+            self.socket_options,
+            self.scope,
+            self.tracer,
+            self.role,
+            self.conn_id,
+            self.event_id,
+            nursery=self.nursery,
+            extra=self.extra,
+            access=self.access,
+        )
 
     def new_conn_id(self) -> int:
         """An id for a connection a listener accepted."""
@@ -139,7 +167,7 @@ class Context:
         """
         return await _sockets.connect_inet(self, type, proto, prepare=prepare)
 
-    async def resolve_inet(self, type: int) -> list[tuple[int, SockAddr]]:
+    async def resolve_inet(self, type: int) -> list[tuple[socket.AddressFamily, SockAddr]]:
         """Resolve ``address`` to (family, sockaddr) pairs, in resolver order; typed errors."""
         return await _sockets.resolve_inet(self, type)
 
@@ -195,6 +223,10 @@ class Context:
     ) -> HalfCloseableSocketStream:
         """A connected stream socket as a half-closeable connection (a transport that cannot
         half-close subclasses :class:`SocketStream` instead, as SCTP's does)."""
+        connected = self.connected
+        if connected is not None and connected.sock is sock:  # what connect_inet connected
+            remote = connected.remote if remote is None else remote
+            kind = connected.kind if kind is None else kind
         return HalfCloseableSocketStream(
             sock,
             self.conn_id if conn_id is None else conn_id,

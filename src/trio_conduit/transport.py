@@ -13,6 +13,8 @@ with ``ctx.stream``, ``ctx.channel``, ``ctx.message_channel``,
 return are here too, for subclassing (SCTP's channel adds stream ids).
 """
 
+import typing
+
 from ._address import Address as Address
 from ._address import Option as Option
 from ._address import URLParts as URLParts
@@ -25,9 +27,11 @@ from ._connection import SockAddr as SockAddr
 from ._errors import SocketErrors as SocketErrors
 from ._errors import connect_error_from_oserror as connect_error_from_oserror
 from ._errors import unavailable_reason as unavailable_reason
+from ._lazy import lazy_exports as _lazy_exports
 from ._plugins import HookScope as HookScope
 from ._plugins import hookimpl as hookimpl
 from ._socket_channel import DEFAULT_DATAGRAM_SIZE as DEFAULT_DATAGRAM_SIZE
+from ._socket_channel import DatagramEndpoint as DatagramEndpoint
 from ._socket_channel import DatagramListener as DatagramListener
 from ._socket_channel import MessageSocketChannel as MessageSocketChannel
 from ._socket_channel import PeerChannel as PeerChannel
@@ -52,3 +56,12 @@ from ._transport import Context as Context
 from ._transport import Transport as Transport
 from ._transport import probe_socket as probe_socket
 from ._util import ConflictDetector as ConflictDetector
+
+if typing.TYPE_CHECKING:
+    from trio_conduit._access import AccessGate as AccessGate
+
+#: Loaded on first use (``trio_conduit._lazy``): a listener without access rules never needs them.
+#: (Absolute: this is a module, not a package, so a relative name has nothing to hang on.)
+_EXPORTS: dict[str, tuple[str, ...]] = {"trio_conduit._access": ("AccessGate",)}
+if not typing.TYPE_CHECKING:
+    __getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS, globals())

@@ -316,8 +316,14 @@ async def test_squid_ipv6_target(squid: RealProxy) -> None:
         async with conn:
             await round_trip(conn)
             assert conn.info.remote == ("::1", int(echo_url.rsplit(":", 1)[1]))
-    log = (squid.directory / "access.log").read_text()
-    assert f"CONNECT [::1]:{echo_url.rsplit(':', 1)[1]}" in log
+    # squid logs a tunnel once it has seen both ends close, in its own time: wait for the line
+    # (up to 10 s) rather than read the log at once (a race a fast client loses)
+    line = f"CONNECT [::1]:{echo_url.rsplit(':', 1)[1]}"
+    log = ""
+    with trio.move_on_after(10):
+        while line not in (log := (squid.directory / "access.log").read_text()):
+            await trio.sleep(0.02)
+    assert line in log
 
 
 # ---------------------------------------------------------------------------

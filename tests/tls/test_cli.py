@@ -35,6 +35,27 @@ def test_listen_makes_a_certificate_and_connect_pins_it(tmp_path: Path) -> None:
     assert sha(got_by_client) == sha(reply)
 
 
+def test_end_of_input_is_a_half_close_over_tls(tmp_path: Path) -> None:
+    """The end of connect's stdin is TLS's close_notify, and only that: the listener reads the
+    end of stream, and answers from its own stdin afterwards over the same connection."""
+    with conduit(tmp_path, "listen", "tls://127.0.0.1:0") as listener:
+        url = listener.bound_url().split("?")[0]
+        with conduit(tmp_path, "connect", url, "--insecure") as client:
+            assert client.popen.stdin is not None
+            assert listener.popen.stdin is not None
+            assert listener.popen.stdout is not None
+            client.popen.stdin.write(b"question?")
+            client.popen.stdin.close()  # close_notify: the client sends no more
+            assert listener.popen.stdout.read(9) == b"question?"
+            listener.popen.stdin.write(b"late answer")
+            listener.popen.stdin.close()
+            assert client.popen.stdout is not None
+            assert client.popen.stdout.read() == b"late answer"  # the connection was still open for it
+            assert client.wait() == 0, client.stderr
+        assert listener.wait() == 0, listener.stderr  # it ended: it had seen the client's end
+        assert listener.popen.stdout.read() == b""
+
+
 def test_connect_verifies_by_default(tmp_path: Path) -> None:
     with conduit(tmp_path, "listen", "tls://127.0.0.1:0") as listener:
         url = listener.bound_url().split("?")[0]

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import math
 import random
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from OpenSSL import SSL
 
 import trio_conduit as conduit
@@ -277,6 +282,27 @@ def _client_hello(pki: PKI, mtu: int = 1472) -> tuple[DTLSEngine, list[bytes]]:
     return engine, engine.datagrams_to_send()
 
 
+async def hellos_get_cookies(family: int, sources: list[Any], server: Any, hello: list[bytes]) -> None:
+    """A "spoofer" bound at each of ``sources`` sends ``hello`` to ``server``; each gets a
+    HelloVerifyRequest (and ignores it)."""
+    sockets = []
+    try:
+        for source in sources:
+            s = trio.socket.socket(family, socket.SOCK_DGRAM)
+            sockets.append(s)
+            await s.bind(source)
+            for datagram in hello:
+                await s.sendto(datagram, server)
+        for s in sockets:
+            with trio.fail_after(10):
+                answer = await s.recv(4096)
+            assert answer[0] == 22
+            assert answer[13] == 3  # hello_verify_request
+    finally:
+        for s in sockets:
+            s.close()
+
+
 async def test_spoofed_hellos_allocate_nothing(pki: PKI) -> None:
     """Hellos from 40 source addresses that never answer the cookie: no association, no state."""
     async with conduit.open_pool() as pool:
@@ -285,23 +311,10 @@ async def test_spoofed_hellos_allocate_nothing(pki: PKI) -> None:
         assert isinstance(inner, DTLSListener)
         port = listener.address.port
         _, hello = _client_hello(pki)
+        await trio.testing.wait_all_tasks_blocked()  # (the udp listener's reader, its socket taken, ends)
         tasks_before = task_count()
-        sockets = []
-        try:
-            for i in range(40):
-                s = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sockets.append(s)
-                await s.bind((f"127.0.0.{2 + i % 20}", 0))
-                for datagram in hello:
-                    await s.sendto(datagram, ("127.0.0.1", port))
-            for s in sockets:  # each "spoofer" gets a HelloVerifyRequest (and ignores it)
-                with trio.fail_after(10):
-                    answer = await s.recv(4096)
-                assert answer[0] == 22
-                assert answer[13] == 3  # hello_verify_request
-        finally:
-            for s in sockets:
-                s.close()
+        sources = [(f"127.0.0.{2 + i % 20}", 0) for i in range(40)]
+        await hellos_get_cookies(socket.AF_INET, sources, ("127.0.0.1", port), hello)
         assert inner.cookies_sent == 40
         assert inner.associations == 0
         assert inner.reassembling == 0
@@ -474,13 +487,40 @@ async def test_a_handlers_error_is_logged_and_the_server_goes_on(
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", [1, 2])
+def _records(datagram: bytes) -> list[tuple[int, int, int]]:
+    """(content type, epoch, sequence number) of each DTLS record in a datagram."""
+    found = []
+    while len(datagram) >= _RECORD_HEADER.size:
+        kind, _version, epoch, seq, length = _RECORD_HEADER.unpack_from(datagram)
+        found.append((kind, epoch, int.from_bytes(seq, "big")))
+        datagram = datagram[_RECORD_HEADER.size + length :]
+    return found
+
+
+_RECORD_HEADER = struct.Struct("!BHH6sH")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_lossy_network_handshake_and_intact_messages(pki: PKI, seed: int) -> None:
+    """Through a seeded relay that loses, duplicates and reorders: the handshake completes, and
+    every application message whose datagram the network did not drop arrives, intact, once.
+
+    DTLS does not retransmit application data, so a message whose datagram was dropped cannot
+    arrive: the delivered messages are among those not dropped. The relay reports what it
+    dropped; counting the application-data records in it (handshake records are retransmitted
+    and do not count), exactly as many messages as were not dropped must arrive — all of them.
+    """
     received: list[bytes] = []
 
     async def handler(conn: Any) -> None:
         async for message in conn:
             received.append(message)  # noqa: PERF401 - as they come (the close may be lost)
+
+    async def answer_retransmissions(conn: Any) -> None:
+        # The client's last flight may be lost: the server retransmits its own, and the
+        # client answers it when it processes received datagrams, i.e. in receive().
+        with contextlib.suppress(trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+            await conn.receive()
 
     sent = [b"%04d:" % i + bytes(random.Random(i).randbytes(200)) for i in range(60)]
     async with (
@@ -490,14 +530,25 @@ async def test_lossy_network_handshake_and_intact_messages(pki: PKI, seed: int) 
     ):
         with trio.fail_after(60):
             conn = await pool.connect(client_url(pki, relay.port, server_hostname="localhost"))
-        for message in sent:
-            await conn.send(message)
-            await trio.sleep(0.002)
-        await trio.sleep(0.3)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer_retransmissions, conn)
+            for message in sent:
+                await conn.send(message)
+                await trio.sleep(0.002)
+            await relay.stop()  # what is queued is delivered; nothing more goes through
+            lost = [r for d in relay.drops["to_target"] for r in _records(d) if r[0] == 23]
+            assert relay.drop_counts["to_target"] == len(relay.drops["to_target"])  # all kept
+            expected = len(sent) - len(lost)
+            with trio.fail_after(10):
+                while len(received) < expected:
+                    await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
         await conn.aclose()
-    assert received  # most arrive
-    assert len(set(received)) == len(received)  # duplicates were dropped (replay protection)
-    assert set(received) <= set(sent)  # every one delivered is intact
+    assert 0 < len(lost) < len(sent)  # the seed dropped some messages, not all
+    assert len(received) == expected  # every message not dropped arrived, none twice:
+    assert len(set(received)) == len(received)  # (duplicates were dropped: replay protection)
+    assert set(received) <= set(sent)  # and intact
 
 
 async def test_cancellation_at_random_points_leaves_nothing(pki: PKI) -> None:
@@ -523,6 +574,142 @@ async def test_cancellation_at_random_points_leaves_nothing(pki: PKI) -> None:
         assert task_count() <= tasks + 1
         await listener.aclose()
     assert_no_fd_leak(before)
+
+
+class HandshakeLedger:
+    """Server-side handshakes: each one's connection when it starts and how often its ``close``
+    hook fired; a ``servername`` hook that awaits a little, so cancellations land in hooks too."""
+
+    def __init__(self, seed: int) -> None:
+        self.started: dict[int, Any] = {}
+        self.closed: dict[int, int] = {}
+        self.rng = random.Random(seed)
+
+    @conduit.hookimpl
+    async def conduit_tls_start(self, handshake: TLSHandshake) -> None:
+        if handshake.side == "server":
+            self.started[handshake.conn.id] = handshake.conn
+
+    @conduit.hookimpl
+    async def conduit_tls_servername(self, handshake: TLSHandshake, server_name: str) -> None:
+        if handshake.side == "server":
+            await trio.sleep(self.rng.uniform(0, 0.004))
+
+    @conduit.hookimpl
+    async def conduit_tls_close(self, handshake: TLSHandshake, exc: BaseException | None) -> None:
+        if handshake.side == "server":
+            self.closed[handshake.conn.id] = self.closed.get(handshake.conn.id, 0) + 1
+
+    async def assert_all_closed(self) -> None:
+        assert self.started  # handshakes were in flight
+        assert self.closed == dict.fromkeys(self.started, 1)  # each closed, once
+        for conn in self.started.values():
+            with pytest.raises(trio.ClosedResourceError):
+                await conn.send(b"anyone there?")
+
+
+async def _client_until_cancelled(pool: conduit.Pool, url: str) -> None:
+    ended = (conduit.ConduitError, trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError)
+    with contextlib.suppress(*ended):
+        async with await pool.connect(url) as conn:
+            await conn.send(b"ping")
+            await conn.receive()
+            await trio.sleep_forever()
+
+
+@pytest.mark.parametrize("how", ["cancel serve()", "close the listener"])
+async def test_cancelling_the_server_mid_handshake_leaves_nothing(pki: PKI, how: str) -> None:
+    """Six clients handshake at once; the server is cancelled (its ``serve()``), or its listener
+    closed, at a random moment: in a hook, waiting on a peer, queued for accept, in a handler.
+    Every server-side association is closed (its ``close`` hook fired once, ``send`` refuses),
+    the listener holds none, and no task or descriptor is left."""
+    ledger = HandshakeLedger(seed=5)
+    rng = random.Random(13)
+    async with conduit.open_pool(plugins=[ledger]) as pool:
+        await trio.testing.wait_all_tasks_blocked()
+        tasks, before = task_count(), open_fds()
+        for _ in range(30):
+            url = server_url(pki, handshake_timeout=3)
+            async with trio.open_nursery() as clients:
+                async with trio.open_nursery() as server:
+                    if how == "cancel serve()":
+                        addr = await server.start(functools.partial(pool.serve, url, echo))
+                        listener = None
+                    else:
+                        listener = await pool.listen(url)
+                        addr = listener.address
+                        server.start_soon(_accept_and_echo, listener)
+                    for _ in range(6):
+                        clients.start_soon(_client_until_cancelled, pool, client_url(pki, addr.port))
+                    await trio.sleep(rng.uniform(0, 0.03))
+                    inner = None
+                    if listener is not None:
+                        inner = listener.inner
+                        assert isinstance(inner, DTLSListener)
+                        await listener.aclose()  # (its accepted associations break: handlers end)
+                    else:
+                        server.cancel_scope.cancel()
+                if inner is not None:
+                    assert inner.associations == 0
+                    assert inner.reassembling == 0
+                clients.cancel_scope.cancel()
+        await ledger.assert_all_closed()
+        await trio.testing.wait_all_tasks_blocked()
+        assert task_count() == tasks
+        assert_no_fd_leak(before)
+
+
+async def _accept_and_echo(listener: Any, idle: float = math.inf) -> None:
+    """Accept and echo; a connection is closed once it has lived ``idle`` seconds (a vanished
+    client's association lives until its owner closes it, as on any datagram listener)."""
+    async with trio.open_nursery() as nursery:
+        while True:
+            try:
+                conn = await listener.accept()
+            except trio.ClosedResourceError:
+                return
+            nursery.start_soon(_echo_and_close, conn, idle)
+
+
+async def _echo_and_close(conn: Any, idle: float) -> None:
+    async with conn:
+        broken = (trio.BrokenResourceError, trio.ClosedResourceError)
+        with trio.move_on_after(idle), contextlib.suppress(*broken):
+            await echo(conn)
+
+
+async def test_cancelling_clients_mid_handshake_leaves_nothing(pki: PKI) -> None:
+    """Eight clients at once, each cancelled at its own random moment, ten times over: the server's
+    associations all end (finished ones are accepted and closed, the others time out), every
+    server-side handshake is closed once, and neither side leaves a task or a descriptor."""
+    ledger = HandshakeLedger(seed=9)
+    rng = random.Random(17)
+    async with conduit.open_pool(plugins=[ledger]) as pool:
+        await trio.testing.wait_all_tasks_blocked()
+        tasks, before = task_count(), open_fds()
+        listener = await pool.listen(server_url(pki, handshake_timeout=1))
+        inner = listener.inner
+        assert isinstance(inner, DTLSListener)
+        async with trio.open_nursery() as server:
+            server.start_soon(_accept_and_echo, listener, 2.0)
+            for _ in range(10):
+                async with trio.open_nursery() as clients:
+                    for _ in range(8):
+
+                        async def one(delay: float = rng.uniform(0, 0.03)) -> None:
+                            with trio.move_on_after(delay):
+                                await _client_until_cancelled(pool, client_url(pki, listener.address.port))
+
+                        clients.start_soon(one)
+            # The handshakes whose client vanished time out (1 s); accepted ones are closed (2 s).
+            with trio.fail_after(15):
+                while inner.associations:
+                    await trio.sleep(0.05)
+            await listener.aclose()
+        await ledger.assert_all_closed()
+        await trio.testing.wait_all_tasks_blocked()
+        assert task_count() == tasks
+        assert_no_fd_leak(before)
 
 
 # ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from trio_conduit_plugins.udt._engine import (
 )
 from trio_conduit_plugins.udt._losslist import LossList
 from trio_conduit_plugins.udt._packet import (
+    HEADER,
     Ack,
     Ack2,
     Boundary,
@@ -1105,3 +1106,93 @@ def test_packet_pairs_are_timed_by_arrival_not_by_reading() -> None:
         seq += 16
         t += 0.02
     assert r._probe.rate(need_half=False) == pytest.approx(10_000, rel=0.01)
+
+
+def _stamped_batch(s: Session, first: int, arrivals: list[float], now: float) -> bytes:
+    """``len(arrivals)`` full-size data packets from ``first``, handed over as the driver does
+    after ``recvmmsg`` (headers and payloads in slots, one arrival stamp each); their payloads."""
+    n = len(arrivals)
+    slot = s.payload_size
+    headers = b"".join(HEADER.pack((first + i) & 0x7FFFFFFF, 0xC0000000, 0, s.socket_id) for i in range(n))
+    payloads = bytes(random.Random(first).randbytes(slot * n))
+    assert s.endpoint.receive_batch(
+        bytearray(headers), bytearray(payloads), slot, n, slot, A, now, arrivals=arrivals
+    )
+    return payloads
+
+
+def test_datagrams_read_together_are_timed_by_their_own_stamps() -> None:
+    net = Net()
+    _c, s = connect_pair(net)
+    r = s.receiver
+    seq = r.next
+    t = net.now
+    sent = b""
+    for _ in range(64):
+        # 16 datagrams read at once, read 5 ms after the last arrived; they arrived 100 us
+        # apart (a link of 10,000 packets/s), and the pair (16n, 16n+1) inside is timed too
+        arrivals = [t + i * 1e-4 for i in range(16)]
+        sent += _stamped_batch(s, seq, arrivals, t + 0.0065)
+        seq += 16
+        t += 0.0016
+    got = s.receive(1 << 24)
+    assert got == sent
+    assert r.next == seq
+    assert r._probe.rate(need_half=False) == pytest.approx(10_000, rel=0.01)
+    assert r.arrival_rate() == pytest.approx(10_000, rel=0.01)
+
+
+def test_a_pass_that_left_datagrams_waiting_reports_the_intake_rate() -> None:
+    net = Net()
+    _c, s = connect_pair(net)
+    ep = s.endpoint
+    ep.read_passes = True
+    r = s.receiver
+    seq = r.next
+    t = net.now
+
+    def passes(n: int, *, backlog: bool) -> None:
+        # 100 packets 12 us apart every 2 ms (clumps longer than a burst), each pass read
+        # 50 us after its last arrival: never a datagram that waited longer than a pass
+        nonlocal seq, t
+        for _ in range(n):
+            arrivals = [t + i * 12e-6 for i in range(100)]
+            for k in range(0, 100, 20):
+                _stamped_batch(s, seq + k, arrivals[k : k + 20], arrivals[-1] + 50e-6)
+            seq += 100
+            s.receive(1 << 24)
+            ep.end_of_pass(arrivals[-1] + 60e-6, backlog=backlog)
+            t += 0.002
+
+    passes(20, backlog=False)
+    # keeping up: the pace over bursts (bursts cut at 1 ms), not the intake
+    assert r.arrival_rate() < 40_000
+    # the same arrivals, but each pass stopped at its limit: the 50,000 packets/s taken in
+    passes(20, backlog=True)
+    assert r.arrival_rate() == pytest.approx(50_000, rel=0.02)
+
+
+def test_a_window_limited_senders_wait_for_acks_is_not_its_pace() -> None:
+    net = Net()
+    _c, s = connect_pair(net)
+    s.rtt, s.rtt_var = 0.05, 0.001  # a 50 ms link
+    r = s.receiver
+    seq = r.next
+    t = net.now
+
+    def rounds(n: int, silence: float) -> None:
+        # 25 packets 50 us apart (the window), then silence until the next round
+        nonlocal seq, t
+        for _ in range(n):
+            arrivals = [t + i * 50e-6 for i in range(25)]
+            _stamped_batch(s, seq, arrivals, arrivals[-1] + 1e-4)
+            s.receive(1 << 24)
+            seq += 25
+            t = arrivals[-1] + silence
+
+    # waiting a round trip for ACKs: the burst's pace (20,000 packets/s), not 25 per 50 ms
+    rounds(20, 0.05)
+    assert r.arrival_rate() == pytest.approx(20_000, rel=0.02)
+    # silent far longer than a round trip (a stall): counted in, as before
+    rounds(20, 1.0)
+    assert r.arrival_rate() < 100

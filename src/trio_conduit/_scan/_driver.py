@@ -212,10 +212,11 @@ async def scan(
         poller.unregister(fd)
         sock.close()
 
+    nonblocking = socktype | socket.SOCK_NONBLOCK
+
     def send(probe: Probe, now: float) -> None:
-        family = family_of[probe.host]
         try:
-            sock = _raw_socket(family, socktype | socket.SOCK_NONBLOCK, proto)
+            sock = _raw_socket(family_of[probe.host], nonblocking, proto)
         except OSError as exc:
             if exc.errno in LOCAL_ERRNOS:
                 engine.local_failure(probe, now)

@@ -39,6 +39,11 @@ class PortState(enum.Enum):
     FILTERED = "filtered"
     OPEN_FILTERED = "open|filtered"
 
+    # Members are singletons compared by identity: the identity hash is a right one, and a
+    # C slot rather than Enum's hash(self._name_) in Python (a full scan hashes each result's
+    # state and reason a few times: 65,535 results).
+    __hash__ = object.__hash__
+
     def __str__(self) -> str:
         return self.value
 
@@ -54,6 +59,8 @@ class ScanReason(enum.Enum):
     ADMIN_PROHIBITED = "admin-prohibited"
     PORT_UNREACH = "port-unreach"
     UDP_RESPONSE = "udp-response"
+
+    __hash__ = object.__hash__  # as PortState's
 
     def __str__(self) -> str:
         return self.value

@@ -9,6 +9,7 @@ Like nmap, a host's report lists every port of a state with at most
 from __future__ import annotations
 
 import functools
+import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -18,9 +19,9 @@ from typing import Final
 from xml.sax.saxutils import quoteattr
 
 from .._version import __version__
-from ._engine import PortState, ScanResult
+from ._engine import PortState, ScanReason, ScanResult
 
-__all__ = ["HostReport", "ScanReport", "format_ports", "service_name"]
+__all__ = ["HostReport", "ScanReport", "format_ports", "json_line", "service_name"]
 
 #: nmap's threshold at verbosity 0: a state with more ports than this is counted, not listed.
 MAX_SHOWN_PER_STATE: Final = 25
@@ -59,6 +60,20 @@ def service_name(port: int, protocol: str) -> str:
         except (OSError, OverflowError):
             name = None
     return name or "unknown"
+
+
+@functools.lru_cache(maxsize=1024)
+def _json_around_port(host: str, protocol: str, state: PortState, reason: ScanReason) -> tuple[str, str]:
+    before = json.dumps({"host": host})[:-1] + ', "port": '
+    after = ", " + json.dumps({"protocol": protocol, "state": str(state), "reason": str(reason)})[1:]
+    return before, after
+
+
+def json_line(result: ScanResult) -> str:
+    """``json.dumps(result.as_dict())``, from the text around the port number, which is the
+    same for every port of a host with one state and reason (a full scan's many closed ones)."""
+    before, after = _json_around_port(result.host, result.protocol, result.state, result.reason)
+    return f"{before}{result.port}{after}"
 
 
 def format_ports(ports: Iterable[int]) -> str:
@@ -132,9 +147,10 @@ class ScanReport:
         self.hosts.setdefault(address, HostReport(address, self.protocol))
 
     def add(self, result: ScanResult) -> None:
-        self.hosts.setdefault(result.host, HostReport(result.host, self.protocol)).results[result.port] = (
-            result
-        )
+        host = self.hosts.get(result.host)
+        if host is None:
+            host = self.hosts[result.host] = HostReport(result.host, self.protocol)
+        host.results[result.port] = result
 
     def finish(self) -> None:
         self.end = time.time()

@@ -1,21 +1,24 @@
 """What the benchmarks share: CPUs and pinned processes, medians of alternating runs, pipes, stream helpers.
 
-The parent side (:func:`pinned_pair`, :func:`compare`, :func:`pipe_seconds`)
-runs in ``conduit bench``; the async helpers (:func:`announce_and_wait`,
-:func:`timed_bulk`, :func:`connection_rate`) in the worker processes
-(``python -m trio_conduit.bench._worker``).
+The parent side (:func:`pinned_pair`, :func:`certified_pair`, :func:`compare`,
+:func:`pipe_seconds`, :func:`bench_certificates`) runs in ``conduit bench``; the
+worker side (:func:`certified_worker`, :func:`announce_and_wait`,
+:func:`timed_bulk`, :func:`timed_steps`, :func:`connection_rate`) in the worker
+processes (``python -m trio_conduit.bench._worker``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import trio
@@ -63,11 +66,17 @@ def pinned_pair(
     prints one JSON object.
     """
     server_cpu, client_cpu = cpus()
-    proc = subprocess.Popen(server(server_cpu), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    with serving_process(server(server_cpu)) as port:
+        return run_json(client(client_cpu, port))
+
+
+@contextlib.contextmanager
+def serving_process(argv: list[str]) -> Iterator[int]:
+    """Run a server side (``argv``): yield the port it prints; close its stdin to end it."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-        return run_json(client(client_cpu, port))
+        yield int(proc.stdout.readline())
     finally:
         if proc.stdin is not None:
             proc.stdin.close()
@@ -78,10 +87,121 @@ def pinned_pair(
             proc.wait()
 
 
-def run_json(argv: list[str]) -> dict[str, float]:
+def alternating_pair(
+    server: Callable[[str, int], list[str]], client: Callable[[int, int, int], list[str]]
+) -> dict[str, list[float]]:
+    """Both implementations in one run: their servers at once (``server(impl, cpu)``, each a
+    process pinned to the server's CPU) and one client process (``client(cpu, raw_port,
+    pool_port)``, pinned to the other CPU) that alternates between them block by block, so
+    that both see the same machine at the same time. Its JSON: ``{"raw": [...], "pool":
+    [...]}``, one figure per block, block *i* of each measured side by side."""
+    server_cpu, client_cpu = cpus()
+    with (
+        serving_process(server("raw", server_cpu)) as raw,
+        serving_process(server("pool", server_cpu)) as pool,
+    ):
+        return run_json(client(client_cpu, raw, pool))
+
+
+def compare_alternating(run: Callable[[], dict[str, list[float]]], repeat: int, unit: str) -> dict[str, Any]:
+    """``repeat`` :func:`alternating_pair` runs: the medians of each side's block figures, and
+    ``ratio``, the median of the per-block ratios pool / raw trio (each block against its
+    neighbour in time: load that drifts during a run cancels out). ``ratio_of_medians`` too."""
+    runs: dict[str, list[float]] = {"raw": [], "pool": []}
+    ratios: list[float] = []
+    for _ in range(repeat):
+        blocks = run()
+        runs["raw"] += blocks["raw"]
+        runs["pool"] += blocks["pool"]
+        ratios += [p / r for r, p in zip(blocks["raw"], blocks["pool"], strict=True)]
+    raw, pool = statistics.median(runs["raw"]), statistics.median(runs["pool"])
+    return {
+        "raw_trio": raw,
+        "pool": pool,
+        "ratio": statistics.median(ratios),
+        "ratio_of_medians": pool / raw,
+        "ratios": ratios,
+        "runs": runs,
+        "unit": unit,
+    }
+
+
+async def alternate_blocks(
+    steps: Mapping[str, Callable[[], Awaitable[object]]], amount: int, blocks: int, warm_up: int = 0
+) -> dict[str, list[float]]:
+    """The client of an :func:`alternating_pair`: ``steps["raw"]`` and ``steps["pool"]``, each
+    ``warm_up`` times untimed, then ``blocks`` blocks of ``amount // blocks`` timed steps each,
+    alternating which side goes first; each block's rate (steps per second)."""
+    per_block = max(1, amount // blocks)
+    for step in steps.values():
+        for _ in range(warm_up):
+            await step()
+    out: dict[str, list[float]] = {"raw": [], "pool": []}
+    for block in range(blocks):
+        for impl in ("raw", "pool") if block % 2 == 0 else ("pool", "raw"):
+            out[impl].append((await timed_steps(steps[impl], per_block))["per_s"])
+    return out
+
+
+@contextlib.contextmanager
+def bench_certificates() -> Iterator[dict[str, str]]:
+    """:func:`certificate_files` in a directory made for this run (removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="conduit-bench-") as tmp:
+        yield certificate_files(tmp)
+
+
+def certified_pair(
+    benchmark: str, mode: str, amount: int, files: dict[str, str]
+) -> Callable[[str], dict[str, float]]:
+    """:func:`compare`'s ``one`` for a benchmark whose workers :func:`certified_worker` runs:
+    its server (certificate and key of ``files``) and its client (``mode``, ``amount``, the CA)
+    as a :func:`pinned_pair`."""
+
+    def one(impl: str) -> dict[str, float]:
+        return pinned_pair(
+            lambda cpu: [*WORKER, benchmark, "server", impl, str(cpu), files["cert"], files["key"]],
+            lambda cpu, port: [
+                *WORKER,
+                benchmark,
+                "client",
+                impl,
+                str(cpu),
+                mode,
+                str(port),
+                str(amount),
+                files["ca"],
+            ],
+        )
+
+    return one
+
+
+#: A worker's server: ``server(impl, certfile, keyfile)`` announces its port and serves.
+CertifiedServer = Callable[[str, str, str], Awaitable[None]]
+#: A worker's client: ``client(impl, mode, port, amount, cafile)``, the figures it measured.
+CertifiedClient = Callable[[str, str, int, int, str], Awaitable[dict[str, float]]]
+
+
+def certified_worker(argv: list[str], server: CertifiedServer, client: CertifiedClient) -> bool:
+    """Run one side of a :func:`certified_pair` (pinned): ``server IMPL CPU CERT KEY`` or ``client
+    IMPL CPU MODE PORT AMOUNT CAFILE`` (the client prints its JSON). ``False``: another role."""
+    role, impl, cpu = argv[:3]
+    if role == "server":
+        pin(int(cpu))
+        trio.run(server, impl, argv[3], argv[4])
+    elif role == "client":
+        pin(int(cpu))
+        mode, port, amount, cafile = argv[3], int(argv[4]), int(argv[5]), argv[6]
+        print(json.dumps(trio.run(client, impl, mode, port, amount, cafile)), flush=True)
+    else:
+        return False
+    return True
+
+
+def run_json(argv: list[str]) -> dict[str, Any]:
     """Run ``argv`` to its end; the JSON object it printed."""
     out = subprocess.run(argv, check=True, capture_output=True, text=True)
-    result: dict[str, float] = json.loads(out.stdout)
+    result: dict[str, Any] = json.loads(out.stdout)
     return result
 
 
@@ -210,19 +330,28 @@ async def timed_bulk(
     return {"seconds": elapsed, "mb_per_s": amount / elapsed / 1e6}
 
 
+async def timed_steps(
+    step: Callable[[], Awaitable[object]], amount: int, warm_up: int = 0
+) -> dict[str, float]:
+    """``step()`` ``warm_up`` times untimed, then ``amount`` times timed: how many per second."""
+    for _ in range(warm_up):
+        await step()
+    start = time.perf_counter()
+    for _ in range(amount):
+        await step()
+    elapsed = time.perf_counter() - start
+    return {"seconds": elapsed, "per_s": amount / elapsed}
+
+
 async def connection_rate(
     connect: Callable[[], Awaitable[trio.abc.Stream]], amount: int, warm_up: int = 0
 ) -> dict[str, float]:
     """``amount`` connections one at a time, each with 1 byte and a close (the ``rate``
     figures; TLS counts its handshakes so), timed after ``warm_up`` untimed ones."""
-    for _ in range(warm_up):
+
+    async def one() -> None:
         stream = await connect()
         await stream.send_all(b"x")
         await stream.aclose()
-    start = time.perf_counter()
-    for _ in range(amount):
-        stream = await connect()
-        await stream.send_all(b"x")
-        await stream.aclose()
-    elapsed = time.perf_counter() - start
-    return {"seconds": elapsed, "per_s": amount / elapsed}
+
+    return await timed_steps(one, amount, warm_up)

@@ -11,32 +11,43 @@
 * ``dtls_ping_pong_per_s``: on one association, 1-byte messages echoed one
   at a time (``--connections`` of them).
 
-Server and client run in two processes pinned to two CPUs; implementations
-alternate run by run. ``python -m trio_conduit.bench._worker dtls server|client ...``
-is one side.
+Both servers run at once (processes pinned to one CPU) and one client process
+(pinned to the other) alternates between them, block by block (:data:`BLOCKS`
+blocks per run, ``--repeat`` runs): the ratio is the median of the per-block
+ratios, each block against its neighbour in time, so load that drifts during a
+run (a shared machine) cancels out. ``python -m trio_conduit.bench._worker dtls
+server|alternate ...`` is one side.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import os
 import socket
-import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 import trio_conduit
-from trio_conduit.tls import EphemeralCA
 
-from ._runner import WORKER, announce_and_wait, compare, compare_line, pin, pinned_pair
+from ._runner import (
+    WORKER,
+    alternate_blocks,
+    alternating_pair,
+    announce_and_wait,
+    bench_certificates,
+    compare_alternating,
+    compare_line,
+    pin,
+)
 
 __all__ = ["DTLS"]
 
 _WARM_UP = 20
+#: Blocks per run, alternating raw trio and the pool.
+BLOCKS = 10
 
 
 async def _echo(channel: Any) -> None:
@@ -95,35 +106,43 @@ def _connector(impl: str, port: int, cafile: str, pool: Any) -> Callable[[], Awa
     return connect_pool
 
 
-async def _client(impl: str, mode: str, port: int, amount: int, cafile: str) -> dict[str, float]:
+async def _client(
+    mode: str, raw_port: int, pool_port: int, amount: int, cafile: str
+) -> dict[str, list[float]]:
+    """Raw trio and the pool, alternating block by block (:func:`~._runner.alternate_blocks`)."""
     async with trio_conduit.open_pool() as pool:
-        connect = _connector(impl, port, cafile, pool)
+        connectors = {
+            "raw": _connector("raw", raw_port, cafile, pool),
+            "pool": _connector("pool", pool_port, cafile, pool),
+        }
+
+        async def round_trip(channel: Any) -> None:
+            await channel.send(b"x")
+            await channel.receive()
+
+        def handshakes(impl: str) -> Callable[[], Awaitable[None]]:
+            async def handshake() -> None:
+                channel, closer = await connectors[impl]()
+                await round_trip(channel)
+                await _close(impl, channel, closer)
+
+            return handshake
+
         if mode == "handshakes":
-            for i in range(_WARM_UP + amount):
-                if i == _WARM_UP:
-                    start = time.perf_counter()
-                channel, closer = await connect()
-                await channel.send(b"x")
-                await channel.receive()
-                if impl == "raw":
-                    channel.close()
-                await _aclose(closer)
-        else:
-            channel, closer = await connect()
-            for _ in range(_WARM_UP):
-                await channel.send(b"x")
-                await channel.receive()
-            start = time.perf_counter()
-            for _ in range(amount):
-                await channel.send(b"x")
-                await channel.receive()
-            elapsed = time.perf_counter() - start
-            if impl == "raw":
-                channel.close()
-            await _aclose(closer)
-            return {"seconds": elapsed, "per_s": amount / elapsed}
-        elapsed = time.perf_counter() - start
-        return {"seconds": elapsed, "per_s": amount / elapsed}
+            return await alternate_blocks({i: handshakes(i) for i in connectors}, amount, BLOCKS, _WARM_UP)
+        opened = {impl: await connect() for impl, connect in connectors.items()}
+        try:
+            pings = {impl: functools.partial(round_trip, opened[impl][0]) for impl in opened}
+            return await alternate_blocks(pings, amount, BLOCKS, _WARM_UP)
+        finally:
+            for impl, (channel, closer) in opened.items():
+                await _close(impl, channel, closer)
+
+
+async def _close(impl: str, channel: Any, closer: Any) -> None:
+    if impl == "raw":
+        channel.close()
+    await _aclose(closer)
 
 
 async def _aclose(closer: Any) -> None:
@@ -135,47 +154,46 @@ async def _aclose(closer: Any) -> None:
 
 
 def worker(argv: list[str]) -> None:
-    """``server IMPL CPU CERT KEY`` or ``client IMPL CPU MODE PORT AMOUNT CAFILE``."""
-    role, impl, cpu = argv[:3]
-    pin(int(cpu))
-    if role == "server":
-        trio.run(_server, impl, argv[3], argv[4])
+    """``server IMPL CPU CERT KEY`` or ``alternate CPU MODE RAW_PORT POOL_PORT AMOUNT CAFILE``."""
+    if argv[0] == "server":
+        _, impl, cpu, certfile, keyfile = argv
+        pin(int(cpu))
+        trio.run(_server, impl, certfile, keyfile)
     else:
-        mode, port, amount, cafile = argv[3], int(argv[4]), int(argv[5]), argv[6]
-        print(json.dumps(trio.run(_client, impl, mode, port, amount, cafile)), flush=True)
+        _, cpu, mode, raw, pool, amount, cafile = argv
+        pin(int(cpu))
+        print(json.dumps(trio.run(_client, mode, int(raw), int(pool), int(amount), cafile)), flush=True)
 
 
-def _pair(mode: str, amount: int, files: dict[str, str]) -> Callable[[str], dict[str, float]]:
-    def one(impl: str) -> dict[str, float]:
-        return pinned_pair(
-            lambda cpu: [*WORKER, "dtls", "server", impl, str(cpu), files["cert"], files["key"]],
-            lambda cpu, port: [
+def _alternating(mode: str, amount: int, files: dict[str, str]) -> Callable[[], dict[str, list[float]]]:
+    def run() -> dict[str, list[float]]:
+        return alternating_pair(
+            lambda impl, cpu: [*WORKER, "dtls", "server", impl, str(cpu), files["cert"], files["key"]],
+            lambda cpu, raw, pool: [
                 *WORKER,
                 "dtls",
-                "client",
-                impl,
+                "alternate",
                 str(cpu),
                 mode,
-                str(port),
+                str(raw),
+                str(pool),
                 str(amount),
                 files["ca"],
             ],
         )
 
-    return one
+    return run
 
 
 def run_dtls_bench(handshakes: int, round_trips: int, repeat: int) -> dict[str, dict[str, Any]]:
-    ca = EphemeralCA("conduit bench CA")
-    with tempfile.TemporaryDirectory(prefix="conduit-bench-") as tmp:
-        cert, key = ca.issue("localhost", "127.0.0.1").write(tmp, "server")
-        cafile = os.path.join(tmp, "ca.pem")
-        with open(cafile, "wb") as f:
-            f.write(ca.cert_pem)
-        files = {"cert": str(cert), "key": str(key), "ca": cafile}
+    with bench_certificates() as files:
         return {
-            "dtls_handshakes_per_s": compare(_pair("handshakes", handshakes, files), repeat, "per_s"),
-            "dtls_ping_pong_per_s": compare(_pair("ping-pong", round_trips, files), repeat, "per_s"),
+            "dtls_handshakes_per_s": compare_alternating(
+                _alternating("handshakes", handshakes, files), repeat, "per_s"
+            ),
+            "dtls_ping_pong_per_s": compare_alternating(
+                _alternating("ping-pong", round_trips, files), repeat, "per_s"
+            ),
         }
 
 

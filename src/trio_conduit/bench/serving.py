@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import socket
 import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from functools import partial
 from typing import Any
@@ -39,9 +37,8 @@ from typing import Any
 import trio
 
 import trio_conduit
-from trio_conduit.tls import EphemeralCA
 
-from ._runner import CONDUIT, WORKER, announce_and_wait, free_port
+from ._runner import CONDUIT, WORKER, announce_and_wait, bench_certificates, free_port
 
 __all__ = ["MEMORY", "WORKERS"]
 
@@ -146,12 +143,8 @@ def _compare_workers(url_of: Any, amount: int, repeat: int, cafile: str | None) 
 
 
 def run_workers_bench(connections: int, tls_connections: int, repeat: int) -> dict[str, Any]:
-    ca = EphemeralCA("conduit bench CA")
-    with tempfile.TemporaryDirectory(prefix="conduit-bench-") as tmp:
-        cert, key = ca.issue("localhost", "127.0.0.1").write(tmp, "server")
-        cafile = os.path.join(tmp, "ca.pem")
-        with open(cafile, "wb") as f:
-            f.write(ca.cert_pem)
+    with bench_certificates() as files:
+        cert, key, cafile = files["cert"], files["key"], files["ca"]
         return {
             "workers_connections_per_s": _compare_workers(
                 lambda port: f"tcp://127.0.0.1:{port}", connections, repeat, None

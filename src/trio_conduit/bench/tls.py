@@ -17,7 +17,8 @@
 
 Server and client run in two processes pinned to two CPUs (except the
 one-CPU figure); implementations alternate run by run. Certificates come from
-an :class:`~trio_conduit.tls.EphemeralCA` made for the run.
+an :class:`~trio_conduit.tls.EphemeralCA` made for the run
+(:func:`~._runner.bench_certificates`).
 ``python -m trio_conduit.bench._worker tls server|client|one-cpu ...`` is one side.
 """
 
@@ -27,7 +28,6 @@ import argparse
 import functools
 import json
 import ssl
-import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,13 +39,14 @@ from . import cli_pipe
 from ._runner import (
     WORKER,
     announce_and_wait,
-    certificate_files,
+    bench_certificates,
+    certified_pair,
+    certified_worker,
     compare,
     compare_line,
     connection_rate,
     one_cpu,
     pin,
-    pinned_pair,
     read_exactly,
     run_json,
     timed_bulk,
@@ -147,41 +148,17 @@ async def _one_cpu(impl: str, amount: int, certfile: str, keyfile: str, cafile: 
 def worker(argv: list[str]) -> None:
     """``server IMPL CPU CERT KEY``, ``client IMPL CPU MODE PORT AMOUNT CAFILE``, or
     ``one-cpu IMPL CPU AMOUNT CERT KEY CAFILE``."""
-    role, impl, cpu = argv[:3]
+    if certified_worker(argv, _server, _client):
+        return
+    _role, impl, cpu = argv[:3]  # one-cpu
     pin(int(cpu))
-    if role == "server":
-        trio.run(_server, impl, argv[3], argv[4])
-    elif role == "one-cpu":
-        amount, cert, key, cafile = int(argv[3]), argv[4], argv[5], argv[6]
-        print(json.dumps(trio.run(_one_cpu, impl, amount, cert, key, cafile)), flush=True)
-    else:
-        mode, port, amount, cafile = argv[3], int(argv[4]), int(argv[5]), argv[6]
-        print(json.dumps(trio.run(_client, impl, mode, port, amount, cafile)), flush=True)
+    amount, cert, key, cafile = int(argv[3]), argv[4], argv[5], argv[6]
+    print(json.dumps(trio.run(_one_cpu, impl, amount, cert, key, cafile)), flush=True)
 
 
 # ---------------------------------------------------------------------------
 # the parent
 # ---------------------------------------------------------------------------
-
-
-def _pair(mode: str, amount: int, files: dict[str, str]) -> Callable[[str], dict[str, float]]:
-    def one(impl: str) -> dict[str, float]:
-        return pinned_pair(
-            lambda cpu: [*WORKER, "tls", "server", impl, str(cpu), files["cert"], files["key"]],
-            lambda cpu, port: [
-                *WORKER,
-                "tls",
-                "client",
-                impl,
-                str(cpu),
-                mode,
-                str(port),
-                str(amount),
-                files["ca"],
-            ],
-        )
-
-    return one
 
 
 def _one_process(amount: int, files: dict[str, str]) -> Callable[[str], dict[str, float]]:
@@ -196,11 +173,12 @@ def run_tls_bench(
     bulk_mib: int, connections: int, repeat: int, *, cli_mib: int | None = None
 ) -> dict[str, dict[str, Any]]:
     """The TLS figures (see the module docstring); ``cli_mib`` adds the conduit/ncat pipe."""
-    with tempfile.TemporaryDirectory(prefix="conduit-bench-") as tmp:
-        files = certificate_files(tmp)
+    with bench_certificates() as files:
+        bulk = certified_pair("tls", "bulk", bulk_mib * 1024 * 1024, files)
+        rate = certified_pair("tls", "rate", connections, files)
         results = {
-            "tls_bulk_mb_per_s": compare(_pair("bulk", bulk_mib * 1024 * 1024, files), repeat, "mb_per_s"),
-            "tls_handshakes_per_s": compare(_pair("rate", connections, files), repeat, "per_s"),
+            "tls_bulk_mb_per_s": compare(bulk, repeat, "mb_per_s"),
+            "tls_handshakes_per_s": compare(rate, repeat, "per_s"),
             "tls_handshakes_per_s_one_cpu": compare(_one_process(connections, files), repeat, "per_s"),
         }
         if cli_mib:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import TYPE_CHECKING, Final, NoReturn, Protocol
 
 from .._version import __version__
+from ._access import add_access_arguments
 from ._exec_args import add_exec_arguments, check_modes
 from ._startup import parse_linger, reserve_standard_fds
 from ._tls import add_tls_arguments, tls_url
@@ -140,6 +141,17 @@ def _add_common_relay(sub: argparse.ArgumentParser) -> None:
         help="datagrams: after stdin's end, keep printing replies until none came for S "
         "seconds (default 1; inf: until interrupted)",
     )
+    direction = sub.add_mutually_exclusive_group()
+    direction.add_argument(
+        "--send-only",
+        action="store_true",
+        help="only send stdin; what arrives is read and dropped. At stdin's end: close and exit",
+    )
+    direction.add_argument(
+        "--recv-only",
+        action="store_true",
+        help="only receive; stdin is never read and nothing is sent",
+    )
     sub.add_argument(
         "--no-splice",
         action="store_true",
@@ -164,7 +176,21 @@ def _connect_arguments(connect: argparse.ArgumentParser) -> None:
     _add_common_relay(connect)
     add_tls_arguments(connect, listening=False)
     add_exec_arguments(connect, listening=False)
-    connect.add_argument("--timeout", metavar="S", type=_seconds, help="give up connecting after S seconds")
+    connect.add_argument(
+        "-w",
+        "--wait",
+        "--timeout",
+        dest="timeout",
+        metavar="S",
+        type=_seconds,
+        help="give up connecting after S seconds (ncat's -w/--wait)",
+    )
+    connect.add_argument(
+        "-z",
+        dest="zero_io",
+        action="store_true",
+        help="connect (TLS: and handshake), then close: exit 0 if it connected, 1 if not; no data sent",
+    )
     connect.add_argument("--local", metavar="ADDR", help="bind to this local address (host:port, or a path)")
     connect.add_argument(
         "--proxy",
@@ -210,6 +236,7 @@ def _listen_arguments(listen: argparse.ArgumentParser) -> None:
         help="with --keep-open or --socks5: N worker processes sharing the port (SO_REUSEPORT), "
         "restarted when one dies",
     )
+    add_access_arguments(listen)
     listen.add_argument(
         "--max-conns",
         metavar="N",
@@ -406,6 +433,11 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.command in ("connect", "listen"):
         from ._relay import Drain, run_connect, run_listen
 
+        if args.command == "listen":
+            from .._access import AccessRules
+            from ._access import access_keywords
+
+            AccessRules.build(**access_keywords(args))  # bad specs: a usage error before anything runs
         url = tls_url(args, with_options(args.url, args.options), listening=args.command == "listen")
         if args.command == "connect":
             return _run_trio(lambda: run_connect(args, url))
@@ -465,6 +497,21 @@ def _main(argv: list[str]) -> int:
         return EXIT_USAGE
     if args.command == "listen" and args.workers is not None and not (args.keep_open or args.socks5):
         _say("listen: --workers needs --keep-open or --socks5")
+        return EXIT_USAGE
+    if args.command == "connect" and args.zero_io and (args.send_only or args.recv_only):
+        _say("connect: -z sends and receives nothing: no --send-only/--recv-only with it")
+        return EXIT_USAGE
+    if (
+        args.command in ("connect", "listen")
+        and (args.send_only or args.recv_only)
+        and (
+            args.exec is not None or (args.command == "listen" and (args.broker or args.echo or args.socks5))
+        )
+    ):
+        _say(
+            f"{args.command}: --send-only/--recv-only are for standard input and output; "
+            "not with --exec, --sh-exec, --broker, --chat, --echo or --socks5"
+        )
         return EXIT_USAGE
     from .._trace import configure_cli_logging, verbosity_level
     from .._trace import logger as trace_logger

@@ -11,6 +11,15 @@ Streams
     connection breaks (exit status 1) or when stdout is closed (quietly,
     exit status 0).
 
+One way (``--send-only``, ``--recv-only``, as ncat's)
+    ``--send-only``: stdin is sent; what arrives is read and dropped (so the
+    peer never blocks on us, and closing sends no RST for unread data); at
+    stdin's end the sending side is closed and the command ends, without
+    waiting for the peer. With ``listen -k``, stdin goes to every client and
+    at its end every client gets the end of stream and the command exits 0.
+    ``--recv-only``: stdin is never read and nothing is sent (not even an
+    end of stream); the peer's data goes to stdout until it closes.
+
 Datagrams
     One datagram per stdin read (at most 65507 bytes), or per line with
     ``--lines`` (the newline is part of the datagram). Received datagrams go to
@@ -26,7 +35,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
@@ -34,6 +43,7 @@ from .._address import Address
 from .._connection import Connection, DatagramConnection, Kind, StreamConnection
 from .._errors import AddressError, ConduitError
 from .._pool import Pool, open_pool
+from ._access import access_keywords
 from ._stdio import (
     CHUNK,
     DATAGRAM_CHUNK,
@@ -53,6 +63,9 @@ from ._stdio import (
 )
 
 __all__ = ["Drain", "announce", "run_connect", "run_listen"]
+
+#: Which ways data moves: both, or one (``--send-only``, ``--recv-only``).
+Direction = Literal["both", "send", "recv"]
 
 _log = logging.getLogger("trio_conduit.cli")
 
@@ -107,11 +120,32 @@ async def _stream_to_output(conn: StreamConnection, output: Output, *, zero_copy
         await output.write(data)
 
 
-async def relay_stream(conn: StreamConnection, stdin: StdFd, output: Output, *, zero_copy: bool) -> None:
-    """Run stdin → ``conn`` and ``conn`` → stdout until both have ended (see the module doc)."""
+async def relay_stream(
+    conn: StreamConnection, stdin: StdFd, output: Output, *, zero_copy: bool, direction: Direction = "both"
+) -> None:
+    """Run stdin → ``conn`` and ``conn`` → stdout until both have ended (see the module doc);
+    ``direction`` ``"send"`` or ``"recv"``: one way only."""
+    if direction == "recv":
+        await _stream_to_output(conn, output, zero_copy=zero_copy)
+        return
     async with trio.open_nursery() as nursery:
+        if direction == "send":
+            nursery.start_soon(_discard, conn)
+            await _stdin_to_stream(conn, stdin, zero_copy=zero_copy)
+            nursery.cancel_scope.cancel()
+            return
         nursery.start_soon(partial(_stdin_to_stream, conn, stdin, zero_copy=zero_copy))
         await _stream_to_output(conn, output, zero_copy=zero_copy)
+
+
+async def _discard(conn: Connection) -> None:
+    """Read and drop what ``conn`` receives until its end (``--send-only``)."""
+    if isinstance(conn, DatagramConnection):
+        async for _ in conn:
+            pass
+    elif isinstance(conn, StreamConnection):
+        while await conn.receive_some(CHUNK):
+            pass
 
 
 # ---------------------------------------------------------------------------
@@ -135,9 +169,24 @@ def _as_line(data: bytes, lines: bool) -> bytes:
 
 
 async def relay_datagrams(
-    chan: DatagramConnection, stdin: StdFd, output: Output, *, lines: bool, linger: float
+    chan: DatagramConnection,
+    stdin: StdFd,
+    output: Output,
+    *,
+    lines: bool,
+    linger: float,
+    direction: Direction = "both",
 ) -> None:
-    """stdin → datagrams to the peer, the peer's datagrams → stdout; ends ``linger`` s after stdin's end."""
+    """stdin → datagrams to the peer, the peer's datagrams → stdout; ends ``linger`` s after stdin's end.
+
+    ``direction`` ``"send"``: stdin only, ending with it; ``"recv"``: the peer's datagrams only."""
+    if direction == "send":
+        await _read_input(stdin, chan.send, lines=lines, chunk=DATAGRAM_CHUNK)
+        return
+    if direction == "recv":
+        async for data in chan:
+            await output.write(_as_line(data, lines))
+        return
     receiving = trio.CancelScope()
     stdin_done = False
 
@@ -163,6 +212,10 @@ async def relay_datagrams(
 # ---------------------------------------------------------------------------
 
 
+def _direction(args: argparse.Namespace) -> Direction:
+    return "send" if args.send_only else "recv" if args.recv_only else "both"
+
+
 def _zero_copy(args: argparse.Namespace) -> bool:
     # splice(2) (or a socket handed to --exec's child) moves data past the connection's
     # methods, where idle_timeout counts it
@@ -176,10 +229,11 @@ async def _relay(conn: Connection, args: argparse.Namespace, output: Output) -> 
 
         return await run_exec(conn, args.exec, zero_copy=_zero_copy(args), lines=args.lines)
     stdin = probe(0)
+    direction = _direction(args)
     if isinstance(conn, DatagramConnection):
-        await relay_datagrams(conn, stdin, output, lines=args.lines, linger=args.linger)
+        await relay_datagrams(conn, stdin, output, lines=args.lines, linger=args.linger, direction=direction)
     elif isinstance(conn, StreamConnection):
-        await relay_stream(conn, stdin, output, zero_copy=_zero_copy(args))
+        await relay_stream(conn, stdin, output, zero_copy=_zero_copy(args), direction=direction)
     else:  # pragma: no cover - a plugin handing out something else
         raise TypeError(f"{conn!r} is neither a stream nor a datagram connection")
     return None
@@ -195,10 +249,37 @@ async def run_connect(args: argparse.Namespace, url: str) -> int:
         conn: Connection = await pool.connect(
             url, timeout=args.timeout, local=args.local, proxies=args.proxy or None
         )
+        if args.zero_io:  # -z: it connected; nothing is sent
+            peer = _peer(conn)  # (not the URL: it may hold a key's password)
+            await _close_politely(conn)
+            if args.verbose:
+                _say(f"connected to {peer}")
+            return 0
         try:
             return await _until_idle(pool, conn, args, _relay(conn, args, output))
         finally:
             await conn.aclose()
+
+
+#: ``-z``: how long the peer gets to answer our end of stream before we close.
+Z_GRACE = 1.0
+
+
+async def _close_politely(conn: Connection) -> None:
+    """Close ``conn`` without a reset: on a half-closeable stream, send the end of stream and read
+    (and drop) what the peer still sends until it closes, for at most :data:`Z_GRACE` seconds.
+    (A TLS 1.3 server's session tickets would otherwise be unread at close, which makes the
+    kernel send a reset: ``-z`` must not look like an error to the server.)"""
+    try:
+        if isinstance(conn, trio.abc.HalfCloseableStream):
+            with trio.move_on_after(Z_GRACE):
+                await conn.send_eof()
+                while await conn.receive_some(CHUNK):
+                    pass
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ConduitError):
+        pass  # the peer went first: nothing more to be polite about
+    finally:
+        await conn.aclose()
 
 
 async def _until_idle(
@@ -265,7 +346,7 @@ async def _listen_once(
     pool: Pool, url: str, args: argparse.Namespace, output: Output, drain: Drain | None = None
 ) -> int:
     requested = pool.parse(url, listening=True)[1]
-    listener = await pool.listen(url)
+    listener = await pool.listen(url, **access_keywords(args))
     try:
         announce(requested, listener.address, args.verbose)
         conn = await listener.accept()
@@ -286,8 +367,13 @@ async def _listen_once(
         await listener.aclose()
 
 
-async def _broadcast_stdin(live: set[Connection], *, lines: bool, chunk: int) -> None:
-    """Send what stdin says to every connection open at the time (``ncat -l -k``); stop at its end."""
+async def _broadcast_stdin(
+    live: set[Connection], *, lines: bool, chunk: int, then_close: trio.CancelScope | None = None
+) -> None:
+    """Send what stdin says to every connection open at the time (``ncat -l -k``); stop at its end.
+
+    ``then_close`` (``--send-only``): at stdin's end, end every live stream (``send_eof``) and
+    cancel this scope (the command ends; serving stops and closes every connection)."""
 
     async def send(data: bytes) -> None:
         for conn in list(live):
@@ -300,6 +386,14 @@ async def _broadcast_stdin(live: set[Connection], *, lines: bool, chunk: int) ->
                 _log.info("conn #%d: not sent (%s)", conn.id, exc)
 
     await _read_input(probe(0), send, lines=lines, chunk=chunk)
+    if then_close is not None:
+        for conn in list(live):
+            try:
+                if isinstance(conn, trio.abc.HalfCloseableStream):
+                    await conn.send_eof()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ConduitError) as exc:
+                _log.info("conn #%d: no end of stream sent (%s)", conn.id, exc)
+        then_close.cancel()  # the handlers are cancelled; serve() closes their connections
 
 
 async def _listen_keep_open(pool: Pool, url: str, args: argparse.Namespace, output: Output) -> int:
@@ -330,7 +424,9 @@ async def _listen_keep_open(pool: Pool, url: str, args: argparse.Namespace, outp
                     await hub.serve(conn)
                     return
                 live.add(conn)
-                if isinstance(conn, DatagramConnection):
+                if args.send_only:
+                    await _discard(conn)
+                elif isinstance(conn, DatagramConnection):
                     async for message in conn:  # ends when a message-mode peer closes
                         await output.write(_as_line(message, args.lines))
                 elif isinstance(conn, StreamConnection):
@@ -344,19 +440,18 @@ async def _listen_keep_open(pool: Pool, url: str, args: argparse.Namespace, outp
             finally:
                 live.discard(conn)
 
-        bound: Address = await nursery.start(
-            _serve, pool, url, handler, args.max_conns, args.idle_timeout, nursery.cancel_scope
-        )
+        bound: Address = await nursery.start(_serve, pool, url, handler, args, nursery.cancel_scope)
         announce(requested, bound, args.verbose)
         if hub is not None:
             nursery.start_soon(partial(_read_input, probe(0), hub.from_stdin, lines=args.chat, chunk=CHUNK))
-        elif not args.echo and args.exec is None:
+        elif not (args.echo or args.recv_only) and args.exec is None:
             nursery.start_soon(
                 partial(
                     _broadcast_stdin,
                     live,
                     lines=args.lines and datagram,
                     chunk=DATAGRAM_CHUNK if datagram else CHUNK,
+                    then_close=nursery.cancel_scope if args.send_only else None,
                 )
             )
     # Only a closed stdout (or a signal, handled by the caller) ends --keep-open.
@@ -367,15 +462,20 @@ async def _serve(
     pool: Pool,
     url: str,
     handler: Callable[[Connection], Awaitable[None]],
-    max_conns: int | None,
-    idle_timeout: float | None,
+    args: argparse.Namespace,
     done: trio.CancelScope,
     *,
     task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """``pool.serve``; once it returns (a drain is over), ``done`` is cancelled."""
+    """``pool.serve`` with the command's options; once it returns (a drain is over), ``done`` is
+    cancelled."""
     await pool.serve(
-        url, handler, max_connections=max_conns, idle_timeout=idle_timeout, task_status=task_status
+        url,
+        handler,
+        max_connections=args.max_conns,
+        idle_timeout=args.idle_timeout,
+        task_status=task_status,
+        **access_keywords(args),
     )
     done.cancel()
 
@@ -386,9 +486,7 @@ async def _listen_socks5(pool: Pool, url: str, args: argparse.Namespace) -> int:
 
     requested = pool.parse(url, listening=True)[1]
     async with trio.open_nursery() as nursery:
-        bound: Address = await nursery.start(
-            _serve, pool, url, ProxyServer(pool), args.max_conns, args.idle_timeout, nursery.cancel_scope
-        )
+        bound: Address = await nursery.start(_serve, pool, url, ProxyServer(pool), args, nursery.cancel_scope)
         announce(requested, bound, args.verbose)
     return 0
 

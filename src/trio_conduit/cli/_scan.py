@@ -70,13 +70,12 @@ def _write(target: str, text: str) -> None:
 async def run_scan(args: argparse.Namespace, argv: list[str]) -> int:
     """Scan, then print the table (or JSON lines as results come), and write -oX/-oG files."""
     # Imported here: the parser (add_arguments) is built for every command, --help included.
-    import json
     import shlex
 
     import trio
 
     from .._scan._driver import ScanStats, expand_hosts, scan, split_target
-    from .._scan._report import ScanReport
+    from .._scan._report import ScanReport, json_line
 
     split = [split_target(url) for url in args.urls]
     ports = parse_ports(args.ports)
@@ -89,6 +88,7 @@ async def run_scan(args: argparse.Namespace, argv: list[str]) -> int:
     progress = not args.no_progress and sys.stderr.isatty()
     started = last = time.monotonic()
     done = 0
+    write = sys.stdout.write
     async with aclosing(
         scan(args.urls, ports, retries=args.retries, max_parallel=args.max_parallel, stats=stats)
     ) as results:
@@ -96,7 +96,7 @@ async def run_scan(args: argparse.Namespace, argv: list[str]) -> int:
             report.add(result)
             done += 1
             if args.json:
-                print(json.dumps(result.as_dict()), flush=False)
+                write(json_line(result) + "\n")
             if progress and time.monotonic() - last > 0.2:
                 last = time.monotonic()
                 rate = done / max(last - started, 1e-9)

@@ -11,8 +11,6 @@ was opened.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import errno
 import logging
 import os
@@ -110,7 +108,7 @@ class ProxyChain:
         except TypeError:  # something unhashable: parse_proxy() says what is wrong with it
             hit = None
         if hit is not None and hit.transport is transport:
-            return copy.copy(hit)  # a fresh chain: only _hop (None here) changes while connecting
+            return hit._fresh()
         hops = tuple(parse_proxy(p, scope) for p in given)
         if not hops:
             raise AddressError("an empty proxy chain")
@@ -132,7 +130,13 @@ class ProxyChain:
         if len(cache) >= _CACHE_MAX:
             cache.clear()
         cache[(given, address)] = chain
-        return copy.copy(chain)
+        return chain._fresh()
+
+    def _fresh(self) -> ProxyChain:
+        """A copy for one connect: only ``_hop`` (``None`` here) changes while connecting."""
+        chain = ProxyChain.__new__(ProxyChain)
+        chain.__dict__.update(self.__dict__)
+        return chain
 
     # -- timeouts ---------------------------------------------------------------
     def timeout_error(self, timeout: float) -> ProxyTimeout:
@@ -150,8 +154,10 @@ class ProxyChain:
 
     # -- connecting -------------------------------------------------------------
     def _hop_for(self, index: int, ctx: Context) -> Hop:
-        hop = Hop(index, len(self.hops), self.hops[index - 1][1], ctx.tracer, ctx.conn_id, context=ctx)
-        self._hop = hop
+        hop = self._hop
+        if hop is None or hop.index != index:  # (the first hop's is made when connecting to it)
+            hop = Hop(index, len(self.hops), self.hops[index - 1][1], ctx.tracer, ctx.conn_id, context=ctx)
+            self._hop = hop
         return hop
 
     async def _connect_first(self, ctx: Context) -> StreamConnection:
@@ -164,7 +170,7 @@ class ProxyChain:
             options = ctx.options
         else:
             options = {o.name: o.default for o in tcp.options}
-        pctx = dataclasses.replace(ctx, transport=tcp, address=hop.proxy.address, options=options)
+        pctx = ctx.retarget(tcp, hop.proxy.address, options)
         if ctx.tracer.log.isEnabledFor(logging.DEBUG):
             ctx.tracer.debug("proxy %s: connecting (conn #%d)", hop.name, ctx.conn_id)
         try:

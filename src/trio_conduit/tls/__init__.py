@@ -1,7 +1,8 @@
 """TLS over any stream connection, with hooks that may await (after ATS's ``SSLNetVConnection``).
 
 Use ``tls://host:port``, ``tls=`` on any stream ``connect``/``serve``/``listen``,
-or ``conn.start_tls()``. Options are :class:`TLSConfig`; the facts after a
+or ``conn.start_tls()``; DTLS: ``dtls://host:port``, or ``dtls=`` on any datagram
+transport. Options are :class:`TLSConfig`; the facts after a
 handshake are :class:`TLSInfo` (``conn.info.tls``); hooks receive a
 :class:`TLSHandshake`. See the TLS pages of the documentation.
 
@@ -30,6 +31,7 @@ if typing.TYPE_CHECKING:
     from ._dtls import DTLSConnection as DTLSConnection
     from ._dtls import DTLSListener as DTLSListener
     from ._dtls import dtls_client as dtls_client
+    from ._dtls import dtls_listener as dtls_listener
     from ._dtls_config import DTLSVersions as DTLSVersions
     from ._dtls_config import dtls_versions as dtls_versions
     from ._dtls_hello import CookieJar as CookieJar
@@ -90,6 +92,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "DTLSConnection",
         "DTLSListener",
         "dtls_client",
+        "dtls_listener",
     ),
     "._dtls_config": (
         "DTLSVersions",

@@ -1,15 +1,19 @@
-"""Where TLS meets the pool: the ``tls=`` option, ``handlers=`` by ALPN, and ``start_tls``.
+"""Where TLS meets the pool: the ``tls=`` and ``dtls=`` options, ``handlers=`` by ALPN, ``start_tls``.
 
 The pool calls :func:`take_tls_option` before it resolves a transport's
-options, then :func:`tls_client` on the connection a transport (or a proxy
-chain) produced, or :func:`tls_listener` on the listener it made. The
-``tls://`` transport uses the same two functions over ``tcp://``.
+options: ``tls=`` on a stream transport, ``dtls=`` on a datagram one, as a
+:class:`SecureLayer`. Its ``client`` runs :func:`tls_client` (or
+:func:`~._dtls.dtls_client`) on the connection a transport (or a proxy chain)
+produced, its ``listener`` :func:`tls_listener` (or
+:func:`~._dtls.dtls_listener`) on the listener it made. The ``tls://`` and
+``dtls://`` transports use the same functions over ``tcp://`` and ``udp://``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, final
 
 import trio
 
@@ -26,24 +30,64 @@ from ._stream import TLSConnection
 if TYPE_CHECKING:
     from .._transport import Context, Transport
 
-__all__ = ["alpn_handler", "start_tls", "take_tls_option", "tls_client", "tls_listener"]
+__all__ = ["SecureLayer", "alpn_handler", "start_tls", "take_tls_option", "tls_client", "tls_listener"]
 
 Handler = Callable[[Any], Awaitable[object]]
 
 
-def take_tls_option(transport: Transport, opts: dict[str, object]) -> TLSConfig | None:
-    """Remove ``tls`` from keyword options (unless ``transport`` takes it itself) as a :class:`TLSConfig`.
+@final
+@dataclass(frozen=True)
+class SecureLayer:
+    """``tls=`` over a stream transport, or ``dtls=`` over a datagram one: what the pool puts
+    over the connection or the listener the transport (or a proxy chain) made."""
 
-    ``None`` when no TLS was asked for (absent, ``None`` or ``False``).
+    config: TLSConfig
+    datagram: bool
+
+    async def client(self, conn: Connection, ctx: Context) -> Connection:
+        """The client handshake over ``conn`` (closed if it fails)."""
+        if self.datagram:
+            from ._dtls import dtls_client  # (DTLS needs pyOpenSSL: loaded only for DTLS)
+
+            return await dtls_client(conn, self.config, ctx)
+        return await tls_client(conn, self.config, ctx)
+
+    def listener(self, inner: Listener, ctx: Context) -> Listener:
+        """The server over ``inner`` (the caller closes ``inner`` if this raises)."""
+        if self.datagram:
+            from ._dtls import dtls_listener
+
+            return dtls_listener(inner, self.config, ctx)
+        return tls_listener(inner, self.config, ctx)
+
+
+def take_tls_option(transport: Transport, opts: dict[str, object]) -> SecureLayer | None:
+    """Remove ``tls`` (a stream transport) or ``dtls`` (a datagram one) from keyword options,
+    unless ``transport`` takes it itself, as a :class:`SecureLayer`.
+
+    Either takes what :meth:`TLSConfig.coerce` takes (``dtls=``: not an ``ssl.SSLContext``,
+    Python's ``ssl`` has no DTLS). ``None`` when neither was asked for (absent, ``None`` or
+    ``False``); the wrong one for the transport's kind is a ``TypeError`` now.
     """
     if any(o.name == "tls" for o in transport.options):
         return None
-    value = opts.pop("tls", None)
-    if value is None or value is False:
+    tls = opts.pop("tls", None)
+    dtls = opts.pop("dtls", None)
+    tls = None if tls is False else tls
+    dtls = None if dtls is False else dtls
+    if tls is None and dtls is None:
         return None
-    if transport.kind is not Kind.STREAM:
-        raise TypeError(f"tls= needs a stream transport; {transport.name} carries datagrams")
-    return TLSConfig.coerce(value)
+    datagram = transport.kind is not Kind.STREAM
+    if tls is not None and dtls is not None:
+        raise TypeError("give tls= (stream transports) or dtls= (datagram transports), not both")
+    if tls is not None and datagram:
+        raise TypeError(f"tls= needs a stream transport; {transport.name} carries datagrams: use dtls=")
+    if dtls is not None and not datagram:
+        raise TypeError(f"dtls= needs a datagram transport; {transport.name} is a byte stream: use tls=")
+    config = TLSConfig.coerce(tls if tls is not None else dtls)
+    if datagram and not config.builds_context:
+        raise TypeError("dtls= cannot take an ssl.SSLContext (Python's ssl has no DTLS): give the options")
+    return SecureLayer(config, datagram)
 
 
 async def tls_client(
@@ -91,6 +135,7 @@ def alpn_handler(
 ) -> Handler:
     """One handler that runs ``handlers[negotiated ALPN protocol]`` (ATS ``SSLNextProtocolSet``).
 
+    ``tls=`` or ``dtls=`` (or the URL's own TLS) carries the protocols.
     ``handler`` (if any) runs when no protocol was agreed or none matches;
     without it such connections are closed (and reported as handler errors).
     Unless ALPN protocols were given, the server offers ``handlers``' keys, in
@@ -100,12 +145,13 @@ def alpn_handler(
         raise ValueError("handlers= must map at least one ALPN protocol to a handler")
     table = dict(handlers)
     protocols = tuple(table)
-    tls = opts.get("tls")
+    key = "dtls" if opts.get("dtls") not in (None, False) else "tls"
+    tls = opts.get(key)
     if tls is not None and tls is not False:
         config = TLSConfig.coerce(tls)
         if config.alpn is None and config.builds_context:
             config = config.replace(alpn=protocols)
-        opts["tls"] = config
+        opts[key] = config
     elif "alpn" not in opts:
         query = split_url(url.url() if isinstance(url, Address) else str(url)).query
         if not any(key == "alpn" for key, _ in query):

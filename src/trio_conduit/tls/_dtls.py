@@ -1,8 +1,11 @@
 """DTLS associations and the DTLS listener: the trio driver of :mod:`._dtls_engine`.
 
-A client runs its handshake over a datagram connection (``udp://``'s
-connected channel): :func:`dtls_client`. A server, :class:`DTLSListener`,
-reads one UDP socket for many peers:
+A client runs its handshake over any datagram connection (``udp://``'s
+connected channel, ``unix+dgram://``, ``udp://`` through a SOCKS5 relay):
+:func:`dtls_client`. A server, :class:`DTLSListener`, reads one bound
+datagram socket (a :class:`~trio_conduit.transport.DatagramEndpoint`: UDP,
+or unix datagrams from clients that bound a path) for many peers; the peer
+address, whatever its type, is what the cookie binds:
 
 * a datagram from a peer with an association goes to that association's
   queue (bounded: ``queue`` datagrams, the rest dropped and counted);
@@ -33,20 +36,22 @@ scope in the pool's nursery and ends with :meth:`DTLSListener.aclose`.
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import logging
 import math
 import struct
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final, cast, final
 
 import trio
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 
 from .._connection import CommunicationInfo, Connection, DatagramConnection, Listener, StreamConnection
 from .._errors import MessageTooLarge
+from .._socket_channel import DatagramEndpoint, DatagramListener
 from .._util import ConflictDetector
 from ._certs import Certificate
 from ._config import TLSConfig
@@ -66,7 +71,7 @@ if TYPE_CHECKING:
     from .._trace import Tracer
     from .._transport import Context
 
-__all__ = ["REASSEMBLY_SLOTS", "DTLSConnection", "DTLSListener", "dtls_client"]
+__all__ = ["REASSEMBLY_SLOTS", "DTLSConnection", "DTLSListener", "dtls_client", "dtls_listener"]
 
 _log = logging.getLogger("trio_conduit.tls")
 _RECORD: Final = struct.Struct("!BHH6sH")
@@ -76,7 +81,6 @@ REASSEMBLY_SLOTS: Final = 64
 #: (longer than the first retransmission, 1 s) gives its slot to a new one.
 STALLED: Final = 2.0
 _CLOSE_GRACE: Final = 1.0
-_RECV_SIZE: Final = 65536
 _VERIFY_TEXT: Final = {
     9: "certificate is not yet valid",
     10: "certificate has expired",
@@ -126,11 +130,53 @@ def _hostname_matches(cert: x509.Certificate, name: str) -> bool:
     return False
 
 
+#: Hostname checks already made: (leaf DER, name) → whether it matches (the newest 64). A client
+#: that connects again and again to one server checks one certificate: parsing it (its SAN) once
+#: is enough.
+_hostname_checks: OrderedDict[tuple[bytes, str], bool] = OrderedDict()
+
+
+def _hostname_ok(info: TLSInfo, name: str) -> bool:
+    der = info.peer_certificate_der
+    if der is None:
+        return False
+    key = (der, name)
+    found = _hostname_checks.get(key)
+    if found is None:
+        leaf = info.peer_certificate
+        found = _hostname_checks[key] = leaf is not None and _hostname_matches(leaf, name)
+        if len(_hostname_checks) > 64:
+            _hostname_checks.popitem(last=False)
+    return found
+
+
+@final
+@dataclass(frozen=True, eq=False)
+class _DTLSInfo(TLSInfo):
+    """:class:`TLSInfo` of a DTLS association: the peer's chain is read from OpenSSL (and made
+    ``cryptography`` objects) when first asked for, not at each handshake."""
+
+    _ssl_conn: SSL.Connection | None = field(default=None, repr=False)
+
+    @cached_property
+    def peer_chain(self) -> tuple[x509.Certificate, ...]:
+        conn = self._ssl_conn
+        chain = None
+        if conn is not None:
+            chain = conn.get_verified_chain(as_cryptography=True) or conn.get_peer_cert_chain(
+                as_cryptography=True
+            )
+        if chain:
+            return tuple(chain)
+        leaf = self.peer_certificate
+        return (leaf,) if leaf is not None else ()
+
+
 def _info(engine: DTLSEngine, side: str, server_name: str | None, seconds: float, reused: bool) -> TLSInfo:
     conn = engine.ssl
-    cert = conn.get_peer_certificate(as_cryptography=True)
+    cert = conn.get_peer_certificate()  # (as DER straight from OpenSSL: no cryptography object yet)
     alpn = conn.get_alpn_proto_negotiated()
-    info = TLSInfo(
+    return _DTLSInfo(
         side=side,  # type: ignore[arg-type]
         version=conn.get_protocol_version_name(),
         cipher=conn.get_cipher_name() or "",
@@ -139,27 +185,25 @@ def _info(engine: DTLSEngine, side: str, server_name: str | None, seconds: float
         server_name=server_name,
         session_reused=reused,
         handshake_seconds=seconds,
-        peer_certificate_der=_der(cert) if cert is not None else None,
+        peer_certificate_der=crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+        if cert is not None
+        else None,
+        _ssl_conn=conn,
     )
-    chain = conn.get_verified_chain(as_cryptography=True) or conn.get_peer_cert_chain(as_cryptography=True)
-    if chain:
-        vars(info)["peer_chain"] = tuple(chain)
-    return info
 
 
-def _der(cert: x509.Certificate) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding
+try:  # pyOpenSSL has no SSL_session_reused; its cffi binding does (private: False if it goes away).
+    from OpenSSL._util import lib as _lib
 
-    return cert.public_bytes(Encoding.DER)
+    _SSL_session_reused: Callable[[Any], int] | None = _lib.SSL_session_reused
+except (ImportError, AttributeError):  # pragma: no cover - pyOpenSSL as we know it has both
+    _SSL_session_reused = None
 
 
 def _session_reused(conn: SSL.Connection) -> bool:
-    # pyOpenSSL has no SSL_session_reused; its cffi binding does (private: False if it goes away).
     try:
-        from OpenSSL._util import lib
-
-        return bool(lib.SSL_session_reused(conn._ssl))
-    except (ImportError, AttributeError):
+        return _SSL_session_reused is not None and bool(_SSL_session_reused(conn._ssl))
+    except AttributeError:
         return False
 
 
@@ -400,16 +444,14 @@ async def _client_steps(conn: DTLSConnection, hs: TLSHandshake, config: TLSConfi
         raise _verify_error(holder, hs.peer, exc) from exc
     sni = hs.server_name if hs.server_name and not _is_ip(hs.server_name) else None
     info = _info(engine, "client", sni, hs.elapsed, _session_reused(ssl_conn))
-    if config.verify and hs.server_name:
-        leaf = info.peer_certificate
-        if leaf is None or not _hostname_matches(leaf, hs.server_name):
-            raise TLSVerifyError(
-                f"DTLS handshake with {hs.peer} failed: certificate verify failed: hostname mismatch, "
-                f"certificate is not valid for {hs.server_name!r} (X509 verify code 62)",
-                peer=hs.peer,
-                verify_code=62,
-                verify_message="hostname mismatch",
-            )
+    if config.verify and hs.server_name and not _hostname_ok(info, hs.server_name):
+        raise TLSVerifyError(
+            f"DTLS handshake with {hs.peer} failed: certificate verify failed: hostname mismatch, "
+            f"certificate is not valid for {hs.server_name!r} (X509 verify code 62)",
+            peer=hs.peer,
+            verify_code=62,
+            verify_message="hostname mismatch",
+        )
     conn._tls = info
     await _after(hs, conn, info)
     if config.session_cache:
@@ -467,17 +509,19 @@ class _Association:
 
 @final
 class DTLSListener(Listener):
-    """DTLS on one bound UDP socket, many peers (see the module docstring).
+    """DTLS on one bound datagram socket, many peers (see the module docstring).
 
-    ``sock`` is bound; the listener owns it from now on. The reader task
+    ``endpoint`` reads the bound socket; the listener owns it from now on
+    (:func:`dtls_listener` takes it from a datagram listener). The reader task
     starts at once in ``nursery`` (the pool's) and ends with :meth:`aclose`.
     Counters: :attr:`cookies_sent` (HelloVerifyRequests), :attr:`dropped`
-    (datagrams that were not DTLS or found no room), :attr:`handshake_failures`.
+    (datagrams that were not DTLS, came from a peer without an address, or
+    found no room), :attr:`handshake_failures`.
     """
 
     def __init__(
         self,
-        sock: trio.socket.SocketType,
+        endpoint: DatagramEndpoint,
         config: TLSConfig,
         *,
         address: Address,
@@ -490,7 +534,7 @@ class DTLSListener(Listener):
         backlog: int = 128,
         cookie_jar: CookieJar | None = None,
     ) -> None:
-        self._sock = sock
+        self._endpoint = endpoint
         self.config = config
         self._address = address
         self._scope = scope
@@ -519,7 +563,7 @@ class DTLSListener(Listener):
 
     @property
     def socket(self) -> trio.socket.SocketType:
-        return self._sock
+        return self._endpoint.socket
 
     @property
     def associations(self) -> int:
@@ -544,18 +588,25 @@ class DTLSListener(Listener):
                 async with trio.open_nursery() as nursery:
                     while True:
                         try:
-                            data, addr = await self._sock.recvfrom(_RECV_SIZE)
+                            data, addr = await self._endpoint.receive_from()
                         except (trio.ClosedResourceError, trio.BrokenResourceError):
                             return
-                        except OSError as exc:
-                            if exc.errno == errno.EBADF or self._closed:
-                                return
-                            continue  # ICMP errors for earlier replies: not fatal to the listener
+                        if not addr:  # an unbound unix socket: no answer can reach it
+                            self.dropped += 1
+                            continue
                         await self._route(data, addr, nursery)
         finally:
             self._new_send.close()
             for assoc in self._associations.values():
                 assoc.send.close()
+            # Associations done but never accepted: closed here (their close hooks fire).
+            with trio.CancelScope(shield=True):
+                while True:
+                    try:
+                        pending = self._new_receive.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                        break
+                    await trio.aclose_forcefully(pending)
             self._done.set()
 
     async def _route(self, data: bytes, addr: SockAddr, nursery: trio.Nursery) -> None:
@@ -582,8 +633,10 @@ class DTLSListener(Listener):
         if not self.cookies.valid(addr, hello):
             verify = hello_verify_request(hello, self.cookies.cookie(addr, hello))
             self.cookies_sent += 1
-            with contextlib.suppress(OSError):
-                await self._sock.sendto(verify, addr)
+            with contextlib.suppress(
+                OSError, MessageTooLarge, trio.BrokenResourceError, trio.ClosedResourceError
+            ):
+                await self._endpoint.send_to(verify, addr)
             return
         if self._handshakes >= self.config.max_handshakes and not self._reclaim():
             self.dropped += 1
@@ -615,13 +668,13 @@ class DTLSListener(Listener):
         return True
 
     def _start_association(self, addr: SockAddr, hello: DTLSClientHello, nursery: trio.Nursery) -> None:
-        sock = self._sock
+        endpoint = self._endpoint
         assoc_box: list[_Association] = []
 
         async def send_datagram(datagram: bytes) -> None:
             try:
-                await sock.sendto(datagram, addr)
-            except OSError as exc:
+                await endpoint.send_to(datagram, addr)
+            except (OSError, MessageTooLarge, trio.BrokenResourceError) as exc:  # (a vanished unix peer too)
                 raise trio.BrokenResourceError(f"sending to {_peer_text(addr)} failed: {exc}") from exc
 
         async def receive_datagram() -> bytes:
@@ -634,25 +687,13 @@ class DTLSListener(Listener):
             assoc.send.close()
             assoc.receive.close()
 
-        def base_info() -> CommunicationInfo:
-            from .._sockets import sockname
-
-            return CommunicationInfo(
-                transport=self._address.scheme,
-                family=sock.family,
-                socktype=sock.type,
-                protocol=sock.proto,
-                local=sockname(sock),
-                remote=addr,
-            )
-
         conn = DTLSConnection(
             self._tracer.next_conn_id(),
             self._address,
             send_datagram=send_datagram,
             receive_datagram=receive_datagram,
             close_wire=close_wire,
-            base_info=base_info,
+            base_info=lambda: endpoint.info(addr),
             transport_name=self._transport_name,
         )
         assoc = _Association(conn, self._queue)
@@ -771,8 +812,47 @@ class DTLSListener(Listener):
         self._cancel.cancel()
         with trio.CancelScope(shield=True):
             await self._done.wait()
-            self._sock.close()
+            self._endpoint.close()
             self._new_receive.close()
+
+
+def dtls_listener(
+    inner: Listener,
+    config: TLSConfig,
+    ctx: Context,
+    *,
+    transport_name: str | None = None,
+    address: Address | None = None,
+    mtu: int = DEFAULT_MTU,
+    queue: int | None = None,
+) -> DTLSListener:
+    """DTLS over the socket of a datagram listener (``udp://``, ``unix+dgram://``): it takes the
+    socket over (:meth:`~trio_conduit.transport.DatagramListener.take_endpoint`) and serves
+    every peer from it, stateless cookies first. ``address``: what the listener reports
+    (default: the inner listener's); ``queue``: datagrams held per association (default:
+    the inner transport's ``queue``). A certificate given in ``config`` is loaded now (the
+    caller closes ``inner`` if that raises)."""
+    if not isinstance(inner, DatagramListener):
+        raise TypeError(
+            f"DTLS serves from a datagram listener's socket (udp://, unix+dgram://), not {inner!r}"
+        )
+    if ctx.nursery is None:
+        raise RuntimeError("a DTLS listener needs the pool's nursery")
+    if config.has_certificate():
+        build_dtls_context(config, "server")  # a missing file or a bad key fails here, not per peer
+    endpoint = inner.take_endpoint()
+    return DTLSListener(
+        endpoint,
+        config,
+        address=address if address is not None else inner.address,
+        scope=ctx.scope,
+        tracer=ctx.tracer,
+        nursery=ctx.nursery,
+        transport_name=transport_name,
+        mtu=mtu,
+        queue=endpoint.queue if queue is None else queue,
+        backlog=128 if ctx.socket_options.backlog is None else max(1, ctx.socket_options.backlog),
+    )
 
 
 def _take(hs: TLSHandshake, chosen: object) -> None:
