@@ -24,6 +24,7 @@ from ._sockets import SocketHolder, socket_info, sockname
 from ._trace import DEBUG_ALL
 
 if TYPE_CHECKING:
+    from ._access import AccessGate
     from ._address import Address
     from ._trace import Tracer
     from ._transport import Context
@@ -278,6 +279,10 @@ class DatagramEndpoint(SocketHolder):
         #: Datagrams a reader should hold per peer (the transport's ``queue`` option).
         self.queue = queue
         self._on_close = on_close
+        #: The listener's access rules at work, if it has any: a datagram from a peer they
+        #: refuse is dropped here, before whoever reads the endpoint sees it (it travels
+        #: with the endpoint when a layer such as DTLS takes the socket over).
+        self.gate: AccessGate | None = None
 
     def info(self, peer: SockAddr | None) -> CommunicationInfo:
         """The facts of a connection to ``peer`` over this socket."""
@@ -301,6 +306,8 @@ class DatagramEndpoint(SocketHolder):
                 if exc.errno == errno.EBADF or self._is_closed:
                     raise trio.ClosedResourceError("this endpoint was closed") from None
                 continue  # ICMP errors for earlier replies, truncation: not fatal to a listener
+            if self.gate is not None and not self.gate.admits(addr, datagram=True):
+                continue
             return data, addr if addr else ""
 
     async def send_to(self, value: Buffer, peer: SockAddr) -> None:
@@ -408,9 +415,9 @@ class DatagramListener(Listener):
         self._taken = False
         self._cancel = trio.CancelScope()
         self.dropped = 0
-        self._gate = ctx.access
-        if self._gate is not None:
-            self._gate.install(sock.family)
+        if ctx.access is not None:
+            ctx.access.install(sock.family)
+            self.endpoint.gate = ctx.access
         nursery.start_soon(self._reader)
 
     @property
@@ -430,9 +437,7 @@ class DatagramListener(Listener):
         self._taken = True
         self._cancel.cancel()
         self._new_send.close()
-        if self._gate is not None:  # the new owner reads the socket: these rules are not enforced here
-            self._gate.withdraw(self.endpoint.socket.family)
-        return self.endpoint
+        return self.endpoint  # its gate goes with it: the new owner reads only admitted peers
 
     def _forget(self, peer: PeerChannel) -> None:
         if self._peers.get(peer.peer) is peer:
@@ -447,8 +452,6 @@ class DatagramListener(Listener):
                     return
                 peer = self._peers.get(key)
                 if peer is None:
-                    if self._gate is not None and not self._gate.admits(key, datagram=True):
-                        continue
                     peer = PeerChannel(self, key, self._ctx.new_conn_id(), self._queue)
                     try:
                         self._new_send.send_nowait(peer)

@@ -322,6 +322,44 @@ async def test_spoofed_hellos_allocate_nothing(pki: PKI) -> None:
         await listener.aclose()
 
 
+async def test_access_rules_drop_denied_hellos_before_the_cookie(pki: PKI) -> None:
+    """``allow=`` on ``dtls://``: a refused peer's hello gets no cookie and costs nothing
+    (the gate travels with the socket the DTLS listener takes over); an admitted one gets
+    its cookie and its association."""
+    async with conduit.open_pool() as pool:
+        listener = await pool.listen(server_url(pki), allow="127.0.0.1")
+        inner = listener.inner
+        assert isinstance(inner, DTLSListener)
+        port = listener.address.port
+        _, hello = _client_hello(pki)
+        for source in ("127.0.0.2", "127.0.0.3"):
+            with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                await s.bind((source, 0))
+                for datagram in hello:
+                    await s.sendto(datagram, ("127.0.0.1", port))
+                with trio.move_on_after(0.5) as waited:
+                    await s.recv(4096)
+                assert waited.cancelled_caught, f"{source} was answered"
+        assert listener.denied == 2
+        assert inner.cookies_sent == 0
+        await hellos_get_cookies(socket.AF_INET, [("127.0.0.1", 0)], ("127.0.0.1", port), hello)
+        assert inner.cookies_sent == 1
+
+        async with trio.open_nursery() as nursery:
+
+            async def echo_one() -> None:
+                conn = await listener.accept()
+                await conn.send(await conn.receive())
+
+            nursery.start_soon(echo_one)
+            with trio.fail_after(10):
+                client = await pool.connect(client_url(pki, port))
+                await client.send(b"admitted")
+                assert await client.receive() == b"admitted"
+            await client.aclose()
+        assert listener.denied == 2
+
+
 async def test_fragmented_hello_is_reassembled(pki: PKI) -> None:
     async with (
         conduit.open_pool() as pool,
