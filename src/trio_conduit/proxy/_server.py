@@ -202,64 +202,120 @@ class ProxyServer:
             await self._refuse(conn, engine, ReplyCode.COMMAND_NOT_SUPPORTED)
             return
         family = conn.info.family
-        with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
+        raw = socket.socket(family, socket.SOCK_DGRAM)
+        with trio.socket.from_stdlib_socket(raw) as sock:
             await sock.bind((local[0], 0))
             host, port = sock.getsockname()[:2]
             engine.reply(ReplyCode.SUCCEEDED, Target(host, port))
             _log.info("proxy conn #%d: %s: relaying at %s", conn.id, who, Target(host, port))
-            client: tuple[Any, ...] | None = None
+            route = _Route(str(peer[0]))
             wanted = request.target
             if wanted.port and (
                 wanted.ip is None or wanted.ip.is_unspecified or _same_host(wanted.host, peer[0])
             ):
-                client = (peer[0], wanted.port)
+                route.client = (peer[0], wanted.port)
             try:
                 await _flush(conn, engine)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._udp_relay, sock, str(peer[0]), client)
+                nursery.start_soon(self._udp_relay, sock, route)
                 try:
                     while await conn.receive_some(4096):
                         pass
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
-                nursery.cancel_scope.cancel()
+                # The association ends with its control connection (RFC 1928 §7), but what
+                # the client sent before closing it is in hand or queued here (a DTLS
+                # close_notify, say): the relay finishes the datagram it holds, reads no
+                # more, and what is queued is passed on below; all within _DRAIN_SECONDS.
+                route.stop()
+                nursery.cancel_scope.deadline = trio.current_time() + _DRAIN_SECONDS
+            with trio.move_on_after(_DRAIN_SECONDS):
+                for data, source in _queued(raw):
+                    await self._relay_datagram(sock, route, data, source)
             _log.info("proxy conn #%d: UDP association over", conn.id)
 
-    async def _udp_relay(
-        self, sock: trio.socket.SocketType, client_ip: str, client: tuple[Any, ...] | None
+    async def _udp_relay(self, sock: trio.socket.SocketType, route: _Route) -> None:
+        while not route.stopping:
+            got: tuple[bytes, Any] | None = None
+            with trio.CancelScope() as route.reading:
+                try:
+                    got = await sock.recvfrom(_DATAGRAM_MAX)
+                except OSError:
+                    pass  # an ICMP error for an earlier datagram
+            route.reading = None
+            if got is not None:
+                await self._relay_datagram(sock, route, *got)
+
+    async def _relay_datagram(
+        self, sock: trio.socket.SocketType, route: _Route, data: bytes, source: Any
     ) -> None:
-        while True:
+        """One datagram: from the client, unwrapped to its destination; else wrapped to the client."""
+        client = route.client
+        from_client = (
+            source[:2] == client[:2] if client is not None else _same_host(str(source[0]), route.client_ip)
+        )
+        if from_client:
+            route.client = source
             try:
-                data, source = await sock.recvfrom(65536 + MAX_HEADER)
+                dest, frag, payload = unpack_udp_datagram_untrusted(data)
+            except ProxyProtocolError:
+                return
+            if frag != 0:
+                return
+            if self.allow is not None and not self.allow(Request("SOCKS5", Command.UDP_ASSOCIATE, dest)):
+                return
+            try:
+                infos = await trio.socket.getaddrinfo(dest.host, dest.port, sock.family, socket.SOCK_DGRAM)
+                await sock.sendto(payload, infos[0][4])
             except OSError:
-                continue  # an ICMP error for an earlier datagram
-            from_client = (
-                source[:2] == client[:2] if client is not None else _same_host(str(source[0]), client_ip)
-            )
-            if from_client:
-                client = source
-                try:
-                    dest, frag, payload = unpack_udp_datagram_untrusted(data)
-                except ProxyProtocolError:
-                    continue
-                if frag != 0:
-                    continue
-                if self.allow is not None and not self.allow(Request("SOCKS5", Command.UDP_ASSOCIATE, dest)):
-                    continue
-                try:
-                    infos = await trio.socket.getaddrinfo(
-                        dest.host, dest.port, sock.family, socket.SOCK_DGRAM
-                    )
-                    await sock.sendto(payload, infos[0][4])
-                except OSError:
-                    continue
-            elif client is not None:
-                try:
-                    await sock.sendto(pack_udp_header(Target(str(source[0]), source[1])) + data, client)
-                except OSError:
-                    continue
+                return
+        elif client is not None:
+            try:
+                await sock.sendto(pack_udp_header(Target(str(source[0]), source[1])) + data, client)
+            except OSError:
+                return
+
+
+#: A datagram as the relay reads it: the largest payload and the largest SOCKS5 header.
+_DATAGRAM_MAX: Final = 65536 + MAX_HEADER
+#: At the end of an association: how many already-queued datagrams are still passed on,
+#: and for how long at most.
+_DRAIN_MAX: Final = 64
+_DRAIN_SECONDS: Final = 1.0
+
+
+class _Route:
+    """One association's relay state: where its client is (its address once known,
+    ``client``, else its host) and whether the relay is to stop reading."""
+
+    __slots__ = ("client", "client_ip", "reading", "stopping")
+
+    def __init__(self, client_ip: str) -> None:
+        self.client_ip = client_ip
+        self.client: tuple[Any, ...] | None = None
+        self.reading: trio.CancelScope | None = None
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Read no more: a wait for the next datagram ends; one in hand is still relayed."""
+        self.stopping = True
+        if self.reading is not None:
+            self.reading.cancel()
+
+
+def _queued(raw: socket.socket) -> list[tuple[bytes, Any]]:
+    """What is already waiting on the relay's socket, read without blocking (at most ``_DRAIN_MAX``)."""
+    found: list[tuple[bytes, Any]] = []
+    for _ in range(_DRAIN_MAX):
+        try:
+            found.append(raw.recvfrom(_DATAGRAM_MAX))
+        except BlockingIOError:
+            break
+        except OSError:
+            continue  # an ICMP error for an earlier datagram
+    return found
 
 
 async def _flush(conn: Any, engine: ServerEngine) -> None:
