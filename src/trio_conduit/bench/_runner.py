@@ -78,13 +78,23 @@ def serving_process(argv: list[str]) -> Iterator[int]:
         assert proc.stdout is not None
         yield int(proc.stdout.readline())
     finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
+
+
+def stop_process(proc: subprocess.Popen[Any], *, timeout: float, signum: int | None = None) -> None:
+    """End a benchmark's helper process: close its stdin (a worker's cue to stop), send it
+    ``signum`` if given, wait up to ``timeout`` seconds, then kill it; close its stdout."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    if signum is not None:
+        proc.send_signal(signum)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def alternating_pair(

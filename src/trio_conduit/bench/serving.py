@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import signal
 import socket
 import ssl
 import statistics
@@ -38,7 +39,7 @@ import trio
 
 import trio_conduit
 
-from ._runner import CONDUIT, WORKER, announce_and_wait, bench_certificates, free_port
+from ._runner import CONDUIT, WORKER, announce_and_wait, bench_certificates, free_port, stop_process
 
 __all__ = ["MEMORY", "WORKERS"]
 
@@ -125,12 +126,7 @@ def _workers_run(workers: int, url_of: Any, amount: int, cafile: str | None) -> 
         total: float = sum(r["connections"] for r in results) / max(r["seconds"] for r in results)
         return total
     finally:
-        server.send_signal(15)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server, timeout=30, signum=signal.SIGTERM)
 
 
 def _compare_workers(url_of: Any, amount: int, repeat: int, cafile: str | None) -> dict[str, Any]:
@@ -228,17 +224,8 @@ def _memory_run(impl: str, count: int) -> float:
         return float(after["rss_kb"] - before["rss_kb"]) / count
     finally:
         for proc in (client, server):
-            if proc is None:
-                continue
-            if proc.stdin is not None:
-                proc.stdin.close()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            if proc is not None:
+                stop_process(proc, timeout=30)
 
 
 def run_memory_bench(count: int, repeat: int) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -31,7 +32,7 @@ import trio
 import trio_conduit
 from trio_conduit.proxy import ProxyServer
 
-from ._runner import WORKER, free_port, wait_listening
+from ._runner import WORKER, free_port, stop_process, wait_listening
 
 __all__ = ["SOCKS5", "run_socks5_bench"]
 
@@ -94,16 +95,7 @@ def _process(argv: list[str], *, prints_port: bool) -> Iterator[int]:
         wait_listening(port, proc)
         yield port
     finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_process(proc, timeout=5, signum=signal.SIGTERM)
 
 
 Connector = Callable[[], Awaitable[Any]]

@@ -54,7 +54,7 @@ from .._errors import MessageTooLarge
 from .._socket_channel import DatagramEndpoint, DatagramListener
 from .._util import ConflictDetector
 from ._certs import Certificate
-from ._config import TLSConfig
+from ._config import Side, TLSConfig
 from ._dtls_config import build_dtls_context
 from ._dtls_engine import DEFAULT_MTU, DTLSEngine, DTLSState
 from ._dtls_hello import CookieJar, DTLSClientHello, DTLSClientHelloReader, hello_verify_request
@@ -92,6 +92,15 @@ _VERIFY_TEXT: Final = {
 }
 #: Client sessions to resume: (peer, server name, context) → session (newest 256).
 _sessions: OrderedDict[tuple[str, str | None, int], SSL.Session] = OrderedDict()
+
+
+def _ssl_connection(config: TLSConfig, side: Side) -> tuple[SSL.Connection, dict[str, Any]]:
+    """A fresh OpenSSL connection for ``side``, and the dict the verify callback leaves its
+    findings in (its app data, read by :func:`_verify_error`)."""
+    ssl_conn = SSL.Connection(build_dtls_context(config, side))
+    holder: dict[str, Any] = {}
+    ssl_conn.set_app_data(holder)
+    return ssl_conn, holder
 
 
 def _verify_error(holder: dict[str, Any], peer: str, exc: TLSError) -> TLSError:
@@ -423,14 +432,11 @@ async def _client_steps(conn: DTLSConnection, hs: TLSHandshake, config: TLSConfi
             reason="NO_SERVER_NAME",
             peer=hs.peer,
         )
-    context = build_dtls_context(config, "client")
-    ssl_conn = SSL.Connection(context)
-    holder: dict[str, Any] = {}
-    ssl_conn.set_app_data(holder)
+    ssl_conn, holder = _ssl_connection(config, "client")
     ssl_conn.set_connect_state()
     if hs.server_name and not _is_ip(hs.server_name):
         ssl_conn.set_tlsext_host_name(hs.server_name.encode("idna"))
-    key = (hs.peer, hs.server_name, id(context))
+    key = (hs.peer, hs.server_name, id(ssl_conn.get_context()))
     offered = _sessions.get(key) if config.session_cache else None
     if offered is not None:
         ssl_conn.set_session(offered)
@@ -778,10 +784,7 @@ class DTLSListener(Listener):
                 reason="NO_CERTIFICATE",
                 peer=hs.peer,
             )
-        context = build_dtls_context(config, "server")
-        ssl_conn = SSL.Connection(context)
-        holder: dict[str, Any] = {}
-        ssl_conn.set_app_data(holder)
+        ssl_conn, holder = _ssl_connection(config, "server")
         # OpenSSL gets the hello as one record of one unfragmented message, whatever it came in;
         # DTLSv1_listen sets the association's sequence numbers from it (our cookie already checked).
         version = hello.hello.legacy_version
