@@ -247,8 +247,8 @@ class DTLSEngine:
                 return
             self._received.append(bytes(data))
 
-    def _collect(self, *, as_flight: bool, now: float = 0.0) -> None:
-        """Move what OpenSSL wrote into datagrams to send; during a handshake it is a new flight."""
+    def _written(self) -> bytes:
+        """All OpenSSL has written to its outgoing memory BIO since the last call."""
         chunks = []
         while True:
             try:
@@ -258,9 +258,14 @@ class DTLSEngine:
             if not chunk:
                 break
             chunks.append(chunk)
-        if not chunks:
+        return b"".join(chunks)
+
+    def _collect(self, *, as_flight: bool, now: float = 0.0) -> None:
+        """Move what OpenSSL wrote into datagrams to send; during a handshake it is a new flight."""
+        written = self._written()
+        if not written:
             return
-        datagrams = pack_records(split_records(b"".join(chunks)), self._mtu)
+        datagrams = pack_records(split_records(written), self._mtu)
         self._out.extend(datagrams)
         if as_flight and self.state is DTLSState.HANDSHAKING:
             self._flight = datagrams
@@ -299,16 +304,8 @@ class DTLSEngine:
             rewrote = bool(self._ssl.DTLSv1_handle_timeout())
         except SSL.Error:
             rewrote = False
-        if rewrote:
-            chunks = []
-            while True:
-                try:
-                    chunk = self._ssl.bio_read(_READ)
-                except SSL.WantReadError:
-                    break
-                chunks.append(chunk)
-            if chunks:
-                self._flight = pack_records(split_records(b"".join(chunks)), self._mtu)
+        if rewrote and (written := self._written()):
+            self._flight = pack_records(split_records(written), self._mtu)
         self._out.extend(self._flight)
 
     def _fall_back(self) -> None:
