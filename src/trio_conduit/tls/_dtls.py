@@ -60,6 +60,7 @@ from ._dtls_engine import DEFAULT_MTU, DTLSEngine, DTLSState
 from ._dtls_hello import CookieJar, DTLSClientHello, DTLSClientHelloReader, hello_verify_request
 from ._errors import ClientHelloError, TLSError, TLSHandshakeTimeout, TLSVerifyError
 from ._handshake import TLSHandshake, _check_pins, _is_ip
+from ._sessions import SessionKey, session_cache
 from ._stream import TLSInfo
 
 if TYPE_CHECKING:
@@ -90,8 +91,6 @@ _VERIFY_TEXT: Final = {
     21: "unable to verify the first certificate",
     62: "hostname mismatch",
 }
-#: Client sessions to resume: (peer, server name, context) → session (newest 256).
-_sessions: OrderedDict[tuple[str, str | None, int], SSL.Session] = OrderedDict()
 
 
 def _ssl_connection(config: TLSConfig, side: Side) -> tuple[SSL.Connection, dict[str, Any]]:
@@ -436,16 +435,17 @@ async def _client_steps(conn: DTLSConnection, hs: TLSHandshake, config: TLSConfi
     ssl_conn.set_connect_state()
     if hs.server_name and not _is_ip(hs.server_name):
         ssl_conn.set_tlsext_host_name(hs.server_name.encode("idna"))
-    key = (hs.peer, hs.server_name, id(ssl_conn.get_context()))
-    offered = _sessions.get(key) if config.session_cache else None
-    if offered is not None:
+    key = SessionKey(hs.peer, hs.server_name)
+    context = ssl_conn.get_context()
+    offered = session_cache.take(key, context) if config.session_cache else None
+    if isinstance(offered, SSL.Session):
         ssl_conn.set_session(offered)
     deadline = hs.started + config.handshake_timeout if config.handshake_timeout else None
     engine = DTLSEngine(ssl_conn, mtu=mtu, now=trio.current_time(), handshake_deadline=deadline)
     try:
         await conn._run_handshake(engine)
     except TLSError as exc:
-        _sessions.pop(key, None)
+        session_cache.remove(key)
         exc.peer = hs.peer
         raise _verify_error(holder, hs.peer, exc) from exc
     sni = hs.server_name if hs.server_name and not _is_ip(hs.server_name) else None
@@ -463,9 +463,7 @@ async def _client_steps(conn: DTLSConnection, hs: TLSHandshake, config: TLSConfi
     if config.session_cache:
         session = ssl_conn.get_session()
         if session is not None:
-            _sessions[key] = session
-            if len(_sessions) > 256:
-                _sessions.popitem(last=False)
+            session_cache.put(key, context, session)
 
 
 async def _after(hs: TLSHandshake, conn: DTLSConnection, info: TLSInfo) -> None:

@@ -578,9 +578,9 @@ async def _client_steps(hs: TLSHandshake, transport_name: str | None) -> TLSConn
     if config.session_cache and hs.session is None:
         hs.session_key = SessionKey(hs.peer, hs.server_name)
         found = await hs._hook_first("conduit_tls_session_get", key=hs.session_key)
-        hs.session = (
-            found if isinstance(found, ssl.SSLSession) else session_cache.take(hs.session_key, context)
-        )
+        if not isinstance(found, ssl.SSLSession):
+            found = session_cache.take(hs.session_key, context)
+        hs.session = found if isinstance(found, ssl.SSLSession) else None
     elif config.session_cache:
         hs.session_key = SessionKey(hs.peer, hs.server_name)
     shim = ContextShim(context, b"", hs.session)

@@ -1,7 +1,10 @@
 """The client-side TLS session cache, keyed by peer.
 
-A session can only be resumed with the ``ssl.SSLContext`` that made it, so
-entries remember their context and are found only by the same one. TLS 1.3
+A session can only be resumed with the context that made it, so entries
+remember their context and are found only by the same one (compared by
+identity). TLS keeps ``ssl.SSLSession`` objects here under their
+``ssl.SSLContext``, DTLS pyOpenSSL's ``SSL.Session`` under its ``SSL.Context``:
+one cache, and each reader checks the type of what it takes. TLS 1.3
 tickets are meant to be used once: :meth:`SessionCache.take` removes what it
 returns, and the resumed connection's new session is put back. Plugins can
 keep sessions elsewhere with the ``conduit_tls_session_get/put/remove`` hooks;
@@ -10,7 +13,6 @@ this cache is used when no hook returns a session.
 
 from __future__ import annotations
 
-import ssl
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
@@ -36,12 +38,12 @@ class SessionCache:
 
     def __init__(self, max_peers: int = 1024) -> None:
         self.max_peers = max_peers
-        self._entries: OrderedDict[SessionKey, list[tuple[ssl.SSLContext, ssl.SSLSession]]] = OrderedDict()
+        self._entries: OrderedDict[SessionKey, list[tuple[object, object]]] = OrderedDict()
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._entries.values())
 
-    def take(self, key: SessionKey, context: ssl.SSLContext) -> ssl.SSLSession | None:
+    def take(self, key: SessionKey, context: object) -> object | None:
         """The newest session for ``key`` made with ``context``, removed from the cache."""
         entries = self._entries.get(key)
         if not entries:
@@ -55,7 +57,7 @@ class SessionCache:
                 return session
         return None
 
-    def put(self, key: SessionKey, context: ssl.SSLContext, session: ssl.SSLSession) -> None:
+    def put(self, key: SessionKey, context: object, session: object) -> None:
         entries = self._entries.setdefault(key, [])
         self._entries.move_to_end(key)
         entries.append((context, session))
