@@ -161,12 +161,23 @@ class NativeCC(CongestionControl):
         self.cwnd = 16.0
         self.pkt_send_period = 1.0
 
-    def _leave_slow_start(self) -> None:
+    def _leave_slow_start(self, *, keep_pace: bool) -> None:
+        """Slow start ends: pace at the receiver's reported rate (the reference's rule).
+
+        On a loss or a timeout (``keep_pace``) the rate is at least the window's
+        (``cwnd`` packets per RTT + SYN), what slow start was sending at: a loss in the
+        first round trips comes before the receiver has measured anything, and its
+        reported rate is then a placeholder (ours starts at 16 packets/s, the
+        reference's receiver first reports 1), which would pace a 50 ms link at a
+        packet per 60 ms for seconds.
+        """
         self._slow_start = False
+        window_period = (self.rtt + self._rc_interval) / self.cwnd
         if self.rcv_rate > 0:
-            self.pkt_send_period = 1_000_000.0 / self.rcv_rate
+            period = 1_000_000.0 / self.rcv_rate
+            self.pkt_send_period = min(period, window_period) if keep_pace else period
         else:
-            self.pkt_send_period = (self.rtt + self._rc_interval) / self.cwnd
+            self.pkt_send_period = window_period
 
     def on_ack(self, ack: int) -> None:
         if self.now - self._last_rc_time < self._rc_interval:
@@ -176,7 +187,7 @@ class NativeCC(CongestionControl):
             self.cwnd += ack - self._last_ack
             self._last_ack = ack
             if self.cwnd > self.max_cwnd:
-                self._leave_slow_start()
+                self._leave_slow_start(keep_pace=False)
             else:
                 return
         else:
@@ -186,10 +197,14 @@ class NativeCC(CongestionControl):
         if self._loss:
             self._loss = False
             return
-        min_inc = 0.01
-        spare = self.bandwidth - 1_000_000.0 / self.pkt_send_period
-        if self.pkt_send_period > self._last_dec_period and self.bandwidth / 9 < spare:
-            spare = self.bandwidth / 9
+        min_inc = 1.0 / self.mss
+        # The link's capacity is at least the rate the receiver takes packets in at: its
+        # packet-pair estimate starts from a placeholder (1,000 packets/s) that a slow
+        # start cut short by an early loss may not get enough pairs to replace for seconds.
+        capacity = max(self.bandwidth, self.rcv_rate)
+        spare = int(capacity - 1_000_000.0 / self.pkt_send_period)
+        if self.pkt_send_period > self._last_dec_period and capacity // 9 < spare:
+            spare = capacity // 9
         if spare <= 0:
             inc = min_inc
         else:
@@ -210,11 +225,8 @@ class NativeCC(CongestionControl):
                 return
         self._max_loss_seen = max(last for _, last in losses) if losses else top
         if self._slow_start:
-            self._slow_start = False
-            if self.rcv_rate > 0:
-                self.pkt_send_period = 1_000_000.0 / self.rcv_rate
-                return
-            self.pkt_send_period = self.cwnd / (self.rtt + self._rc_interval)
+            # then, as the reference, this loss is also the first decrease
+            self._leave_slow_start(keep_pace=True)
         self._loss = True
         if losses and losses[0][0] > self._last_dec_seq:
             self._last_dec_period = self.pkt_send_period
@@ -236,7 +248,7 @@ class NativeCC(CongestionControl):
 
     def on_timeout(self) -> None:
         if self._slow_start:
-            self._leave_slow_start()
+            self._leave_slow_start(keep_pace=True)
 
 
 def parse_rate(text: str | float) -> float:

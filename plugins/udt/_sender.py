@@ -207,6 +207,8 @@ class Sender:
         self._bw_seen = False
         self._last_ack2_seqno = -1
         self._last_ack2_time = -_NEVER
+        #: When the cumulative ACK last moved (or the packet it waits for was last resent).
+        self._ack_moved = now
 
     def reset(self, isn: int) -> None:
         self.next = isn
@@ -458,7 +460,9 @@ class Sender:
             self.last_ack = ack
         buffer = self.buffer
         if ack <= buffer.start:
+            self._resend_stuck_head(now)
             return
+        self._ack_moved = now
         self.loss.remove_below(ack)
         buffer.release(ack)
         if rtt > 0:
@@ -519,7 +523,29 @@ class Sender:
             if last >= floor:
                 added += self.loss.insert(max(first, floor), last)
         self.stats.pkt_snd_loss += added
+        self._resend_stuck_head(now)
         if self.loss:
+            self.wake(now)
+
+    def _resend_stuck_head(self, now: float) -> None:
+        """The cumulative ACK has not moved for two round trips: resend the packet it waits for.
+
+        Its retransmission was lost too, or its loss was never reported (the last
+        packets before a pause). A receiver that reports each loss once, as the
+        reference's does, leaves that to the sender's EXP timer, which does not fire
+        while the receiver's other reports keep coming: the sender runs on until
+        the flow window is used up, stalls, then resends the whole window. One
+        packet, once per two round trips, is the whole cost here.
+        """
+        head = self.buffer.start
+        if head >= self.next:
+            return
+        s = self._session
+        if now - self._ack_moved < 2 * (s.rtt + 2 * s.rtt_var + SYN):
+            return
+        self._ack_moved = now
+        if self.loss.insert(head, head):
+            self.stats.pkt_snd_loss += 1
             self.wake(now)
 
 

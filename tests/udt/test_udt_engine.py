@@ -1196,3 +1196,44 @@ def test_a_window_limited_senders_wait_for_acks_is_not_its_pace() -> None:
     # silent far longer than a round trip (a stall): counted in, as before
     rounds(20, 1.0)
     assert r.arrival_rate() < 100
+
+
+def test_a_lost_retransmission_is_resent_without_waiting_for_exp() -> None:
+    # A receiver that reports each loss once (the reference's: no periodic NAK) while data
+    # keeps flowing: its reports keep the sender's EXP timer from firing. The packet the
+    # cumulative ACK waits for is resent once the ACK has not moved for two round trips.
+    net = Net(delay=0.025)
+    fixed = Config(congestion=lambda: FixedRateCC("2M"))
+    c, s = connect_pair(net, fixed, Config(periodic_nak=False))
+    p = c.payload_size
+    lost = c.isn + 1000  # once the RTT estimate has settled
+    sends: list[float] = []
+    others: set[int] = set()
+
+    def drop(w: Wire) -> bool:
+        pk = w.packet
+        if not isinstance(pk, DataPacket):
+            return False
+        if pk.seq == lost:
+            sends.append(w.time)
+            return len(sends) <= 2  # the packet and its first retransmission
+        if (pk.seq - c.isn) % 50 == 0 and pk.seq not in others:
+            others.add(pk.seq)  # other losses, lost once: their reports keep coming
+            return True
+        return False
+
+    net.blackhole = drop
+    data = bytes(range(256)) * (3000 * p // 256)
+    got = transfer(net, c, s, data, timeout=30)
+    assert got == data
+    assert len(sends) == 3
+    naks = [w for w in net.packets(B, A) if isinstance(w.packet, Nak) and lost in _nak_seqs(w.packet)]
+    assert len(naks) == 1  # reported once: the third send is the sender's own doing
+    # within a few round trips of the lost retransmission, while the transfer went on
+    assert sends[2] - sends[1] < 4 * (2 * net.delay + 0.01)
+    assert max(w.time for w in net.packets(A, B)) > sends[2] + 0.5
+    assert c.stats.pkt_timeout_loss == 0
+
+
+def _nak_seqs(nak: Nak) -> set[int]:
+    return {seq for first, last in nak.losses for seq in range(first, last + 1)}
