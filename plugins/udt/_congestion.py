@@ -161,23 +161,29 @@ class NativeCC(CongestionControl):
         self.cwnd = 16.0
         self.pkt_send_period = 1.0
 
-    def _leave_slow_start(self, *, keep_pace: bool) -> None:
+    def _leave_slow_start(self, *, on_loss: bool) -> None:
         """Slow start ends: pace at the receiver's reported rate (the reference's rule).
 
-        On a loss or a timeout (``keep_pace``) the rate is at least the window's
-        (``cwnd`` packets per RTT + SYN), what slow start was sending at: a loss in the
-        first round trips comes before the receiver has measured anything, and its
-        reported rate is then a placeholder (ours starts at 16 packets/s, the
-        reference's receiver first reports 1), which would pace a 50 ms link at a
-        packet per 60 ms for seconds.
+        Ended by a loss or a timeout (``on_loss``), slow start was sending its window
+        (``cwnd`` packets per RTT + SYN) unpaced, and the reported rate is kept
+        between that rate and twice it (what the next round trip would have sent).
+        A loss in the first round trips comes before the receiver has measured
+        anything: its report is then a placeholder (ours starts at 16 packets/s, the
+        reference's receiver first reports 1) that would pace a 50 ms link at a
+        packet per 60 ms for seconds. And the reference's receiver reports the
+        pace of arrivals within a burst, which for an unpaced sender is its own
+        burst speed, not the path's: taken as the rate, it overflows the path's
+        queue by thousands of packets.
         """
         self._slow_start = False
         window_period = (self.rtt + self._rc_interval) / self.cwnd
-        if self.rcv_rate > 0:
-            period = 1_000_000.0 / self.rcv_rate
-            self.pkt_send_period = min(period, window_period) if keep_pace else period
-        else:
+        if self.rcv_rate <= 0:
             self.pkt_send_period = window_period
+            return
+        period = 1_000_000.0 / self.rcv_rate
+        if on_loss:
+            period = min(max(period, window_period / 2), window_period)
+        self.pkt_send_period = period
 
     def on_ack(self, ack: int) -> None:
         if self.now - self._last_rc_time < self._rc_interval:
@@ -187,7 +193,7 @@ class NativeCC(CongestionControl):
             self.cwnd += ack - self._last_ack
             self._last_ack = ack
             if self.cwnd > self.max_cwnd:
-                self._leave_slow_start(keep_pace=False)
+                self._leave_slow_start(on_loss=False)
             else:
                 return
         else:
@@ -226,7 +232,7 @@ class NativeCC(CongestionControl):
         self._max_loss_seen = max(last for _, last in losses) if losses else top
         if self._slow_start:
             # then, as the reference, this loss is also the first decrease
-            self._leave_slow_start(keep_pace=True)
+            self._leave_slow_start(on_loss=True)
         self._loss = True
         if losses and losses[0][0] > self._last_dec_seq:
             self._last_dec_period = self.pkt_send_period
@@ -248,7 +254,7 @@ class NativeCC(CongestionControl):
 
     def on_timeout(self) -> None:
         if self._slow_start:
-            self._leave_slow_start(keep_pace=True)
+            self._leave_slow_start(on_loss=True)
 
 
 def parse_rate(text: str | float) -> float:

@@ -86,11 +86,12 @@ def test_slow_start_ends_past_the_flow_window_at_the_reported_rate() -> None:
 
 
 def test_first_loss_ends_slow_start_at_the_reported_rate_and_is_the_first_decrease() -> None:
-    cc = make(rcv_rate=5_000, rtt=50_000)
+    cc = make(rcv_rate=1_000, rtt=50_000)
     ack(cc, SYN_INTERVAL, ISN + 20, sent=ISN + 40)
+    window = cc.cwnd  # 37 packets per 60 ms: 617 packets/s, below the reported 1,000
     nak(cc, 2 * SYN_INTERVAL, ISN + 25, sent=ISN + 60)
-    start = 1_000_000 / 5_000  # faster than the window's 36 packets per 60 ms
-    assert cc.pkt_send_period == decreased(start)
+    assert (50_000 + SYN_INTERVAL) / window > 1_000_000 / 1_000
+    assert cc.pkt_send_period == decreased(1_000_000 / 1_000)
     # the next ACK only clears the loss flag; the one after increases, capped below the
     # rate before the decrease at a ninth of the capacity
     cc.bandwidth = 30_000
@@ -111,11 +112,21 @@ def test_a_loss_before_any_rate_report_keeps_the_window_rate() -> None:
     assert cc.pkt_send_period < 1_000_000 / 16 / 8
 
 
+def test_a_loss_in_slow_start_paces_at_most_twice_the_window_rate() -> None:
+    # The reference's receiver reports the pace within bursts: for an unpaced sender in
+    # slow start, its own burst speed (80,000 packets/s here), not the path's.
+    cc = make(rcv_rate=80_000, rtt=50_000)
+    ack(cc, SYN_INTERVAL, ISN + 20, sent=ISN + 40)
+    window_period = (50_000 + SYN_INTERVAL) / cc.cwnd
+    nak(cc, 2 * SYN_INTERVAL, ISN + 25, sent=ISN + 60)
+    assert cc.pkt_send_period == decreased(window_period / 2)
+
+
 def test_one_decrease_per_congestion_epoch_then_at_most_four_more() -> None:
-    cc = make(rcv_rate=10_000)
+    cc = make(rcv_rate=200)
     nak(cc, 1_000, ISN + 5, sent=ISN + 100)  # ends slow start: the epoch's first decrease
     period = cc.pkt_send_period
-    assert period == decreased(100.0)
+    assert period == decreased(1_000_000 / 200)
     # losses of packets sent before that decrease belong to the same epoch: with no NAK
     # history the random skip is 1, so each of them decreases, four at most
     for i in range(6):
@@ -162,7 +173,7 @@ def test_timeouts_end_slow_start_but_do_not_slow_down_after_it() -> None:
 def test_repeated_loss_reports_are_not_new_losses() -> None:
     # our receiver repeats what is still missing (periodic NAK); the reference's reports
     # each loss once: a repeat is no news of congestion
-    cc = make(rcv_rate=10_000)
+    cc = make(rcv_rate=200)
     nak(cc, 1_000, ISN + 5, sent=ISN + 100)
     period = cc.pkt_send_period
     for i in range(5):
