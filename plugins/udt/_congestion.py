@@ -145,6 +145,9 @@ class NativeCC(CongestionControl):
         self._avg_nak_num = 0
         self._dec_count = 0
         self._max_loss_seen: int | None = None
+        self._acked = 0
+        self._flow_window: float | None = None
+        self._sent_marks: deque[tuple[int, int]] = deque()
 
     def init(self) -> None:
         self._rc_interval = self.syn_interval
@@ -152,6 +155,7 @@ class NativeCC(CongestionControl):
         self.ack_period = self._rc_interval
         self._slow_start = True
         self._last_ack = self.snd_curr_seq
+        self._acked = self.snd_curr_seq + 1
         self._loss = False
         self._last_dec_seq = self._last_ack - 1
         self._last_dec_period = 1.0
@@ -185,7 +189,35 @@ class NativeCC(CongestionControl):
             period = min(max(period, window_period / 2), window_period)
         self.pkt_send_period = period
 
+    def _beyond_hole(self) -> int:
+        """About how many packets the receiver holds past the one the cumulative ACK waits for.
+
+        Those sent an RTT ago or earlier have arrived, or were lost and reported (the
+        holes, a few on a lossy link, are counted as held); so has the packet after a
+        NAK's last lost one. The reference counts them all as in flight; with a
+        receiver that reports the rate it really takes packets in at (ours), its
+        window (that rate times RTT + SYN) then closes while the ACK waits for a
+        retransmission, a round trip in every few on a lossy link, and the sender
+        idles for much of it.
+        """
+        marks = self._sent_marks
+        now = self.now
+        marks.append((now, self.snd_curr_seq))
+        horizon = now - self.rtt
+        while len(marks) > 1 and marks[1][0] <= horizon:
+            marks.popleft()
+        arrived = marks[0][1] if marks[0][0] <= horizon else -1
+        top = self._max_loss_seen
+        if top is not None:
+            arrived = max(arrived, top + 1)
+        return max(0, arrived - self._acked)
+
+    def _update_window(self) -> None:
+        if self._flow_window is not None:
+            self.cwnd = self._flow_window + self._beyond_hole()
+
     def on_ack(self, ack: int) -> None:
+        self._acked = max(self._acked, ack)
         if self.now - self._last_rc_time < self._rc_interval:
             return
         self._last_rc_time = self.now
@@ -197,7 +229,13 @@ class NativeCC(CongestionControl):
             else:
                 return
         else:
-            self.cwnd = self.rcv_rate / 1_000_000.0 * (self.rtt + self._rc_interval) + 16
+            # The reference's receiver reports the pace packets arrive at within bursts:
+            # for a paced sender, its own pace. Ours reports what it took in over time,
+            # which a window closed by that report would hold down: the window is at
+            # least the pace's worth of packets (flow control is the peer's flow window).
+            rate = max(self.rcv_rate, 1_000_000.0 / self.pkt_send_period)
+            self._flow_window = rate / 1_000_000.0 * (self.rtt + self._rc_interval) + 16
+            self._update_window()
         if self._slow_start:
             return
         if self._loss:
@@ -227,9 +265,12 @@ class NativeCC(CongestionControl):
         top = self._max_loss_seen
         if top is not None:
             losses = [(max(first, top + 1), last) for first, last in losses if last > top]
-            if not losses:
-                return
-        self._max_loss_seen = max(last for _, last in losses) if losses else top
+        if losses:
+            self._max_loss_seen = max(last for _, last in losses)
+        # a report, repeated or not, is also news of what arrived past the hole
+        self._update_window()
+        if not losses:
+            return
         if self._slow_start:
             # then, as the reference, this loss is also the first decrease
             self._leave_slow_start(on_loss=True)

@@ -80,9 +80,14 @@ def test_slow_start_ends_past_the_flow_window_at_the_reported_rate() -> None:
     ack(cc, 2 * SYN_INTERVAL, ISN + 100)  # past 100 packets
     # the reported rate, and in the same SYN the first increase (no capacity reported: the least)
     assert cc.pkt_send_period == increased(1_000_000 / 20_000, 1, capped=True)
-    # then the window follows the receive rate
+    # then the window follows the receive rate, or the pace when that is faster
+    pace = 1_000_000 / cc.pkt_send_period
+    assert pace > 20_000
     ack(cc, 3 * SYN_INTERVAL, ISN + 120)
-    assert cc.cwnd == 20_000 / 1_000_000 * (cc.rtt + SYN_INTERVAL) + 16
+    assert cc.cwnd == pace / 1_000_000 * (cc.rtt + SYN_INTERVAL) + 16
+    cc.rcv_rate = 30_000
+    ack(cc, 4 * SYN_INTERVAL, ISN + 140)
+    assert cc.cwnd == 30_000 / 1_000_000 * (cc.rtt + SYN_INTERVAL) + 16
 
 
 def test_first_loss_ends_slow_start_at_the_reported_rate_and_is_the_first_decrease() -> None:
@@ -191,3 +196,25 @@ def test_the_capacity_is_at_least_the_receive_rate() -> None:
     ack(cc, 2 * SYN_INTERVAL, ISN + 20)
     assert cc.pkt_send_period == increased(period, 50_000, capped=True)
     assert cc.pkt_send_period < increased(period, 1_000, capped=True)
+
+
+def test_the_window_leaves_out_what_the_receiver_holds_past_a_hole() -> None:
+    cc = make(rcv_rate=3_000, rtt=50_000, max_cwnd=20)
+    ack(cc, SYN_INTERVAL, ISN + 10)  # slow start ends
+    cc.pkt_send_period = 1_000.0  # slower than the receive rate: the window follows that
+    ack(cc, 2 * SYN_INTERVAL, ISN + 100)
+    flow = 3_000 / 1_000_000 * (50_000 + SYN_INTERVAL) + 16
+    assert cc.cwnd == flow
+    # ISN + 100 is lost; the receiver reports it when ISN + 101 arrives, then a later loss
+    # when ISN + 181 arrives: it holds 81 packets the ACK does not cover yet
+    nak(cc, 2 * SYN_INTERVAL + 1, ISN + 100, sent=ISN + 150)
+    assert cc.cwnd == flow + 1
+    nak(cc, 2 * SYN_INTERVAL + 2, ISN + 180, sent=ISN + 200)
+    assert cc.cwnd == flow + (ISN + 181 - (ISN + 100))  # the hole at ISN + 180 counted too
+    # the retransmission arrives: the ACK moves past both holes, nothing is held past it
+    cc.pkt_send_period = 1_000.0
+    ack(cc, 3 * SYN_INTERVAL, ISN + 190, sent=ISN + 300)
+    assert cc.cwnd == flow
+    # ISN + 190 is lost; an RTT on, what was sent by then has arrived, reported or not
+    nak(cc, 3 * SYN_INTERVAL + 50_000, ISN + 190, sent=ISN + 450)
+    assert cc.cwnd == flow + (ISN + 300 - (ISN + 190))
