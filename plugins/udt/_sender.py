@@ -195,6 +195,8 @@ class Sender:
         self.next = 0
         self.last_ack = 0
         self.loss = LossList()
+        #: What the peer reported lost and has not acknowledged yet, by when it was reported.
+        self.holes = LossList()
         #: When the next packet is due (pacing), and whether there is anything to send.
         self.next_time = now
         self.want = False
@@ -222,6 +224,7 @@ class Sender:
 
     def clear(self) -> None:
         self.loss.clear()
+        self.holes.clear()
         self.buffer.clear()
 
     # -- taking data ------------------------------------------------------------
@@ -460,10 +463,11 @@ class Sender:
             self.last_ack = ack
         buffer = self.buffer
         if ack <= buffer.start:
-            self._resend_stuck_head(now)
+            self.resend_stuck(now)
             return
         self._ack_moved = now
         self.loss.remove_below(ack)
+        self.holes.remove_below(ack)
         buffer.release(ack)
         if rtt > 0:
             s._rtt_sample(rtt / 1_000_000)
@@ -522,30 +526,43 @@ class Sender:
         for first, last in runs:
             if last >= floor:
                 added += self.loss.insert(max(first, floor), last)
+                self.holes.insert(max(first, floor), last, now)
         self.stats.pkt_snd_loss += added
-        self._resend_stuck_head(now)
+        self.resend_stuck(now)
         if self.loss:
             self.wake(now)
 
-    def _resend_stuck_head(self, now: float) -> None:
-        """The cumulative ACK has not moved for two round trips: resend the packet it waits for.
-
-        Its retransmission was lost too, or its loss was never reported (the last
-        packets before a pause). A receiver that reports each loss once, as the
-        reference's does, leaves that to the sender's EXP timer, which does not fire
-        while the receiver's other reports keep coming: the sender runs on until
-        the flow window is used up, stalls, then resends the whole window. One
-        packet, once per two round trips, is the whole cost here.
-        """
-        head = self.buffer.start
-        if head >= self.next:
-            return
+    def _stuck_wait(self) -> float:
         s = self._session
-        if now - self._ack_moved < 2 * (s.rtt + 2 * s.rtt_var + SYN):
+        return 2 * (s.rtt + 2 * s.rtt_var + SYN)
+
+    def stuck_deadline(self) -> float:
+        """When the packets the cumulative ACK waits for are resent (see :meth:`resend_stuck`)."""
+        if self.buffer.start >= self.next:
+            return _NEVER
+        return self._ack_moved + self._stuck_wait()
+
+    def resend_stuck(self, now: float) -> None:
+        """The cumulative ACK has not moved for two round trips: resend what it waits for.
+
+        That is the packet at the ACK, and every loss the peer reported two round
+        trips ago or earlier: their retransmissions were lost too (or, for the
+        packet at the ACK, its loss was never reported: the last packets before a
+        pause). A receiver that reports each loss once, as the reference's does,
+        leaves them to the sender's EXP timer: that one does not fire while the
+        receiver's other reports keep coming, so the sender runs on until the flow
+        window is used up; and when it fires (at least 300 ms of silence), the
+        whole window is resent, though the receiver lacks a few packets of it.
+        """
+        if now < self.stuck_deadline():
             return
         self._ack_moved = now
-        if self.loss.insert(head, head):
-            self.stats.pkt_snd_loss += 1
+        head = self.buffer.start
+        added = self.loss.insert(head, head)
+        for first, last in self.holes.due(now, self._stuck_wait(), len(self.holes)):
+            added += self.loss.insert(first, last)
+        if added:
+            self.stats.pkt_snd_loss += added
             self.wake(now)
 
 

@@ -1237,3 +1237,31 @@ def test_a_lost_retransmission_is_resent_without_waiting_for_exp() -> None:
 
 def _nak_seqs(nak: Nak) -> set[int]:
     return {seq for first, last in nak.losses for seq in range(first, last + 1)}
+
+
+def test_a_lost_retransmission_at_the_end_is_resent_before_exp() -> None:
+    # The last packets, one lost twice: nothing more arrives to report anything, and a
+    # receiver that reports each loss once goes quiet. The stuck packet is resent two
+    # round trips on, before EXP (at least 300 ms) would resend all that is unacknowledged.
+    net = Net(delay=0.025)
+    fixed = Config(congestion=lambda: FixedRateCC("2M"))
+    c, s = connect_pair(net, fixed, Config(periodic_nak=False))
+    p = c.payload_size
+    total = 2000
+    lost = c.isn + total - 5
+    sends: list[float] = []
+
+    def drop(w: Wire) -> bool:
+        pk = w.packet
+        if isinstance(pk, DataPacket) and pk.seq == lost:
+            sends.append(w.time)
+            return len(sends) <= 2
+        return False
+
+    net.blackhole = drop
+    data = bytes(range(256)) * (total * p // 256)
+    assert transfer(net, c, s, data, timeout=30) == data
+    assert len(sends) == 3
+    assert sends[2] - sends[1] < 0.3
+    assert c.stats.pkt_timeout_loss == 0
+    assert c.stats.pkt_retrans == 2  # that packet alone
