@@ -545,8 +545,8 @@ class Sender:
     def resend_stuck(self, now: float) -> None:
         """The cumulative ACK has not moved for two round trips: resend what it waits for.
 
-        That is the packet at the ACK, and every loss the peer reported two round
-        trips ago or earlier: their retransmissions were lost too (or, for the
+        That is the packet at the ACK, and every loss the peer reported a round trip
+        ago or earlier: their retransmissions were lost too (or, for the
         packet at the ACK, its loss was never reported: the last packets before a
         pause). A receiver that reports each loss once, as the reference's does,
         leaves them to the sender's EXP timer: that one does not fire while the
@@ -559,7 +559,8 @@ class Sender:
         self._ack_moved = now
         head = self.buffer.start
         added = self.loss.insert(head, head)
-        for first, last in self.holes.due(now, self._stuck_wait(), len(self.holes)):
+        # a retransmission sent when its loss was reported is acknowledged a round trip on
+        for first, last in self.holes.due(now, self._stuck_wait() / 2, len(self.holes)):
             added += self.loss.insert(first, last)
         if added:
             self.stats.pkt_snd_loss += added

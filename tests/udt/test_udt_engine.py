@@ -1265,3 +1265,31 @@ def test_a_lost_retransmission_at_the_end_is_resent_before_exp() -> None:
     assert sends[2] - sends[1] < 0.3
     assert c.stats.pkt_timeout_loss == 0
     assert c.stats.pkt_retrans == 2  # that packet alone
+
+
+def test_reported_losses_whose_retransmissions_were_lost_are_resent_together() -> None:
+    # A burst of losses, each retransmission lost too, near the end: one timer resends
+    # them all, not one hole per timer, and not the whole window (EXP).
+    net = Net(delay=0.025)
+    fixed = Config(congestion=lambda: FixedRateCC("2M"))
+    c, s = connect_pair(net, fixed, Config(periodic_nak=False))
+    p = c.payload_size
+    total = 2000
+    lost = {c.isn + total - 40 + 3 * i for i in range(8)}
+    sends: dict[int, list[float]] = {seq: [] for seq in lost}
+
+    def drop(w: Wire) -> bool:
+        pk = w.packet
+        if isinstance(pk, DataPacket) and pk.seq in lost:
+            sends[pk.seq].append(w.time)
+            return len(sends[pk.seq]) <= 2
+        return False
+
+    net.blackhole = drop
+    data = bytes(range(256)) * (total * p // 256)
+    assert transfer(net, c, s, data, timeout=30) == data
+    assert all(len(times) == 3 for times in sends.values())
+    thirds = [times[2] for times in sends.values()]
+    assert max(thirds) - min(thirds) < 0.01  # one round
+    assert c.stats.pkt_timeout_loss == 0
+    assert c.stats.pkt_retrans == 2 * len(lost)
