@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Final, NoReturn, Protocol
 from .._version import __version__
 from ._access import add_access_arguments
 from ._exec_args import add_exec_arguments, check_modes
-from ._startup import parse_linger, reserve_standard_fds
+from ._startup import parse_linger, parse_seconds, reserve_standard_fds
 from ._tls import add_tls_arguments, tls_url
 
 if TYPE_CHECKING:
@@ -63,16 +63,6 @@ def _option(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     return key, value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
 
 
 def _count(text: str) -> int:
@@ -115,10 +105,11 @@ def _add_common_relay(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "-i",
         "--idle-timeout",
-        metavar="S",
-        type=_seconds,
+        metavar="TIME",
+        type=parse_seconds,
         default=None,
-        help="close a connection when no data has moved either way for S seconds (as ncat -i)",
+        help="close a connection when no data has moved either way for TIME (as ncat -i; "
+        "seconds, or with a unit: 500ms, 30s, 2m, 1h)",
     )
     sub.add_argument(
         "-o",
@@ -183,9 +174,9 @@ def _connect_arguments(connect: argparse.ArgumentParser) -> None:
         "--wait",
         "--timeout",
         dest="timeout",
-        metavar="S",
-        type=_seconds,
-        help="give up connecting after S seconds (ncat's -w/--wait)",
+        metavar="TIME",
+        type=parse_seconds,
+        help="give up connecting after TIME (ncat's -w/--wait; seconds, or 500ms, 2m, ...)",
     )
     connect.add_argument(
         "-z",
