@@ -49,12 +49,9 @@ _LIGHT_ACK_PACKETS: Final = 64
 _ACK_WINDOW: Final = 1024
 #: A packet pair found inside one coalesced datagram came back to back: 1 us apart at most.
 BACK_TO_BACK: Final = 1e-6
-#: Arrivals closer than this belong to one burst, which lasts BURST_SPAN at most (``Receiver._arrived``).
-BURST_GAP: Final = 100e-6
-BURST_SPAN: Final = 1e-3
-#: A silence this long after a paced burst is a sender waiting for ACKs (twice the ACK
-#: interval), not its pace (``Receiver._arrived``).
-PAUSE: Final = 2 * SYN
+#: What the arrival rate may be told as at most, after the peer's slow start: this times the
+#: rate that arrived over the last round trip and SYN (``Receiver.arrival_rate``).
+RATE_CAP: Final = 1.5
 _WORD: Final = struct.Struct("!I")
 _SEQ_DEST: Final = struct.Struct("!I8xI")  # a data packet's sequence word and destination id
 _ACK_WORD: Final = control_word(ControlType.ACK)
@@ -161,9 +158,11 @@ class Receiver:
         # arrival rate: median-filtered packet intervals (the reference's CPktTimeWindow)
         self._speed = _RateWindow(16, 1.0)
         self._last_arrival = now
-        self._burst_start = now
-        self._burst_pkts = 0
-        self._burst_paced = True
+        # what arrived: (arrival, packets so far) about once per SYN, for the rate cap
+        self._arrived_pkts = 0
+        self._delivery: deque[tuple[float, int]] = deque([(now, 0)], maxlen=64)
+        self._peer_isn = 0
+        self._nak_sent = False
         self._pass_pkts = 0
         self._in_pass = False
         self._pass_speed = _IntakeWindow(16)
@@ -184,6 +183,7 @@ class Receiver:
         self.curr = peer_isn - 1
         self.last_ack = peer_isn
         self.last_ack_ack = peer_isn
+        self._peer_isn = peer_isn
 
     def start(self, now: float) -> None:
         """The connection is set up: the ACK and NAK timers start."""
@@ -325,11 +325,12 @@ class Receiver:
 
     def _arrived(self, count: int, now: float) -> None:
         # The reference records the interval before each packet as its receiving thread takes
-        # it in, which is as it arrives: its median filter then reports the pace packets come
-        # at while they flow (a window-limited sender's bursts at the link's pace), which the
-        # sender's controller sizes its window by (rate x (RTT + SYN)). Ours takes the same
-        # intervals from the kernel's arrival stamps (a coalesced batch of ``count`` packets
-        # is ``count`` intervals sharing the gap before it).
+        # it in, which is as it arrives; the median of the last 16 (filtered) is the pace packets
+        # come at while they flow: a window-limited sender's bursts at the link's pace, not its
+        # waits for ACKs (one interval in 16). The sender sizes its window by it (rate x
+        # (RTT + SYN) + 16) and, when its slow start ends, its sending period. Ours takes the
+        # same intervals from the kernel's arrival stamps (a coalesced batch of ``count``
+        # packets is ``count`` intervals sharing the gap before it).
         #
         # But ours reads in passes, between timers and the reader, and can be the slower
         # side: then datagrams wait in the socket, and the pace they arrived at is not the
@@ -338,58 +339,21 @@ class Receiver:
         # a second window gets one interval per pass -- the packets it took in over the time
         # since the previous pass ended, time away from the socket included -- and a pass is
         # "behind" when a datagram in it waited in the socket longer than that, or when it
-        # stopped at its limit with datagrams still waiting. While most
-        # recent passes are behind, the rate reported is the per-pass one.
-        #
-        # The intervals are taken over bursts, not packet by packet: a sender hands the kernel
-        # bursts (GSO, or a paced sender that woke late) whose packets are stamped microseconds
-        # apart, and then pauses; the microsecond between two of them is not the pace they come
-        # at, and a sender told that pace grows its window into a queue (measured: the RTT
-        # libudt's sender sees against us went from 0.1 to 2+ ms). A burst is the packets
-        # that arrive less than BURST_GAP apart, for at most BURST_SPAN; its interval is the
-        # time from its start to the next burst's, pause included, shared by its packets --
-        # one sample per burst in the median filter. Packets paced further apart than
-        # BURST_GAP are a burst each, and their intervals are the reference's.
-        #
-        # Except after a paced burst (its packets stamped apart, no clump) followed by a
-        # silence longer than PAUSE but within two (RTT + SYN): that is a window-limited
-        # sender waiting for ACKs (on a long link, a whole RTT), and the silence is not its
-        # pace (a longer one, on a short link, is a sender that stalled). Counted in, a sender
-        # whose window is rate x (RTT + SYN) would be told the rate its window allows and
-        # never grow it (measured: libudt's cwnd stuck near 25 packets on the 50 ms link).
-        # That burst's interval is its own packets' spacing, as the reference's would be.
+        # stopped at its limit with datagrams still waiting. While most recent passes are
+        # behind, the rate reported is the per-pass one. See :meth:`arrival_rate` for the cap.
         self._arrived_stamped([self._session.endpoint.arrival] * count, now)
 
     def _arrived_stamped(self, arrivals: Sequence[float], now: float) -> None:
         """:meth:`_arrived` for packets that arrived at ``arrivals`` (one stamp each)."""
-        speed = self._speed
+        add = self._speed.add
         last = self._last_arrival
-        start = self._burst_start
-        pkts = self._burst_pkts
-        paced = self._burst_paced
-        # a sender waiting for ACKs is silent for about a round trip (and the ACK interval)
-        wait = 2 * (self._session.rtt + SYN)
         for arrival in arrivals:
-            gap = arrival - last
-            if gap < BURST_GAP and arrival - start < BURST_SPAN:
-                pkts += 1
-                if gap < BACK_TO_BACK:
-                    paced = False  # a clump (coalesced, or handed over together)
-            else:
-                if pkts:
-                    if paced and pkts > 1 and PAUSE < gap < wait:
-                        # a window-limited sender's burst, then its wait for ACKs: the pace
-                        speed.add(max((last - start) / (pkts - 1), BACK_TO_BACK))
-                    else:
-                        speed.add(max((arrival - start) / pkts, BACK_TO_BACK))
-                start = arrival
-                pkts = 1
-                paced = True
+            add(arrival - last if arrival - last > BACK_TO_BACK else BACK_TO_BACK)
             last = arrival
         self._last_arrival = last
-        self._burst_start = start
-        self._burst_pkts = pkts
-        self._burst_paced = paced
+        self._arrived_pkts += len(arrivals)
+        if last - self._delivery[-1][0] >= SYN:
+            self._delivery.append((last, self._arrived_pkts))
         if self._session.endpoint.read_passes:
             self._pass_pkts += len(arrivals)
             wait = now - arrivals[0]
@@ -416,10 +380,43 @@ class Receiver:
         self._pass_end = now
 
     def arrival_rate(self) -> int:
-        """Packets per second arriving lately (0 while too few intervals agree)."""
+        """Packets per second arriving lately (0 while too few intervals agree).
+
+        While the peer is in slow start (:meth:`peer_in_slow_start`), the pace packets come at
+        (see :meth:`_arrived`), as the reference reports it: the sender's sending period starts
+        from what it was told by then, and a sender in slow start sends as fast as it can, in
+        windows. Later, at most RATE_CAP times the rate that arrived over the last round trip
+        and SYN: a sender that hands the kernel bursts (its pacing timer woke late, or GSO)
+        has them stamped microseconds apart, and the reference's median then tells it many
+        times what it sends (measured on loopback: 4x, libudt against libudt). That is room
+        enough for its window (rate x (RTT + SYN) + 16) to let its rate control, not the
+        window, set its pace; more only grows a queue.
+        """
         if self._behind * 2 > len(self._behind_log):
-            return self._pass_speed.rate()
-        return self._speed.rate(need_half=True)
+            rate = self._pass_speed.rate()
+        else:
+            rate = self._speed.rate(need_half=True)
+        if self.peer_in_slow_start():
+            return rate
+        return min(rate, math.ceil(RATE_CAP * self._delivered_rate()))
+
+    def peer_in_slow_start(self) -> bool:
+        """Whether the peer's sender is still in its slow start, as the reference's controller
+        runs it: it ends at the first loss (our first NAK) or once its window passes the flow
+        window we announced (it grows by what we acknowledge, from 16)."""
+        return not self._nak_sent and self.next - self._peer_isn <= self.config.advertised_window
+
+    def _delivered_rate(self) -> float:
+        """Packets per second that arrived over the last round trip and SYN (at least 2 SYN)."""
+        delivery = self._delivery
+        last = self._last_arrival
+        since = last - max(self._session.rtt + SYN, 2 * SYN)
+        then, pkts = delivery[0]
+        for t, n in reversed(delivery):
+            if t <= since:
+                then, pkts = t, n
+                break
+        return (self._arrived_pkts - pkts) / (last - then) if last > then else 0.0
 
     def send_periodic_nak(self, now: float) -> None:
         # only the losses not reported within a NAK period: the others' repairs may be on the way
@@ -648,6 +645,7 @@ class Receiver:
             body = encode_loss_list([(wire(first), wire(last))])
             self._session._send_control(_NAK_WORD, 0, body, now)
             self.stats.pkt_sent_nak += 1
+            self._nak_sent = True
             if self.config.periodic_nak and len(self.loss) == last - first + 1:
                 self._update_nak_interval(now)
         if seq > curr:

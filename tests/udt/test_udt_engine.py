@@ -38,6 +38,7 @@ from trio_conduit_plugins.udt._packet import (
     UserDefined,
     ip_to_wire,
 )
+from trio_conduit_plugins.udt._receiver import RATE_CAP
 from trio_conduit_plugins.udt._session import Session
 
 from .udt_harness import Net, Wire
@@ -1042,9 +1043,14 @@ def _data(s: Session, seq: int, size: int) -> bytes:
     return DataPacket(seq & 0x7FFFFFFF, 1, Boundary.SOLO, True, 0, s.socket_id, b"x" * size).encode()
 
 
+#: A receiver that announces a flow window of 32 packets: a sender's slow start ends after 32.
+SHORT_SLOW_START = Config(flight_flag_size=32)
+
+
 def test_receive_rate_is_the_arrival_pace_unless_the_reader_falls_behind() -> None:
     net = Net()
-    _c, s = connect_pair(net)
+    _c, s = connect_pair(net, STREAM, SHORT_SLOW_START)
+    s.rtt = 0.001  # the rate cap looks back 2 SYN
     ep = s.endpoint
     ep.read_passes = True
     payload = s.payload_size
@@ -1064,15 +1070,20 @@ def test_receive_rate_is_the_arrival_pace_unless_the_reader_falls_behind() -> No
             ep.end_of_pass(t + waited + per_pass * spacing + 100e-6)
             t += 0.002
 
-    # keeping up (read 50 us after arrival), packets paced 200 us apart: their pace, as the
-    # reference reports it
+    # the sender's slow start (no more than 32 packets yet): bursts of 10 packets 10 us apart
+    # every 2 ms are reported at their pace, as the reference does
+    passes(3, 50e-6)
+    assert s.receiver.peer_in_slow_start()
+    assert s.receiver.arrival_rate() == pytest.approx(100_000, rel=0.05)
+    # keeping up (read 50 us after arrival), packets paced 200 us apart: their pace
     passes(20, 50e-6, spacing=2e-4)
+    assert not s.receiver.peer_in_slow_start()
     assert s.receiver.arrival_rate() == pytest.approx(5000, rel=0.05)
-    # bursts of 10 packets 10 us apart, every 2 ms: the pace over bursts (5000 packets/s), not
-    # the 100,000 packets/s between two packets of a burst
+    # the same bursts after slow start: at most RATE_CAP times the 5000 packets/s that arrive,
+    # not the 100,000 packets/s between two packets of a burst
     passes(20, 50e-6)
-    assert s.receiver.arrival_rate() == pytest.approx(5000, rel=0.05)
-    # a steady 40 us apart, without pause (bursts cut at 1 ms): 25,000 packets/s
+    assert s.receiver.arrival_rate() == pytest.approx(RATE_CAP * 5000, rel=0.1)
+    # a steady 40 us apart, without pause: 25,000 packets/s
     passes(20, 50e-6, spacing=4e-5, per_pass=50)
     assert s.receiver.arrival_rate() == pytest.approx(25_000, rel=0.05)
     # behind (each waited 3 ms in the socket, longer than a pass): the rate this reader takes
@@ -1081,6 +1092,21 @@ def test_receive_rate_is_the_arrival_pace_unless_the_reader_falls_behind() -> No
     assert s.receiver.arrival_rate() == pytest.approx(25_000, rel=0.05)
     passes(20, 0.003)
     assert s.receiver.arrival_rate() == pytest.approx(5000, rel=0.05)
+
+
+def test_the_peers_slow_start_ends_at_our_first_nak() -> None:
+    net = Net()
+    _c, s = connect_pair(net)
+    r = s.receiver
+    seq = r.next
+    t = net.now
+    for k in range(20):
+        s.endpoint.receive_datagram(_data(s, seq + k, s.payload_size), A, t + k * 1e-5)
+    assert r.peer_in_slow_start()
+    # a gap: packet seq + 20 is missing, and the NAK that says so ends the sender's slow start
+    s.endpoint.receive_datagram(_data(s, seq + 21, s.payload_size), A, t + 1e-3)
+    assert s.stats.pkt_sent_nak == 1
+    assert not r.peer_in_slow_start()
 
 
 def test_packet_pairs_are_timed_by_arrival_not_by_reading() -> None:
@@ -1144,7 +1170,8 @@ def test_datagrams_read_together_are_timed_by_their_own_stamps() -> None:
 
 def test_a_pass_that_left_datagrams_waiting_reports_the_intake_rate() -> None:
     net = Net()
-    _c, s = connect_pair(net)
+    _c, s = connect_pair(net, STREAM, SHORT_SLOW_START)
+    s.rtt = 0.001
     ep = s.endpoint
     ep.read_passes = True
     r = s.receiver
@@ -1165,16 +1192,16 @@ def test_a_pass_that_left_datagrams_waiting_reports_the_intake_rate() -> None:
             t += 0.002
 
     passes(20, backlog=False)
-    # keeping up: the pace over bursts (bursts cut at 1 ms), not the intake
-    assert r.arrival_rate() < 40_000
+    # keeping up: the pace (83,000 packets/s), capped at RATE_CAP times what arrives
+    assert r.arrival_rate() == pytest.approx(RATE_CAP * 50_000, rel=0.05)
     # the same arrivals, but each pass stopped at its limit: the 50,000 packets/s taken in
     passes(20, backlog=True)
     assert r.arrival_rate() == pytest.approx(50_000, rel=0.02)
 
 
-def test_a_window_limited_senders_wait_for_acks_is_not_its_pace() -> None:
+def test_a_window_limited_sender_is_told_more_than_gets_through_so_its_window_grows() -> None:
     net = Net()
-    _c, s = connect_pair(net)
+    _c, s = connect_pair(net, STREAM, SHORT_SLOW_START)
     s.rtt, s.rtt_var = 0.05, 0.001  # a 50 ms link
     r = s.receiver
     seq = r.next
@@ -1190,9 +1217,11 @@ def test_a_window_limited_senders_wait_for_acks_is_not_its_pace() -> None:
             seq += 25
             t = arrivals[-1] + silence
 
-    # waiting a round trip for ACKs: the burst's pace (20,000 packets/s), not 25 per 50 ms
+    # waiting a round trip for ACKs: the pace is 20,000 packets/s, 25 per 51.2 ms get through;
+    # told RATE_CAP times that, the sender's window (rate x (RTT + SYN) + 16) outgrows 25
     rounds(20, 0.05)
-    assert r.arrival_rate() == pytest.approx(20_000, rel=0.02)
-    # silent far longer than a round trip (a stall): counted in, as before
+    assert r.arrival_rate() == pytest.approx(RATE_CAP * 25 / 0.0512, rel=0.02)
+    assert r.arrival_rate() * (s.rtt + 0.01) + 16 > 2 * 25
+    # silent far longer than a round trip (a stall): what gets through is what counts
     rounds(20, 1.0)
     assert r.arrival_rate() < 100
