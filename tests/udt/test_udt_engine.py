@@ -38,7 +38,7 @@ from trio_conduit_plugins.udt._packet import (
     UserDefined,
     ip_to_wire,
 )
-from trio_conduit_plugins.udt._receiver import RATE_CAP
+from trio_conduit_plugins.udt._receiver import RATE_CAP, WINDOW_ROOM
 from trio_conduit_plugins.udt._session import Session
 
 from .udt_harness import Net, Wire
@@ -1217,11 +1217,13 @@ def test_a_window_limited_sender_is_told_more_than_gets_through_so_its_window_gr
             seq += 25
             t = arrivals[-1] + silence
 
-    # waiting a round trip for ACKs: the pace is 20,000 packets/s, 25 per 51.2 ms get through;
-    # told RATE_CAP times that, the sender's window (rate x (RTT + SYN) + 16) outgrows 25
+    # waiting a round trip for ACKs: the pace is 20,000 packets/s, 25 per 51.2 ms get through,
+    # and the sender has that much in flight; it is told enough for a window (rate x
+    # (RTT + SYN) + 16) WINDOW_ROOM times that: its rate control, not its window, sets its pace
     rounds(20, 0.05)
-    assert r.arrival_rate() == pytest.approx(RATE_CAP * 25 / 0.0512, rel=0.02)
-    assert r.arrival_rate() * (s.rtt + 0.01) + 16 > 2 * 25
+    flight = 25 / 0.0512 * s.rtt
+    assert r.arrival_rate() == pytest.approx(WINDOW_ROOM * flight / (s.rtt + 0.01), rel=0.02)
+    assert r.arrival_rate() * (s.rtt + 0.01) + 16 > WINDOW_ROOM * 25
     # silent far longer than a round trip (a stall): what gets through is what counts
     rounds(20, 1.0)
     assert r.arrival_rate() < 100
