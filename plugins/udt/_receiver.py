@@ -165,6 +165,8 @@ class Receiver:
         self._delivery: deque[tuple[float, int]] = deque([(now, 0)], maxlen=64)
         self._peer_isn = 0
         self._nak_sent = False
+        #: The peer's smoothed receive rate as the reference's sender keeps it (from our reports).
+        self._told = 16
         self._pass_pkts = 0
         self._in_pass = False
         self._pass_speed = _IntakeWindow(16)
@@ -282,6 +284,9 @@ class Receiver:
             return
         self.next_ack = now + SYN
         self.window_update = False
+        # whether the peer is in slow start as it takes this ACK in (its window grows by it)
+        slow_start = self.peer_in_slow_start()
+        acked = self.last_ack
         if ack > self.last_ack:
             self.last_ack = ack
         elif ack == self.last_ack:
@@ -296,8 +301,12 @@ class Receiver:
         self._last_avail = avail
         rtt_us = int(s.rtt * 1_000_000)
         var_us = int(s.rtt_var * 1_000_000)
-        if now - self._last_full_ack > SYN:
-            rate = self.arrival_rate()
+        if slow_start or now - self._last_full_ack > SYN:
+            rate = self._rate(slow_start=slow_start)
+            if slow_start:
+                rate = self._catch_up(rate)
+            if rate > 0 and ack > acked:  # the reference's sender skips an ACK that acknowledges nothing new
+                self._told = (self._told * 7 + rate) >> 3
             bw = self._probe.rate(need_half=False)
             body = struct.pack("!Iiiiii", wire(ack), rtt_us, var_us, avail, rate, bw)
             self._last_full_ack = now
@@ -385,9 +394,10 @@ class Receiver:
         """Packets per second arriving lately (0 while too few intervals agree).
 
         While the peer is in slow start (:meth:`peer_in_slow_start`), the pace packets come at
-        (see :meth:`_arrived`), as the reference reports it: the sender's sending period starts
-        from what it was told by then, and a sender in slow start sends as fast as it can, in
-        windows. Later, at most RATE_CAP times the rate that arrived over the last round trip
+        (see :meth:`_arrived`), as the reference reports it, even while this reader is behind:
+        the sender's sending period starts from what it was told by then (full ACKs then say
+        :meth:`_catch_up` of it), and a sender in slow start sends as fast as it can, in
+        windows; one faster than this reader is held back by the flow window. Later, at most RATE_CAP times the rate that arrived over the last round trip
         and SYN: a sender that hands the kernel bursts (its pacing timer woke late, or GSO)
         has them stamped microseconds apart, and the reference's median then tells it many
         times what it sends (measured on loopback: 4x, libudt against libudt), which only
@@ -398,12 +408,15 @@ class Receiver:
         control (measured on the 50 ms / 1 % link: libudt's window stuck near its flight,
         3.8 MB/s; 5.1 MB/s with this room, as with no cap at all).
         """
+        return self._rate(slow_start=self.peer_in_slow_start())
+
+    def _rate(self, *, slow_start: bool) -> int:
+        if slow_start:
+            return self._speed.rate(need_half=True)
         if self._behind * 2 > len(self._behind_log):
             rate = self._pass_speed.rate()
         else:
             rate = self._speed.rate(need_half=True)
-        if self.peer_in_slow_start():
-            return rate
         delivered = self._delivered_rate()
         # the sender's flight: what it sent past our first hole (up to the largest received),
         # and what is on the way over a round trip
@@ -415,8 +428,21 @@ class Receiver:
     def peer_in_slow_start(self) -> bool:
         """Whether the peer's sender is still in its slow start, as the reference's controller
         runs it: it ends at the first loss (our first NAK) or once its window passes the flow
-        window we announced (it grows by what we acknowledge, from 16)."""
-        return not self._nak_sent and self.next - self._peer_isn <= self.config.advertised_window
+        window we announced (it grows from 16 by what our full ACKs acknowledge)."""
+        return not self._nak_sent and self.last_ack - self._peer_isn + 16 <= self.config.advertised_window
+
+    def _catch_up(self, rate: int) -> int:
+        """What to tell a sender in slow start for its smoothed receive rate to become ``rate``.
+
+        The reference's sender keeps 7/8 of what it had and 1/8 of each report (from 16), and
+        when its slow start ends it sends at that smoothed rate from then on, speeding up by a
+        fraction of a percent per SYN: told the pace each time, it ends slow start at a part
+        of it (measured on loopback: 80,000 of 200,000 packets/s). So while it is in slow start
+        it is told the report that brings its smoothed rate (as we follow it in ``_told``) to the
+        pace in one step; never less than the pace. A sender faster than this reader is then
+        held back by the flow window, without loss (measured: no NAK, RTT under 0.5 ms).
+        """
+        return max(rate, 8 * rate - 7 * self._told)
 
     def _delivered_rate(self) -> float:
         """Packets per second that arrived over the last round trip and SYN (at least 2 SYN)."""

@@ -12,6 +12,7 @@ import pytest
 from trio_conduit_plugins.udt._congestion import BBRLikeCC, CongestionControl, FixedRateCC
 from trio_conduit_plugins.udt._cookie import COOKIE_PERIOD, CookieJar
 from trio_conduit_plugins.udt._engine import (
+    SYN,
     Accepted,
     Closed,
     CloseReason,
@@ -37,6 +38,7 @@ from trio_conduit_plugins.udt._packet import (
     SocketType,
     UserDefined,
     ip_to_wire,
+    parse_packet_untrusted,
 )
 from trio_conduit_plugins.udt._receiver import RATE_CAP, WINDOW_ROOM
 from trio_conduit_plugins.udt._session import Session
@@ -1068,11 +1070,16 @@ def test_receive_rate_is_the_arrival_pace_unless_the_reader_falls_behind() -> No
                 seq += 1
                 s.receive(1 << 20)
             ep.end_of_pass(t + waited + per_pass * spacing + 100e-6)
+            ep.handle_timeout(t + waited + per_pass * spacing + 100e-6)  # full ACKs, every SYN
             t += 0.002
 
-    # the sender's slow start (no more than 32 packets yet): bursts of 10 packets 10 us apart
-    # every 2 ms are reported at their pace, as the reference does
-    passes(3, 50e-6)
+    # the sender's slow start (its window, 16 + what full ACKs acknowledged, within the 32 we
+    # announced): bursts of 10 packets 10 us apart every 2 ms are reported at their pace, as
+    # the reference does, even while this reader is behind
+    passes(1, 50e-6)
+    assert s.receiver.peer_in_slow_start()
+    assert s.receiver.arrival_rate() == pytest.approx(100_000, rel=0.05)
+    passes(1, 0.003)
     assert s.receiver.peer_in_slow_start()
     assert s.receiver.arrival_rate() == pytest.approx(100_000, rel=0.05)
     # keeping up (read 50 us after arrival), packets paced 200 us apart: their pace
@@ -1107,6 +1114,37 @@ def test_the_peers_slow_start_ends_at_our_first_nak() -> None:
     s.endpoint.receive_datagram(_data(s, seq + 21, s.payload_size), A, t + 1e-3)
     assert s.stats.pkt_sent_nak == 1
     assert not r.peer_in_slow_start()
+
+
+def test_a_sender_in_slow_start_is_told_what_brings_its_smoothed_rate_to_the_pace() -> None:
+    net = Net()
+    _c, s = connect_pair(net)
+    r = s.receiver
+    ep = s.endpoint
+    ep.datagrams_to_send()
+    seq = r.next
+    t = net.now
+    smoothed = 16  # the reference's sender: 7/8 of what it had, 1/8 of each report, from 16
+    for _ in range(5):
+        # 64 packets 5 us apart (200,000 packets/s) every SYN, and a full ACK after each burst
+        for k in range(64):
+            ep.receive_datagram(_data(s, seq, s.payload_size), A, t + k * 5e-6)
+            seq += 1
+        s.receive(1 << 24)
+        t += SYN
+        ep.handle_timeout(t)
+        assert r.peer_in_slow_start()
+        acks = [
+            p
+            for p in (parse_packet_untrusted(d) for d, _a, _s in ep.datagrams_to_send())
+            if isinstance(p, Ack)
+        ]
+        rates = [a.rate for a in acks if a.rate]
+        assert len(rates) == 1
+        smoothed = (smoothed * 7 + rates[0]) >> 3
+        # one report is enough: the smoothed rate is the pace (or just under, as its filter goes)
+        assert smoothed == pytest.approx(200_000, rel=0.05)
+        assert rates[0] >= r.arrival_rate()
 
 
 def test_packet_pairs_are_timed_by_arrival_not_by_reading() -> None:
@@ -1189,6 +1227,7 @@ def test_a_pass_that_left_datagrams_waiting_reports_the_intake_rate() -> None:
             seq += 100
             s.receive(1 << 24)
             ep.end_of_pass(arrivals[-1] + 60e-6, backlog=backlog)
+            ep.handle_timeout(arrivals[-1] + 60e-6)
             t += 0.002
 
     passes(20, backlog=False)
@@ -1214,6 +1253,7 @@ def test_a_window_limited_sender_is_told_more_than_gets_through_so_its_window_gr
             arrivals = [t + i * 50e-6 for i in range(25)]
             _stamped_batch(s, seq, arrivals, arrivals[-1] + 1e-4)
             s.receive(1 << 24)
+            s.endpoint.handle_timeout(arrivals[-1] + 1e-4)
             seq += 25
             t = arrivals[-1] + silence
 
