@@ -1101,12 +1101,16 @@ def test_receive_rate_is_the_arrival_pace_unless_the_reader_falls_behind() -> No
     assert s.receiver.arrival_rate() == pytest.approx(5000, rel=0.05)
 
 
-def test_the_peers_slow_start_ends_at_our_first_nak() -> None:
+def _receiving() -> tuple[Session, int, float]:
+    """A connected receiving session, the next sequence number it expects, and the time."""
     net = Net()
     _c, s = connect_pair(net)
+    return s, s.receiver.next, net.now
+
+
+def test_the_peers_slow_start_ends_at_our_first_nak() -> None:
+    s, seq, t = _receiving()
     r = s.receiver
-    seq = r.next
-    t = net.now
     for k in range(20):
         s.endpoint.receive_datagram(_data(s, seq + k, s.payload_size), A, t + k * 1e-5)
     assert r.peer_in_slow_start()
@@ -1117,13 +1121,10 @@ def test_the_peers_slow_start_ends_at_our_first_nak() -> None:
 
 
 def test_a_sender_in_slow_start_is_told_what_brings_its_smoothed_rate_to_the_pace() -> None:
-    net = Net()
-    _c, s = connect_pair(net)
+    s, seq, t = _receiving()
     r = s.receiver
     ep = s.endpoint
     ep.datagrams_to_send()
-    seq = r.next
-    t = net.now
     smoothed = 16  # the reference's sender: 7/8 of what it had, 1/8 of each report, from 16
     for _ in range(5):
         # 64 packets 5 us apart (200,000 packets/s) every SYN, and a full ACK after each burst
