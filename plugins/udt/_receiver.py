@@ -149,6 +149,8 @@ class Receiver:
         self._ack_window: deque[tuple[int, int, float]] = deque(maxlen=_ACK_WINDOW)
         self._last_full_ack = -_NEVER
         self._last_ack_sent = -_NEVER
+        #: Whether the peer has answered one of our ACKs with an ACK2.
+        self._confirmed = False
         self.next_ack = now + SYN
         self.next_nak = now + MIN_EXP
         self._nak_interval = _MIN_NAK
@@ -290,7 +292,13 @@ class Receiver:
         if ack > self.last_ack:
             self.last_ack = ack
         elif ack == self.last_ack:
-            if not update and now - self._last_ack_sent < s.rtt + 4 * s.rtt_var:
+            # the same ACK again after RTT + 4 RTTVar, as the reference; but every SYN until the
+            # peer confirmed one of ours with an ACK2: libudt's sender drops a packet that comes
+            # before its receiving thread took the new connection in, and stalls (with nothing
+            # in flight) until an ACK for the same packets comes again -- after 300 ms, with the
+            # initial RTT (measured: nothing sent 300 ms after its first 16 packets, most runs)
+            wait = s.rtt + 4 * s.rtt_var if self._confirmed else SYN / 2
+            if not update and now - self._last_ack_sent < wait:
                 return
         else:
             return
@@ -328,6 +336,7 @@ class Receiver:
                 rtt = now - sent
                 for _ in range(i + 1):
                     window.popleft()
+                self._confirmed = True
                 if rtt > 0:
                     self._session._rtt_sample(rtt)
                 if ack > self.last_ack_ack:
@@ -394,19 +403,19 @@ class Receiver:
         """Packets per second arriving lately (0 while too few intervals agree).
 
         While the peer is in slow start (:meth:`peer_in_slow_start`), the pace packets come at
-        (see :meth:`_arrived`), as the reference reports it, even while this reader is behind:
-        the sender's sending period starts from what it was told by then (full ACKs then say
-        :meth:`_catch_up` of it), and a sender in slow start sends as fast as it can, in
-        windows; one faster than this reader is held back by the flow window. Later, at most RATE_CAP times the rate that arrived over the last round trip
-        and SYN: a sender that hands the kernel bursts (its pacing timer woke late, or GSO)
-        has them stamped microseconds apart, and the reference's median then tells it many
-        times what it sends (measured on loopback: 4x, libudt against libudt), which only
-        grows a queue. But never so little that the sender's window (rate x (RTT + SYN) +
-        16) is under WINDOW_ROOM times its flight -- what it sent past our first hole, and a
-        round trip's worth on the way: on a long, lossy link a hole stays open for a round
-        trip or more, and a window near the flight would set the pace instead of the rate
-        control (measured on the 50 ms / 1 % link: libudt's window stuck near its flight,
-        3.8 MB/s; 5.1 MB/s with this room, as with no cap at all).
+        (see :meth:`_arrived`), as the reference reports it, even while this reader is behind: the
+        sender's sending period starts from what it was told by then (full ACKs then say
+        :meth:`_catch_up` of it), and a sender in slow start sends as fast as it can, in windows;
+        one faster than this reader is held back by the flow window. Later, at most RATE_CAP times
+        the rate that arrived over the last round trip and SYN: a sender that hands the kernel
+        bursts (its pacing timer woke late, or GSO) has them stamped microseconds apart, and the
+        reference's median then tells it many times what it sends (measured on loopback: 4x,
+        libudt against libudt), which only grows a queue. But never so little that the sender's
+        window (rate x (RTT + SYN) + 16) is under WINDOW_ROOM times its flight -- what it sent
+        past our first hole, and a round trip's worth on the way: on a long, lossy link a hole
+        stays open for a round trip or more, and a window near the flight would set the pace
+        instead of the rate control (measured on the 50 ms / 1 % link: libudt's window stuck near
+        its flight, 3.8 MB/s; 5.1 MB/s with this room, as with no cap at all).
         """
         return self._rate(slow_start=self.peer_in_slow_start())
 

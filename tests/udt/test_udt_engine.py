@@ -1120,6 +1120,36 @@ def test_the_peers_slow_start_ends_at_our_first_nak() -> None:
     assert not r.peer_in_slow_start()
 
 
+def _acks(ep: Any) -> list[Ack]:
+    """The ACKs among the datagrams ``ep`` has to send."""
+    packets = (parse_packet_untrusted(d) for d, _a, _s in ep.datagrams_to_send())
+    return [p for p in packets if isinstance(p, Ack)]
+
+
+def test_an_ack_is_repeated_every_syn_until_the_peer_confirms_one() -> None:
+    # libudt's sender drops what comes before its receiving thread took the connection in:
+    # our first ACK may be lost that way, and the sender then waits with nothing in flight
+    s, seq, t = _receiving()
+    ep = s.endpoint
+    ep.datagrams_to_send()
+    for k in range(16):
+        ep.receive_datagram(_data(s, seq + k, s.payload_size), A, t + k * 5e-6)
+    s.receive(1 << 24)
+    first = []
+    for i in range(1, 4):
+        ep.handle_timeout(t + i * SYN)
+        first += _acks(ep)
+    # the same ACK again within 3 SYN while no ACK2 came back (the initial RTT + 4 RTTVar
+    # would have made it 300 ms)
+    assert len(first) >= 2
+    assert {a.ack for a in first} == {seq + 16}
+    ep.receive_datagram(Ack2(first[-1].ack_seqno, dest=s.socket_id).encode(), A, t + 3.5 * SYN)
+    # confirmed: the same ACK again only after RTT + 4 RTTVar, as the reference
+    ep.handle_timeout(t + 4 * SYN)
+    ep.handle_timeout(t + 5 * SYN)
+    assert _acks(ep) == []
+
+
 def test_a_sender_in_slow_start_is_told_what_brings_its_smoothed_rate_to_the_pace() -> None:
     s, seq, t = _receiving()
     r = s.receiver
@@ -1135,12 +1165,7 @@ def test_a_sender_in_slow_start_is_told_what_brings_its_smoothed_rate_to_the_pac
         t += SYN
         ep.handle_timeout(t)
         assert r.peer_in_slow_start()
-        acks = [
-            p
-            for p in (parse_packet_untrusted(d) for d, _a, _s in ep.datagrams_to_send())
-            if isinstance(p, Ack)
-        ]
-        rates = [a.rate for a in acks if a.rate]
+        rates = [a.rate for a in _acks(ep) if a.rate]
         assert len(rates) == 1
         smoothed = (smoothed * 7 + rates[0]) >> 3
         # one report is enough: the smoothed rate is the pace (or just under, as its filter goes)
