@@ -420,6 +420,7 @@ class Receiver:
         return self._rate(slow_start=self.peer_in_slow_start())
 
     def _rate(self, *, slow_start: bool) -> int:
+        """:meth:`arrival_rate`, for a peer in slow start or not."""
         if slow_start:
             return self._speed.rate(need_half=True)
         if self._behind * 2 > len(self._behind_log):
