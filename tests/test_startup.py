@@ -9,6 +9,7 @@ imports it itself.)
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import ssl
@@ -46,14 +47,17 @@ HEAVY = (
 )
 
 
-#: ``python -c RUNNER FILE ARGV...``: ``conduit ARGV``, then the names in ``sys.modules`` written to FILE.
+#: ``python -c RUNNER FILE ARGV...``: ``conduit ARGV`` (the program, as its console script runs
+#: it), then the names in ``sys.modules`` written to FILE.
 RUNNER = """\
 import sys
 out = sys.argv.pop(1)
 code = 1
 try:
-    from trio_conduit.cli import main
-    code = main()
+    from trio_conduit.cli import command
+    command()
+except SystemExit as exc:
+    code = exc.code
 finally:
     with open(out, "w") as f:
         f.write("\\n".join(sys.modules))
@@ -147,6 +151,8 @@ def test_a_tcp_connect_imports_no_tls_proxy_scan_or_bench() -> None:
     assert "trio_conduit_plugins.udt" in found
     assert [name for name in HEAVY if loaded(found, name)] == []
     assert not loaded(found, "trio_conduit._scan")
+    assert "dataclasses" not in found  # the value classes on this path are records (_record.py)
+    assert "shlex" not in found  # only --exec splits a command line
 
 
 def test_a_tls_connect_imports_tls_but_not_dtls_proxy_scan_or_bench(tmp_path: Path) -> None:
@@ -240,3 +246,37 @@ def test_a_refused_connect_reports_without_loading_conduit_check() -> None:
     assert "Traceback" not in stderr
     assert "trio_conduit.cli._report" in found
     assert [name for name in HEAVY if loaded(found, name)] == []
+
+
+SPY = """\
+import gc, sys
+from trio_conduit.cli import _main
+settle = _main._settle
+def spy():
+    print("settling", gc.isenabled(), gc.get_freeze_count() > 0, "trio" in sys.modules, file=sys.stderr)
+    settle()
+    print("settled", gc.isenabled(), gc.get_freeze_count() > 0, file=sys.stderr)
+_main._settle = spy
+sys.argv[1:] = ["plugins"]
+_main.command()
+"""
+
+
+def test_the_program_freezes_what_start_up_made_then_collects_as_usual() -> None:
+    """``conduit`` (the process) runs its start-up with the collector off, and freezes what
+    start-up made once the command's modules are loaded, just before it runs; then collects."""
+    done = subprocess.run([sys.executable, "-c", SPY], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("settl")]
+    assert lines == ["settling False False True", "settled True True"]
+    assert "tcp" in done.stdout  # and then the command ran
+
+
+def test_main_leaves_the_callers_collector_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    from trio_conduit.cli import main
+
+    frozen = gc.get_freeze_count()
+    assert main(["plugins"]) == 0
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == frozen
+    assert "tcp" in capsys.readouterr().out

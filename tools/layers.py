@@ -39,9 +39,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...], str], ...] = (
             "trio_conduit._lazy",
             "trio_conduit._entry_points",
             "trio_conduit._access",
+            "trio_conduit._record",
         ),
         "errors, trace lines, URL parsing, utilities, what a benchmark is, lazy re-exports, entry points, "
-        "access rules",
+        "access rules, frozen value classes",
     ),
     (
         "connection",

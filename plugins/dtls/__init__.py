@@ -18,7 +18,6 @@ first needed.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -119,7 +118,7 @@ class DTLSTransport(Transport):
         options = {k: v for k, v in ctx.options.items() if k in names}
         options["connected"] = True
         query = tuple((k, v) for k, v in ctx.address.query if k in names)
-        address = dataclasses.replace(ctx.address, scheme=self.inner_scheme, query=query)
+        address = ctx.address.replace(scheme=self.inner_scheme, query=query)
         return ctx.retarget(inner, address, MappingProxyType(options))
 
     # -- connecting ---------------------------------------------------------------
@@ -144,7 +143,7 @@ class DTLSTransport(Transport):
         config = self.config(ctx)
         inner_ctx = self.inner_context(ctx)
         listener = await inner_ctx.transport.listen(inner_ctx)
-        address = dataclasses.replace(listener.address, scheme="dtls", query=ctx.address.query)
+        address = listener.address.replace(scheme="dtls", query=ctx.address.query)
         try:
             return dtls_listener(
                 listener,

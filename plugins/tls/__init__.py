@@ -17,7 +17,6 @@ user should not pay).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -125,7 +124,7 @@ class TLSTransport(Transport):
             names = {o.name for o in inner.options}
             options = MappingProxyType({k: v for k, v in ctx.options.items() if k in names})
             query = tuple((k, v) for k, v in ctx.address.query if k in names)
-            address = dataclasses.replace(ctx.address, scheme=self.inner_scheme, query=query)
+            address = ctx.address.replace(scheme=self.inner_scheme, query=query)
             entry = (ctx.options, ctx.address, ctx.scope, inner, options, address)
             _remember(self._inner_by_options, key, entry)
         inner_ctx = ctx.retarget(inner, address, options)
@@ -166,7 +165,7 @@ class TLSTransport(Transport):
         config = self.config(ctx)
         inner, inner_ctx = self._inner(ctx)
         listener = await inner.listen(inner_ctx)
-        address = dataclasses.replace(listener.address, scheme=self.schemes[0], query=ctx.address.query)
+        address = listener.address.replace(scheme=self.schemes[0], query=ctx.address.query)
         try:
             return tls_listener(listener, config, ctx, transport_name=self.schemes[0], address=address)
         except BaseException:  # a certificate that does not load: no listener at all

@@ -9,15 +9,15 @@ Every failure is an :class:`AddressError` that names the URL and what is wrong.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import re
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Final
 
 from ._errors import AddressError
+from ._record import Record
+from ._record import set_field as _set
 
 __all__ = [
     "Address",
@@ -68,22 +68,30 @@ _MAX_URL: Final = 4096
 UNIX_PATH_MAX: Final = 107  # sun_path is 108 bytes including the terminating NUL
 
 
-@dataclass(frozen=True, slots=True)
-class URLParts:
+class URLParts(Record):
     """A URL cut into its pieces, before any transport has looked at it."""
 
+    __slots__ = ("text", "scheme", "authority", "path", "query")
     text: str
     scheme: str
     authority: str
     path: str
     query: tuple[tuple[str, str], ...]
 
+    def __init__(
+        self, text: str, scheme: str, authority: str, path: str, query: tuple[tuple[str, str], ...]
+    ) -> None:
+        _set(self, "text", text)
+        _set(self, "scheme", scheme)
+        _set(self, "authority", authority)
+        _set(self, "path", path)
+        _set(self, "query", query)
+
     def error(self, what: str) -> AddressError:
         return AddressError(f"{self.text!r}: {what}")
 
 
-@dataclass(frozen=True, slots=True, repr=False)
-class Address:
+class Address(Record):
     """A parsed, validated address.
 
     ``host``/``port`` for network schemes (IPv6 without brackets; ``host`` is
@@ -92,11 +100,26 @@ class Address:
     parameters. ``str(address)`` is the URL again.
     """
 
+    __slots__ = ("scheme", "host", "port", "path", "query")
     scheme: str
-    host: str | None = None
-    port: int | None = None
-    path: str | None = None
-    query: tuple[tuple[str, str], ...] = field(default=())
+    host: str | None
+    port: int | None
+    path: str | None
+    query: tuple[tuple[str, str], ...]
+
+    def __init__(
+        self,
+        scheme: str,
+        host: str | None = None,
+        port: int | None = None,
+        path: str | None = None,
+        query: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        _set(self, "scheme", scheme)
+        _set(self, "host", host)
+        _set(self, "port", port)
+        _set(self, "path", path)
+        _set(self, "query", query)
 
     @property
     def params(self) -> dict[str, str]:
@@ -128,7 +151,7 @@ class Address:
         """The URL again, with the values of secret options (passwords) shown as ``***``."""
         if not self.query or SECRET_OPTIONS.isdisjoint(k for k, _ in self.query):
             return self.url()
-        shown = dataclasses.replace(self, query=redact_query(self.query)).url()
+        shown = self.replace(query=redact_query(self.query)).url()
         return shown.replace("=%2A%2A%2A", "=" + REDACTED)
 
     def __repr__(self) -> str:
@@ -374,8 +397,7 @@ def check_text(value: object) -> str:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
+class Option(Record):
     """A transport option: settable as a keyword argument or a URL query parameter.
 
     ``parse`` converts the URL's text and raises ``ValueError`` on bad text.
@@ -386,16 +408,31 @@ class Option:
     and errors print ``***`` in its place (a password).
     """
 
+    __slots__ = ("name", "parse", "default", "doc", "check", "secret")
     name: str
     parse: Callable[[str], object]
     default: object
     doc: str
-    check: Callable[[object], object] | None = None
-    secret: bool = False
+    check: Callable[[object], object] | None
+    secret: bool
 
-    def __post_init__(self) -> None:
-        if self.secret:
-            SECRET_OPTIONS.add(self.name)
+    def __init__(
+        self,
+        name: str,
+        parse: Callable[[str], object],
+        default: object,
+        doc: str,
+        check: Callable[[object], object] | None = None,
+        secret: bool = False,
+    ) -> None:
+        _set(self, "name", name)
+        _set(self, "parse", parse)
+        _set(self, "default", default)
+        _set(self, "doc", doc)
+        _set(self, "check", check)
+        _set(self, "secret", secret)
+        if secret:
+            SECRET_OPTIONS.add(name)
 
     @staticmethod
     def boolean(name: str, default: bool, doc: str) -> Option:

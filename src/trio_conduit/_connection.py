@@ -13,10 +13,12 @@ from __future__ import annotations
 import abc
 import enum
 import socket
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
+
+from ._record import Record
+from ._record import set_field as _set
 
 if TYPE_CHECKING:
     from ._address import Address
@@ -51,8 +53,7 @@ class Kind(enum.Enum):
     DATAGRAM = "datagram"
 
 
-@dataclass(frozen=True, slots=True)
-class CommunicationInfo:
+class CommunicationInfo(Record):
     """Who a connection talks to and how (nsock's ``nsock_iod_get_communication_info``).
 
     ``transport`` is the URL scheme; ``family``/``socktype``/``protocol`` the
@@ -65,15 +66,48 @@ class CommunicationInfo:
     asked for.
     """
 
+    __slots__ = (
+        "transport",
+        "family",
+        "socktype",
+        "protocol",
+        "local",
+        "remote",
+        "peer_credentials",
+        "tls",
+        "via",
+    )
     transport: str
     family: socket.AddressFamily | None
     socktype: socket.SocketKind | None
     protocol: int
     local: SockAddr | None
     remote: SockAddr | None
-    peer_credentials: PeerCredentials | None = None
-    tls: TLSInfo | None = None
-    via: tuple[str, ...] = ()
+    peer_credentials: PeerCredentials | None
+    tls: TLSInfo | None
+    via: tuple[str, ...]
+
+    def __init__(
+        self,
+        transport: str,
+        family: socket.AddressFamily | None,
+        socktype: socket.SocketKind | None,
+        protocol: int,
+        local: SockAddr | None,
+        remote: SockAddr | None,
+        peer_credentials: PeerCredentials | None = None,
+        tls: TLSInfo | None = None,
+        via: tuple[str, ...] = (),
+    ) -> None:
+        _set(self, "transport", transport)
+        _set(self, "family", family)
+        _set(self, "socktype", socktype)
+        _set(self, "protocol", protocol)
+        _set(self, "local", local)
+        _set(self, "remote", remote)
+        _set(self, "peer_credentials", peer_credentials)
+        _set(self, "tls", tls)
+        _set(self, "via", via)
 
     def _with_tls(self, tls: TLSInfo, transport: str | None = None) -> CommunicationInfo:
         """``dataclasses.replace(self, tls=tls)`` (and ``transport=``, when given), without

@@ -7,7 +7,6 @@ connection and listener it handed out.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -305,7 +304,7 @@ class Pool:
         inner = self.scope.transport_for(scheme)
         if inner is None:
             raise AddressError(f"{address}: needs the {scheme}:// transport, and no plugin registers it")
-        target = dataclasses.replace(address, scheme=scheme, query=())
+        target = address.replace(scheme=scheme, query=())
         chain = _build_chain(proxies, inner, target, self.scope)
 
         async def connect_layered(ctx: Context) -> Connection:

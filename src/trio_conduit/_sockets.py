@@ -24,7 +24,6 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import trio
@@ -37,6 +36,8 @@ from ._errors import (
     PermissionDenied,
     connect_error_from_oserror,
 )
+from ._record import Record
+from ._record import set_field as _set
 
 if TYPE_CHECKING:
     from ._peer import PeerCredentials
@@ -75,8 +76,7 @@ class SocketRole(enum.Enum):
     ACCEPTED = "accepted"
 
 
-@dataclass(frozen=True, slots=True)
-class SocketOptions:
+class SocketOptions(Record):
     """The options every kernel-socket transport honours (nsock's ``nsock_make_socket``).
 
     ``local``: bind here before connecting (``"host:port"``, ``"host"``, a
@@ -89,12 +89,29 @@ class SocketOptions:
     connections across them.
     """
 
-    local: object | None = None
-    device: str | None = None
-    ip_options: bytes | None = None
-    broadcast: bool = False
-    backlog: int | None = None
-    reuse_port: bool = False
+    __slots__ = ("local", "device", "ip_options", "broadcast", "backlog", "reuse_port")
+    local: object | None
+    device: str | None
+    ip_options: bytes | None
+    broadcast: bool
+    backlog: int | None
+    reuse_port: bool
+
+    def __init__(
+        self,
+        local: object | None = None,
+        device: str | None = None,
+        ip_options: bytes | None = None,
+        broadcast: bool = False,
+        backlog: int | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        _set(self, "local", local)
+        _set(self, "device", device)
+        _set(self, "ip_options", ip_options)
+        _set(self, "broadcast", broadcast)
+        _set(self, "backlog", backlog)
+        _set(self, "reuse_port", reuse_port)
 
 
 # ---------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import abc
 import errno
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import trio
@@ -22,6 +21,8 @@ from . import _sockets
 from ._address import Address, Option, URLParts
 from ._connection import Connection, Kind, Listener, SockAddr
 from ._errors import unavailable_reason
+from ._record import Record
+from ._record import set_field as _set
 from ._socket_channel import DEFAULT_DATAGRAM_SIZE, DatagramListener, MessageSocketChannel, SocketChannel
 from ._socket_stream import HalfCloseableSocketStream, SocketListener
 from ._sockets import ErrorExplainer, SocketOptions, SocketPreparer, SocketRole
@@ -43,29 +44,60 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Capabilities:
+class Capabilities(Record):
     """What a transport can do; ``conduit check`` and the docs list these."""
 
-    half_close: bool = False
-    message_boundaries: bool = False
-    broadcast: bool = False
-    unconnected: bool = False
-    local_bind: bool = True
-    device: bool = False
-    ip_options: bool = False
+    __slots__ = (
+        "half_close",
+        "message_boundaries",
+        "broadcast",
+        "unconnected",
+        "local_bind",
+        "device",
+        "ip_options",
+    )
+    half_close: bool
+    message_boundaries: bool
+    broadcast: bool
+    unconnected: bool
+    local_bind: bool
+    device: bool
+    ip_options: bool
+
+    def __init__(
+        self,
+        half_close: bool = False,
+        message_boundaries: bool = False,
+        broadcast: bool = False,
+        unconnected: bool = False,
+        local_bind: bool = True,
+        device: bool = False,
+        ip_options: bool = False,
+    ) -> None:
+        _set(self, "half_close", half_close)
+        _set(self, "message_boundaries", message_boundaries)
+        _set(self, "broadcast", broadcast)
+        _set(self, "unconnected", unconnected)
+        _set(self, "local_bind", local_bind)
+        _set(self, "device", device)
+        _set(self, "ip_options", ip_options)
 
     def names(self) -> list[str]:
         return [name for name in self.__slots__ if getattr(self, name)]
 
 
-@dataclass(frozen=True, slots=True)
-class Availability:
+class Availability(Record):
     """Whether the running kernel has a transport, and if not, why (errno and a sentence)."""
 
+    __slots__ = ("available", "reason", "errno")
     available: bool
-    reason: str = ""
-    errno: int | None = None
+    reason: str
+    errno: int | None
+
+    def __init__(self, available: bool, reason: str = "", errno: int | None = None) -> None:
+        _set(self, "available", available)
+        _set(self, "reason", reason)
+        _set(self, "errno", errno)
 
 
 def probe_socket(family: int, type: int, proto: int = 0) -> Availability:
@@ -83,10 +115,10 @@ def probe_socket(family: int, type: int, proto: int = 0) -> Availability:
     return Availability(True)
 
 
-@dataclass(eq=False)
 class Context:
     """What the pool hands a transport for one connect or listen."""
 
+    # A plain class, not a dataclass: making a dataclass costs start-up time (_record.py).
     transport: Transport
     address: Address
     options: Mapping[str, object]
@@ -95,21 +127,51 @@ class Context:
     tracer: Tracer
     role: SocketRole
     #: The id of the connection being made (connect), or ``0`` for a listener.
-    conn_id: int = 0
+    conn_id: int
     #: The event id of the connect request.
-    event_id: int = 0
+    event_id: int
     #: The pool's nursery: for tasks a listener needs (a datagram reader). They must
     #: end when the listener closes.
-    nursery: trio.Nursery | None = None
-    extra: dict[str, object] = field(default_factory=dict)
+    nursery: trio.Nursery | None
+    extra: dict[str, object]
     #: A listener's access rules at work (``allow=``/``deny=``): the listener a transport
     #: makes calls ``access.install(family)``, and ``access.admits(peer)`` for each new
     #: peer before reading from it (see :class:`~trio_conduit.transport.AccessGate`).
     #: ``ctx.stream_listener`` and ``ctx.datagram_listener`` do both.
-    access: AccessGate | None = None
+    access: AccessGate | None
     #: Set by :meth:`connect_inet`: the socket it returned, its kind and its peer, which
     #: :meth:`stream` takes instead of asking that socket again.
-    connected: _sockets.ConnectedSocket | None = None
+    connected: _sockets.ConnectedSocket | None
+
+    def __init__(
+        self,
+        transport: Transport,
+        address: Address,
+        options: Mapping[str, object],
+        socket_options: SocketOptions,
+        scope: HookScope,
+        tracer: Tracer,
+        role: SocketRole,
+        conn_id: int = 0,
+        event_id: int = 0,
+        nursery: trio.Nursery | None = None,
+        extra: dict[str, object] | None = None,
+        access: AccessGate | None = None,
+        connected: _sockets.ConnectedSocket | None = None,
+    ) -> None:
+        self.transport = transport
+        self.address = address
+        self.options = options
+        self.socket_options = socket_options
+        self.scope = scope
+        self.tracer = tracer
+        self.role = role
+        self.conn_id = conn_id
+        self.event_id = event_id
+        self.nursery = nursery
+        self.extra = {} if extra is None else extra
+        self.access = access
+        self.connected = connected
 
     def int_option(self, name: str) -> int:
         """A resolved option that must be an integer (``TypeError`` otherwise)."""

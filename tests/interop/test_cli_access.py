@@ -231,7 +231,8 @@ def test_connect_wait_against_ncat(tmp_path: Path, sock_dir: Path, ncat: str, sc
         assert server.wait() == 0, server.stderr
 
 
-def test_connect_w_gives_up_on_a_peer_that_never_answers() -> None:
+@pytest.mark.parametrize("wait", ["0.5", "500ms"])
+def test_connect_w_gives_up_on_a_peer_that_never_answers(wait: str) -> None:
     # A listener whose accept queue is full drops further SYNs: the connect hangs, -w ends it.
     with socket.socket() as full:
         full.bind(("127.0.0.1", 0))
@@ -240,7 +241,7 @@ def test_connect_w_gives_up_on_a_peer_that_never_answers() -> None:
         with socket.create_connection(("127.0.0.1", port)), socket.socket() as queued:
             queued.setblocking(False)
             queued.connect_ex(("127.0.0.1", port))
-            result = run_conduit("connect", "-w", "0.5", f"tcp://127.0.0.1:{port}")
+            result = run_conduit("connect", "-w", wait, f"tcp://127.0.0.1:{port}")
     assert result.returncode == 1
     assert "no answer within 0.5 s" in one_line_error(result.stderr)
 

@@ -13,6 +13,7 @@ import pytest
 from trio_conduit_plugins.udt._congestion import BBRLikeCC, CongestionControl, FixedRateCC
 from trio_conduit_plugins.udt._cookie import COOKIE_PERIOD, CookieJar
 from trio_conduit_plugins.udt._engine import (
+    SYN,
     Accepted,
     Closed,
     CloseReason,
@@ -38,7 +39,9 @@ from trio_conduit_plugins.udt._packet import (
     SocketType,
     UserDefined,
     ip_to_wire,
+    parse_packet_untrusted,
 )
+from trio_conduit_plugins.udt._receiver import RATE_CAP, WINDOW_ROOM
 from trio_conduit_plugins.udt._session import Session
 
 from .udt_harness import Net, Wire
@@ -1043,9 +1046,14 @@ def _data(s: Session, seq: int, size: int) -> bytes:
     return DataPacket(seq & 0x7FFFFFFF, 1, Boundary.SOLO, True, 0, s.socket_id, b"x" * size).encode()
 
 
+#: A receiver that announces a flow window of 32 packets: a sender's slow start ends after 32.
+SHORT_SLOW_START = Config(flight_flag_size=32)
+
+
 def test_receive_rate_is_the_arrival_pace_unless_the_reader_falls_behind() -> None:
     net = Net()
-    _c, s = connect_pair(net)
+    _c, s = connect_pair(net, STREAM, SHORT_SLOW_START)
+    s.rtt = 0.001  # the rate cap looks back 2 SYN
     ep = s.endpoint
     ep.read_passes = True
     payload = s.payload_size
@@ -1063,17 +1071,27 @@ def test_receive_rate_is_the_arrival_pace_unless_the_reader_falls_behind() -> No
                 seq += 1
                 s.receive(1 << 20)
             ep.end_of_pass(t + waited + per_pass * spacing + 100e-6)
+            ep.handle_timeout(t + waited + per_pass * spacing + 100e-6)  # full ACKs, every SYN
             t += 0.002
 
-    # keeping up (read 50 us after arrival), packets paced 200 us apart: their pace, as the
-    # reference reports it
+    # the sender's slow start (its window, 16 + what full ACKs acknowledged, within the 32 we
+    # announced): bursts of 10 packets 10 us apart every 2 ms are reported at their pace, as
+    # the reference does, even while this reader is behind
+    passes(1, 50e-6)
+    assert s.receiver.peer_in_slow_start()
+    assert s.receiver.arrival_rate() == pytest.approx(100_000, rel=0.05)
+    passes(1, 0.003)
+    assert s.receiver.peer_in_slow_start()
+    assert s.receiver.arrival_rate() == pytest.approx(100_000, rel=0.05)
+    # keeping up (read 50 us after arrival), packets paced 200 us apart: their pace
     passes(20, 50e-6, spacing=2e-4)
+    assert not s.receiver.peer_in_slow_start()
     assert s.receiver.arrival_rate() == pytest.approx(5000, rel=0.05)
-    # bursts of 10 packets 10 us apart, every 2 ms: the pace over bursts (5000 packets/s), not
-    # the 100,000 packets/s between two packets of a burst
+    # the same bursts after slow start: at most RATE_CAP times the 5000 packets/s that arrive,
+    # not the 100,000 packets/s between two packets of a burst
     passes(20, 50e-6)
-    assert s.receiver.arrival_rate() == pytest.approx(5000, rel=0.05)
-    # a steady 40 us apart, without pause (bursts cut at 1 ms): 25,000 packets/s
+    assert s.receiver.arrival_rate() == pytest.approx(RATE_CAP * 5000, rel=0.1)
+    # a steady 40 us apart, without pause: 25,000 packets/s
     passes(20, 50e-6, spacing=4e-5, per_pass=50)
     assert s.receiver.arrival_rate() == pytest.approx(25_000, rel=0.05)
     # behind (each waited 3 ms in the socket, longer than a pass): the rate this reader takes
@@ -1082,6 +1100,78 @@ def test_receive_rate_is_the_arrival_pace_unless_the_reader_falls_behind() -> No
     assert s.receiver.arrival_rate() == pytest.approx(25_000, rel=0.05)
     passes(20, 0.003)
     assert s.receiver.arrival_rate() == pytest.approx(5000, rel=0.05)
+
+
+def _receiving() -> tuple[Session, int, float]:
+    """A connected receiving session, the next sequence number it expects, and the time."""
+    net = Net()
+    _c, s = connect_pair(net)
+    return s, s.receiver.next, net.now
+
+
+def test_the_peers_slow_start_ends_at_our_first_nak() -> None:
+    s, seq, t = _receiving()
+    r = s.receiver
+    for k in range(20):
+        s.endpoint.receive_datagram(_data(s, seq + k, s.payload_size), A, t + k * 1e-5)
+    assert r.peer_in_slow_start()
+    # a gap: packet seq + 20 is missing, and the NAK that says so ends the sender's slow start
+    s.endpoint.receive_datagram(_data(s, seq + 21, s.payload_size), A, t + 1e-3)
+    assert s.stats.pkt_sent_nak == 1
+    assert not r.peer_in_slow_start()
+
+
+def _acks(ep: Any) -> list[Ack]:
+    """The ACKs among the datagrams ``ep`` has to send."""
+    packets = (parse_packet_untrusted(d) for d, _a, _s in ep.datagrams_to_send())
+    return [p for p in packets if isinstance(p, Ack)]
+
+
+def test_an_ack_is_repeated_every_syn_until_the_peer_confirms_one() -> None:
+    # libudt's sender drops what comes before its receiving thread took the connection in:
+    # our first ACK may be lost that way, and the sender then waits with nothing in flight
+    s, seq, t = _receiving()
+    ep = s.endpoint
+    ep.datagrams_to_send()
+    for k in range(16):
+        ep.receive_datagram(_data(s, seq + k, s.payload_size), A, t + k * 5e-6)
+    s.receive(1 << 24)
+    first = []
+    for i in range(1, 4):
+        ep.handle_timeout(t + i * SYN)
+        first += _acks(ep)
+    # the same ACK again within 3 SYN while no ACK2 came back (the initial RTT + 4 RTTVar
+    # would have made it 300 ms)
+    assert len(first) >= 2
+    assert {a.ack for a in first} == {seq + 16}
+    ep.receive_datagram(Ack2(first[-1].ack_seqno, dest=s.socket_id).encode(), A, t + 3.5 * SYN)
+    # confirmed: the same ACK again only after RTT + 4 RTTVar, as the reference
+    ep.handle_timeout(t + 4 * SYN)
+    ep.handle_timeout(t + 5 * SYN)
+    assert _acks(ep) == []
+
+
+def test_a_sender_in_slow_start_is_told_what_brings_its_smoothed_rate_to_the_pace() -> None:
+    s, seq, t = _receiving()
+    r = s.receiver
+    ep = s.endpoint
+    ep.datagrams_to_send()
+    smoothed = 16  # the reference's sender: 7/8 of what it had, 1/8 of each report, from 16
+    for _ in range(5):
+        # 64 packets 5 us apart (200,000 packets/s) every SYN, and a full ACK after each burst
+        for k in range(64):
+            ep.receive_datagram(_data(s, seq, s.payload_size), A, t + k * 5e-6)
+            seq += 1
+        s.receive(1 << 24)
+        t += SYN
+        ep.handle_timeout(t)
+        assert r.peer_in_slow_start()
+        rates = [a.rate for a in _acks(ep) if a.rate]
+        assert len(rates) == 1
+        smoothed = (smoothed * 7 + rates[0]) >> 3
+        # one report is enough: the smoothed rate is the pace (or just under, as its filter goes)
+        assert smoothed == pytest.approx(200_000, rel=0.05)
+        assert rates[0] >= r.arrival_rate()
 
 
 def test_packet_pairs_are_timed_by_arrival_not_by_reading() -> None:
@@ -1145,7 +1235,8 @@ def test_datagrams_read_together_are_timed_by_their_own_stamps() -> None:
 
 def test_a_pass_that_left_datagrams_waiting_reports_the_intake_rate() -> None:
     net = Net()
-    _c, s = connect_pair(net)
+    _c, s = connect_pair(net, STREAM, SHORT_SLOW_START)
+    s.rtt = 0.001
     ep = s.endpoint
     ep.read_passes = True
     r = s.receiver
@@ -1163,19 +1254,20 @@ def test_a_pass_that_left_datagrams_waiting_reports_the_intake_rate() -> None:
             seq += 100
             s.receive(1 << 24)
             ep.end_of_pass(arrivals[-1] + 60e-6, backlog=backlog)
+            ep.handle_timeout(arrivals[-1] + 60e-6)
             t += 0.002
 
     passes(20, backlog=False)
-    # keeping up: the pace over bursts (bursts cut at 1 ms), not the intake
-    assert r.arrival_rate() < 40_000
+    # keeping up: the pace (83,000 packets/s), capped at RATE_CAP times what arrives
+    assert r.arrival_rate() == pytest.approx(RATE_CAP * 50_000, rel=0.05)
     # the same arrivals, but each pass stopped at its limit: the 50,000 packets/s taken in
     passes(20, backlog=True)
     assert r.arrival_rate() == pytest.approx(50_000, rel=0.02)
 
 
-def test_a_window_limited_senders_wait_for_acks_is_not_its_pace() -> None:
+def test_a_window_limited_sender_is_told_more_than_gets_through_so_its_window_grows() -> None:
     net = Net()
-    _c, s = connect_pair(net)
+    _c, s = connect_pair(net, STREAM, SHORT_SLOW_START)
     s.rtt, s.rtt_var = 0.05, 0.001  # a 50 ms link
     r = s.receiver
     seq = r.next
@@ -1188,13 +1280,18 @@ def test_a_window_limited_senders_wait_for_acks_is_not_its_pace() -> None:
             arrivals = [t + i * 50e-6 for i in range(25)]
             _stamped_batch(s, seq, arrivals, arrivals[-1] + 1e-4)
             s.receive(1 << 24)
+            s.endpoint.handle_timeout(arrivals[-1] + 1e-4)
             seq += 25
             t = arrivals[-1] + silence
 
-    # waiting a round trip for ACKs: the burst's pace (20,000 packets/s), not 25 per 50 ms
+    # waiting a round trip for ACKs: the pace is 20,000 packets/s, 25 per 51.2 ms get through,
+    # and the sender has that much in flight; it is told enough for a window (rate x
+    # (RTT + SYN) + 16) WINDOW_ROOM times that: its rate control, not its window, sets its pace
     rounds(20, 0.05)
-    assert r.arrival_rate() == pytest.approx(20_000, rel=0.02)
-    # silent far longer than a round trip (a stall): counted in, as before
+    flight = 25 / 0.0512 * s.rtt
+    assert r.arrival_rate() == pytest.approx(WINDOW_ROOM * flight / (s.rtt + 0.01), rel=0.02)
+    assert r.arrival_rate() * (s.rtt + 0.01) + 16 > WINDOW_ROOM * 25
+    # silent far longer than a round trip (a stall): what gets through is what counts
     rounds(20, 1.0)
     assert r.arrival_rate() < 100
 

@@ -10,6 +10,7 @@ See :mod:`trio_conduit.cli._main` for the exit statuses and
 :mod:`trio_conduit.cli._relay` for how stdin's end and the peer's end are handled.
 """
 
+from ._main import command as command
 from ._main import main as main
 
-__all__ = ["main"]
+__all__ = ["command", "main"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import shutil
 from typing import NamedTuple
 
@@ -45,6 +44,8 @@ def _program_error(program: str) -> str | None:
 
 def parse_exec(text: str) -> ExecSpec:
     """``--exec "PROG ARGS"``: split as a POSIX shell would (quotes, backslashes), run without one."""
+    import shlex  # here, not at the top: only --exec needs it (start-up time)
+
     try:
         argv = shlex.split(text)
     except ValueError as exc:  # "No closing quotation", "No escaped character"

@@ -14,7 +14,7 @@ import argparse
 import math
 import os
 
-__all__ = ["parse_linger", "reserve_standard_fds"]
+__all__ = ["parse_duration", "parse_linger", "parse_seconds", "reserve_standard_fds"]
 
 
 def reserve_standard_fds() -> None:
@@ -32,12 +32,38 @@ def reserve_standard_fds() -> None:
                 os.close(new)
 
 
-def parse_linger(text: str) -> float:
-    """``--linger`` seconds: a number >= 0, or ``inf``."""
+#: ncat's time units (``-w 500ms``, ``-i 2m``): a bare number is seconds.
+_UNITS = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ncat's time format: a number, and optionally a unit (``ms``, ``s``, ``m``,
+    ``h``: ``500ms``, ``1.5s``, ``2m``); ``inf`` is infinite. ``ArgumentTypeError`` for
+    anything else, and for a negative or NaN time."""
+    number, scale = text.strip(), 1.0
+    for unit, factor in _UNITS:
+        if number.endswith(unit):
+            number, scale = number[: -len(unit)], factor
+            break
     try:
-        value = float(text)
+        value = float(number) * scale
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (seconds, or a number with ms, s, m or h)"
+        ) from None
     if math.isnan(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (or inf): {text!r}")
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def parse_linger(text: str) -> float:
+    """``--linger``/``--drain-timeout``: a time >= 0 (:func:`parse_duration`), or ``inf``."""
+    return parse_duration(text)
+
+
+def parse_seconds(text: str) -> float:
+    """``--wait``/``--idle-timeout``: a time > 0 and finite (:func:`parse_duration`)."""
+    value = parse_duration(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite time: {text!r}")
     return value
