@@ -145,6 +145,9 @@ class NativeCC(CongestionControl):
         self._avg_nak_num = 0
         self._dec_count = 0
         self._max_loss_seen: int | None = None
+        self._acked = 0
+        self._flow_window: float | None = None
+        self._sent_marks: deque[tuple[int, int]] = deque()
 
     def init(self) -> None:
         self._rc_interval = self.syn_interval
@@ -152,6 +155,7 @@ class NativeCC(CongestionControl):
         self.ack_period = self._rc_interval
         self._slow_start = True
         self._last_ack = self.snd_curr_seq
+        self._acked = self.snd_curr_seq + 1
         self._loss = False
         self._last_dec_seq = self._last_ack - 1
         self._last_dec_period = 1.0
@@ -161,14 +165,59 @@ class NativeCC(CongestionControl):
         self.cwnd = 16.0
         self.pkt_send_period = 1.0
 
-    def _leave_slow_start(self) -> None:
+    def _leave_slow_start(self, *, on_loss: bool) -> None:
+        """Slow start ends: pace at the receiver's reported rate (the reference's rule).
+
+        Ended by a loss or a timeout (``on_loss``), slow start was sending its window
+        (``cwnd`` packets per RTT + SYN) unpaced, and the reported rate is kept
+        between that rate and twice it (what the next round trip would have sent).
+        A loss in the first round trips comes before the receiver has measured
+        anything: its report is then a placeholder (ours starts at 16 packets/s, the
+        reference's receiver first reports 1) that would pace a 50 ms link at a
+        packet per 60 ms for seconds. And the reference's receiver reports the
+        pace of arrivals within a burst, which for an unpaced sender is its own
+        burst speed, not the path's: taken as the rate, it overflows the path's
+        queue by thousands of packets.
+        """
         self._slow_start = False
-        if self.rcv_rate > 0:
-            self.pkt_send_period = 1_000_000.0 / self.rcv_rate
-        else:
-            self.pkt_send_period = (self.rtt + self._rc_interval) / self.cwnd
+        window_period = (self.rtt + self._rc_interval) / self.cwnd
+        if self.rcv_rate <= 0:
+            self.pkt_send_period = window_period
+            return
+        period = 1_000_000.0 / self.rcv_rate
+        if on_loss:
+            period = min(max(period, window_period / 2), window_period)
+        self.pkt_send_period = period
+
+    def _beyond_hole(self) -> int:
+        """About how many packets the receiver holds past the one the cumulative ACK waits for.
+
+        Those sent an RTT ago or earlier have arrived, or were lost and reported (the
+        holes, a few on a lossy link, are counted as held); so has the packet after a
+        NAK's last lost one. The reference counts them all as in flight; with a
+        receiver that reports the rate it really takes packets in at (ours), its
+        window (that rate times RTT + SYN) then closes while the ACK waits for a
+        retransmission, a round trip in every few on a lossy link, and the sender
+        idles for much of it.
+        """
+        marks = self._sent_marks
+        now = self.now
+        marks.append((now, self.snd_curr_seq))
+        horizon = now - self.rtt
+        while len(marks) > 1 and marks[1][0] <= horizon:
+            marks.popleft()
+        arrived = marks[0][1] if marks[0][0] <= horizon else -1
+        top = self._max_loss_seen
+        if top is not None:
+            arrived = max(arrived, top + 1)
+        return max(0, arrived - self._acked)
+
+    def _update_window(self) -> None:
+        if self._flow_window is not None:
+            self.cwnd = self._flow_window + self._beyond_hole()
 
     def on_ack(self, ack: int) -> None:
+        self._acked = max(self._acked, ack)
         if self.now - self._last_rc_time < self._rc_interval:
             return
         self._last_rc_time = self.now
@@ -176,20 +225,30 @@ class NativeCC(CongestionControl):
             self.cwnd += ack - self._last_ack
             self._last_ack = ack
             if self.cwnd > self.max_cwnd:
-                self._leave_slow_start()
+                self._leave_slow_start(on_loss=False)
             else:
                 return
         else:
-            self.cwnd = self.rcv_rate / 1_000_000.0 * (self.rtt + self._rc_interval) + 16
+            # The reference's receiver reports the pace packets arrive at within bursts:
+            # for a paced sender, its own pace. Ours reports what it took in over time,
+            # which a window closed by that report would hold down: the window is at
+            # least the pace's worth of packets (flow control is the peer's flow window).
+            rate = max(self.rcv_rate, 1_000_000.0 / self.pkt_send_period)
+            self._flow_window = rate / 1_000_000.0 * (self.rtt + self._rc_interval) + 16
+            self._update_window()
         if self._slow_start:
             return
         if self._loss:
             self._loss = False
             return
-        min_inc = 0.01
-        spare = self.bandwidth - 1_000_000.0 / self.pkt_send_period
-        if self.pkt_send_period > self._last_dec_period and self.bandwidth / 9 < spare:
-            spare = self.bandwidth / 9
+        min_inc = 1.0 / self.mss
+        # The link's capacity is at least the rate the receiver takes packets in at: its
+        # packet-pair estimate starts from a placeholder (1,000 packets/s) that a slow
+        # start cut short by an early loss may not get enough pairs to replace for seconds.
+        capacity = max(self.bandwidth, self.rcv_rate)
+        spare = int(capacity - 1_000_000.0 / self.pkt_send_period)
+        if self.pkt_send_period > self._last_dec_period and capacity // 9 < spare:
+            spare = capacity // 9
         if spare <= 0:
             inc = min_inc
         else:
@@ -206,15 +265,15 @@ class NativeCC(CongestionControl):
         top = self._max_loss_seen
         if top is not None:
             losses = [(max(first, top + 1), last) for first, last in losses if last > top]
-            if not losses:
-                return
-        self._max_loss_seen = max(last for _, last in losses) if losses else top
+        if losses:
+            self._max_loss_seen = max(last for _, last in losses)
+        # a report, repeated or not, is also news of what arrived past the hole
+        self._update_window()
+        if not losses:
+            return
         if self._slow_start:
-            self._slow_start = False
-            if self.rcv_rate > 0:
-                self.pkt_send_period = 1_000_000.0 / self.rcv_rate
-                return
-            self.pkt_send_period = self.cwnd / (self.rtt + self._rc_interval)
+            # then, as the reference, this loss is also the first decrease
+            self._leave_slow_start(on_loss=True)
         self._loss = True
         if losses and losses[0][0] > self._last_dec_seq:
             self._last_dec_period = self.pkt_send_period
@@ -236,7 +295,7 @@ class NativeCC(CongestionControl):
 
     def on_timeout(self) -> None:
         if self._slow_start:
-            self._leave_slow_start()
+            self._leave_slow_start(on_loss=True)
 
 
 def parse_rate(text: str | float) -> float:

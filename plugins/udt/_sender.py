@@ -195,6 +195,8 @@ class Sender:
         self.next = 0
         self.last_ack = 0
         self.loss = LossList()
+        #: What the peer reported lost and has not acknowledged yet, by when it was reported.
+        self.holes = LossList()
         #: When the next packet is due (pacing), and whether there is anything to send.
         self.next_time = now
         self.want = False
@@ -207,6 +209,8 @@ class Sender:
         self._bw_seen = False
         self._last_ack2_seqno = -1
         self._last_ack2_time = -_NEVER
+        #: When the cumulative ACK last moved (or the packet it waits for was last resent).
+        self._ack_moved = now
 
     def reset(self, isn: int) -> None:
         self.next = isn
@@ -220,6 +224,7 @@ class Sender:
 
     def clear(self) -> None:
         self.loss.clear()
+        self.holes.clear()
         self.buffer.clear()
 
     # -- taking data ------------------------------------------------------------
@@ -458,8 +463,11 @@ class Sender:
             self.last_ack = ack
         buffer = self.buffer
         if ack <= buffer.start:
+            self.resend_stuck(now)
             return
+        self._ack_moved = now
         self.loss.remove_below(ack)
+        self.holes.remove_below(ack)
         buffer.release(ack)
         if rtt > 0:
             s._rtt_sample(rtt / 1_000_000)
@@ -518,8 +526,44 @@ class Sender:
         for first, last in runs:
             if last >= floor:
                 added += self.loss.insert(max(first, floor), last)
+                self.holes.insert(max(first, floor), last, now)
         self.stats.pkt_snd_loss += added
+        self.resend_stuck(now)
         if self.loss:
+            self.wake(now)
+
+    def _stuck_wait(self) -> float:
+        s = self._session
+        return 2 * (s.rtt + 2 * s.rtt_var + SYN)
+
+    def stuck_deadline(self) -> float:
+        """When the packets the cumulative ACK waits for are resent (see :meth:`resend_stuck`)."""
+        if self.buffer.start >= self.next:
+            return _NEVER
+        return self._ack_moved + self._stuck_wait()
+
+    def resend_stuck(self, now: float) -> None:
+        """The cumulative ACK has not moved for two round trips: resend what it waits for.
+
+        That is the packet at the ACK, and every loss the peer reported a round trip
+        ago or earlier: their retransmissions were lost too (or, for the
+        packet at the ACK, its loss was never reported: the last packets before a
+        pause). A receiver that reports each loss once, as the reference's does,
+        leaves them to the sender's EXP timer: that one does not fire while the
+        receiver's other reports keep coming, so the sender runs on until the flow
+        window is used up; and when it fires (at least 300 ms of silence), the
+        whole window is resent, though the receiver lacks a few packets of it.
+        """
+        if now < self.stuck_deadline():
+            return
+        self._ack_moved = now
+        head = self.buffer.start
+        added = self.loss.insert(head, head)
+        # a retransmission sent when its loss was reported is acknowledged a round trip on
+        for first, last in self.holes.due(now, self._stuck_wait() / 2, len(self.holes)):
+            added += self.loss.insert(first, last)
+        if added:
+            self.stats.pkt_snd_loss += added
             self.wake(now)
 
 

@@ -456,6 +456,7 @@ class Session:
             d = min(d, self._confirm_until, self._last_request + _CONFIRM_PROBE)
         elif sender.want and (sender.loss or sender.can_send_new()):
             d = min(d, sender.next_time)
+        d = min(d, sender.stuck_deadline())
         if state is State.CLOSING:
             d = min(d, self._linger_deadline)
         return d
@@ -501,6 +502,7 @@ class Session:
             self._on_exp(now)
             if self.state is State.CLOSED:
                 return
+        sender.resend_stuck(now)
         if self._confirm_until != -_NEVER:
             if now >= self._confirm_until:
                 self._confirmed(now)  # the peer never said; send anyway

@@ -52,8 +52,10 @@ if TYPE_CHECKING:
 __all__ = ["benchmarks", "main", "run_udt_bench"]
 
 _ME = [sys.executable, "-m", "trio_conduit_plugins.udt.bench"]
-_NS_A, _NS_B = "conduit-udt-a", "conduit-udt-b"
-_TUN_A, _TUN_B = "cdudta", "cdudtb"
+# Named after this process: two benchmarks running at once keep to their own namespaces
+# and devices (a device name has at most 15 characters).
+_NS_A, _NS_B = f"conduit-udt-a{os.getpid()}", f"conduit-udt-b{os.getpid()}"
+_TUN_A, _TUN_B = f"cdua{os.getpid()}", f"cdub{os.getpid()}"
 _ADDR_A, _ADDR_B = "10.77.0.1", "10.77.0.2"
 #: The link's contenders, in the order they run.
 LINK_CONTENDERS: tuple[str, ...] = (

@@ -6,6 +6,7 @@ import itertools
 import math
 import random
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -1293,3 +1294,85 @@ def test_a_window_limited_sender_is_told_more_than_gets_through_so_its_window_gr
     # silent far longer than a round trip (a stall): what gets through is what counts
     rounds(20, 1.0)
     assert r.arrival_rate() < 100
+
+
+def _lose_twice(
+    net: Net, seqs: list[int], *, also: Callable[[int], bool] = lambda seq: False
+) -> tuple[Session, Session, dict[int, list[float]]]:
+    """A pair at 2 MB/s, 50 ms RTT, its receiver reporting each loss once (the
+    reference's: no periodic NAK); the packets ``seqs`` (offsets from the ISN) lose
+    their first two sends, those ``also`` picks their first. Returns the send times."""
+    net.delay = 0.025
+    c, s = connect_pair(net, Config(congestion=lambda: FixedRateCC("2M")), Config(periodic_nak=False))
+    sends: dict[int, list[float]] = {c.isn + seq: [] for seq in seqs}
+    once: set[int] = set()
+
+    def drop(w: Wire) -> bool:
+        pk = w.packet
+        if not isinstance(pk, DataPacket):
+            return False
+        if pk.seq in sends:
+            sends[pk.seq].append(w.time)
+            return len(sends[pk.seq]) <= 2
+        if also(pk.seq - c.isn) and pk.seq not in once:
+            once.add(pk.seq)
+            return True
+        return False
+
+    net.blackhole = drop
+    return c, s, sends
+
+
+def _stream(net: Net, c: Session, s: Session, packets: int) -> None:
+    data = bytes(range(256)) * (packets * c.payload_size // 256)
+    assert transfer(net, c, s, data, timeout=30) == data
+
+
+def test_a_lost_retransmission_is_resent_without_waiting_for_exp() -> None:
+    # Data keeps flowing: the receiver's other reports keep the sender's EXP timer from
+    # firing. The packet the cumulative ACK waits for is resent once the ACK has not
+    # moved for two round trips.
+    net = Net()
+    # once the RTT estimate has settled; other losses, lost once, keep reports coming
+    c, s, sends = _lose_twice(net, [1000], also=lambda seq: seq % 50 == 0)
+    _stream(net, c, s, 3000)
+    (times,) = sends.values()
+    assert len(times) == 3
+    lost = c.isn + 1000
+    naks = [w for w in net.packets(B, A) if isinstance(w.packet, Nak) and lost in _nak_seqs(w.packet)]
+    assert len(naks) == 1  # reported once: the third send is the sender's own doing
+    # within a few round trips of the lost retransmission, while the transfer went on
+    assert times[2] - times[1] < 4 * (2 * net.delay + 0.01)
+    assert max(w.time for w in net.packets(A, B)) > times[2] + 0.5
+    assert c.stats.pkt_timeout_loss == 0
+
+
+def _nak_seqs(nak: Nak) -> set[int]:
+    return {seq for first, last in nak.losses for seq in range(first, last + 1)}
+
+
+def test_a_lost_retransmission_at_the_end_is_resent_before_exp() -> None:
+    # The last packets, one lost twice: nothing more arrives to report anything, and a
+    # receiver that reports each loss once goes quiet. The stuck packet is resent two
+    # round trips on, before EXP (at least 300 ms) would resend all that is unacknowledged.
+    net = Net()
+    c, s, sends = _lose_twice(net, [1995])
+    _stream(net, c, s, 2000)
+    (times,) = sends.values()
+    assert len(times) == 3
+    assert times[2] - times[1] < 0.3
+    assert c.stats.pkt_timeout_loss == 0
+    assert c.stats.pkt_retrans == 2  # that packet alone
+
+
+def test_reported_losses_whose_retransmissions_were_lost_are_resent_together() -> None:
+    # A burst of losses, each retransmission lost too, near the end: one timer resends
+    # them all, not one hole per timer, and not the whole window (EXP).
+    net = Net()
+    c, s, sends = _lose_twice(net, [1960 + 3 * i for i in range(8)])
+    _stream(net, c, s, 2000)
+    assert all(len(times) == 3 for times in sends.values())
+    thirds = [times[2] for times in sends.values()]
+    assert max(thirds) - min(thirds) < 0.01  # one round
+    assert c.stats.pkt_timeout_loss == 0
+    assert c.stats.pkt_retrans == 2 * len(sends)
