@@ -29,7 +29,9 @@ from .test_udt_interop import run_peer
 
 pytestmark = pytest.mark.interop
 
-SIZE = 96 * 1024 * 1024
+#: Enough for a second or more at loopback speed, so that both sides take several samples
+#: of the transfer's second half (libudt's perfmon every 100 ms, ours every 50 ms).
+SIZE = 192 * 1024 * 1024
 #: Loopback's round trip is tens of microseconds; a receiver that counts the time a packet
 #: waits in its socket (or its ACK in a batch) reports milliseconds to a hundred.
 RTT_BOUND_MS = 2.0
@@ -44,7 +46,7 @@ def udtpeer() -> Path:
 
 
 class Sampler:
-    """Our receiving session's own figures, every 100 ms of a transfer (by the reader's clock)."""
+    """Our receiving session's own figures, every 50 ms of a transfer (by the reader's clock)."""
 
     def __init__(self, conn: Any) -> None:
         self.session = conn.session
@@ -54,7 +56,7 @@ class Sampler:
     def maybe(self) -> None:
         t = time.perf_counter()
         if t >= self._next:
-            self._next = t + 0.1
+            self._next = t + 0.05
             s = self.session
             self.samples.append((t, s.stats.pkt_recv, s.rtt * 1000, s.receiver.arrival_rate()))
 
