@@ -275,7 +275,7 @@ class NativeCC(CongestionControl):
             # then, as the reference, this loss is also the first decrease
             self._leave_slow_start(on_loss=True)
         self._loss = True
-        if losses and losses[0][0] > self._last_dec_seq:
+        if losses[0][0] > self._last_dec_seq:
             self._last_dec_period = self.pkt_send_period
             self.pkt_send_period = math.ceil(self.pkt_send_period * 1.125)
             self._avg_nak_num = math.ceil(self._avg_nak_num * 0.875 + self._nak_count * 0.125)

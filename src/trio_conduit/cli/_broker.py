@@ -60,7 +60,7 @@ from typing import Final
 import trio
 
 from .._connection import Connection, StreamConnection
-from .._errors import ConduitError
+from ._report import BROKEN
 
 __all__ = ["LINE_LIMIT", "OUTBOX_LIMIT", "PATIENCE", "ChatLines", "Hub", "escape"]
 
@@ -74,7 +74,6 @@ PATIENCE: Final = 5.0
 LINE_LIMIT: Final = 16 << 10
 #: Bytes per read of a client.
 READ_SIZE: Final = 64 << 10
-_BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ConduitError)
 
 
 # ---------------------------------------------------------------------------
@@ -263,7 +262,7 @@ class Hub:
             # Either way's end, or its failure, is the client's leave.
             try:
                 await run()
-            except _BROKEN as exc:
+            except BROKEN as exc:
                 _log.info("conn #%d from %s: %s", conn.id, self.describe(conn), exc)
             member.scope.cancel()
 

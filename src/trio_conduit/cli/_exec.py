@@ -71,8 +71,8 @@ from typing import Final
 import trio
 
 from .._connection import CommunicationInfo, Connection, DatagramConnection, StreamConnection
-from .._errors import ConduitError
 from ._exec_args import ExecSpec
+from ._report import BROKEN
 from ._stdio import CHUNK, DATAGRAM_CHUNK, kernel_socket, read_pieces
 
 __all__ = ["CANNOT_RUN", "GRACE", "KILL_AFTER", "child_environment", "exit_status", "first_of", "run_exec"]
@@ -86,7 +86,6 @@ KILL_AFTER: Final = 2.0
 #: The status when the program could not be started at all (as a shell's 127).
 CANNOT_RUN: Final = 127
 
-_BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ConduitError)
 #: ncat's NCAT_PROTO values for the transports that have one; others get their scheme upper-cased.
 _PROTO: Final = {"tcp": "TCP", "tls": "TCP", "udp": "UDP", "dtls": "UDP", "sctp": "SCTP", "tls+sctp": "SCTP"}
 _ADDRESS_NAMES: Final = ("REMOTE_ADDR", "REMOTE_PORT", "LOCAL_ADDR", "LOCAL_PORT", "PROTO")
@@ -234,7 +233,7 @@ class _Session:
     async def _guarded(self, part: Callable[[], Awaitable[None]]) -> None:
         try:
             await part()
-        except _BROKEN as exc:
+        except BROKEN as exc:
             self.broken = exc
             self._scope.cancel()
 

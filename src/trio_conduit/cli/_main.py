@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 # Start-up: ``--version`` and ``--help`` build the parser and stop, so this module imports
 # no Trio and no transport at the top; each command's modules (``_relay``, ``_check``,
-# ``_bench``, ...) are imported by :func:`_dispatch` when that command runs (the docs'
+# ``_bench``, ...) are imported by :func:`_prepare` when that command runs (the docs'
 # architecture page, "Start-up").
 
 __all__ = ["build_parser", "command", "main"]
@@ -394,8 +394,8 @@ def _report(exc: BaseException, verbose: int) -> int:
 
     import trio
 
-    from .._errors import AddressError, ConduitError
-    from ._report import error_line, leaves
+    from .._errors import AddressError
+    from ._report import BROKEN, error_line, leaves
     from ._stdio import OutputClosed
 
     found = [e for e in leaves(exc) if not isinstance(e, trio.Cancelled)]
@@ -407,7 +407,7 @@ def _report(exc: BaseException, verbose: int) -> int:
     if isinstance(first, AddressError):
         _say(str(first))
         return EXIT_USAGE
-    if isinstance(first, (ConduitError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
+    if isinstance(first, BROKEN):
         _say(error_line(first))
         if verbose >= 2:
             traceback.print_exception(first)

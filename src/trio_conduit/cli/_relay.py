@@ -41,9 +41,10 @@ import trio
 
 from .._address import Address
 from .._connection import Connection, DatagramConnection, Kind, StreamConnection
-from .._errors import AddressError, ConduitError
+from .._errors import AddressError
 from .._pool import Pool, open_pool
 from ._access import access_keywords
+from ._report import BROKEN
 from ._stdio import (
     CHUNK,
     DATAGRAM_CHUNK,
@@ -276,7 +277,7 @@ async def _close_politely(conn: Connection) -> None:
                 await conn.send_eof()
                 while await conn.receive_some(CHUNK):
                     pass
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ConduitError):
+    except BROKEN:
         pass  # the peer went first: nothing more to be polite about
     finally:
         await conn.aclose()
@@ -382,7 +383,7 @@ async def _broadcast_stdin(
                     await conn.send(data)
                 elif isinstance(conn, StreamConnection):
                     await conn.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ConduitError) as exc:
+            except BROKEN as exc:
                 _log.info("conn #%d: not sent (%s)", conn.id, exc)
 
     await _read_input(probe(0), send, lines=lines, chunk=chunk)
@@ -391,7 +392,7 @@ async def _broadcast_stdin(
             try:
                 if isinstance(conn, trio.abc.HalfCloseableStream):
                     await conn.send_eof()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ConduitError) as exc:
+            except BROKEN as exc:
                 _log.info("conn #%d: no end of stream sent (%s)", conn.id, exc)
         then_close.cancel()  # the handlers are cancelled; serve() closes their connections
 
@@ -434,7 +435,7 @@ async def _listen_keep_open(pool: Pool, url: str, args: argparse.Namespace, outp
                         await output.write(data)
             except OutputClosed:
                 nursery.cancel_scope.cancel()
-            except (trio.BrokenResourceError, OSError, ConduitError) as exc:
+            except BROKEN as exc:
                 # One client's trouble is not the listener's: note it at -v, serve the next.
                 _log.info("connection #%d from %s: %s", conn.id, _peer(conn), exc)
             finally:

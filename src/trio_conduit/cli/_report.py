@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import errno as _errno
 from collections.abc import Iterator
+from typing import Final
 
 import trio
 
 from .._errors import ConduitError
 
-__all__ = ["error_line", "leaves"]
+__all__ = ["BROKEN", "error_line", "leaves"]
+
+#: What a connection raises when it breaks or its peer goes: a command reports it with
+#: :func:`error_line` (exit status 1), a session among many logs it and goes on.
+BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ConduitError)
 
 
 def leaves(exc: BaseException) -> Iterator[BaseException]:
