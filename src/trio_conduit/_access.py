@@ -40,7 +40,6 @@ import logging
 import os
 import re
 import socket
-import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, TypeAlias, final
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Final, TypeAlias, final
 import trio
 
 from ._errors import AddressError
+from ._util import LINGER_ZERO, peer_text
 
 if TYPE_CHECKING:
     from ._connection import Listener
@@ -71,7 +71,6 @@ _IPV4_CHARS: Final = frozenset("0123456789*-./")
 _ALL_OCTETS: Final = (1 << 256) - 1
 #: Datagram peers whose refusal was traced recently (one trace line each, not one per datagram).
 _TRACED_PEERS_MAX: Final = 1024
-_LINGER_ZERO: Final = struct.pack("ii", 1, 0)
 
 
 @dataclass(frozen=True)
@@ -391,7 +390,7 @@ class AccessGate:
             self._tracer.info(
                 "%s from %s denied by the access rules (%d denied so far)",
                 "datagram" if datagram else "connection",
-                _show(peer),
+                peer_text(peer),
                 self.denied,
             )
         return False
@@ -400,17 +399,10 @@ class AccessGate:
     def refuse(sock: trio.socket.SocketType) -> None:
         """Close a refused stream socket at once, with an RST (``SO_LINGER`` 0)."""
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
         except OSError:
             pass
         sock.close()
-
-
-def _show(peer: object) -> str:
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host = str(peer[0])
-        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
-    return str(peer)
 
 
 async def open_gate(allow: object, deny: object, tracer: Tracer) -> AccessGate | None:

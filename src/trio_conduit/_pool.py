@@ -24,6 +24,7 @@ from ._pool_options import CORE_OPTIONS, check_drain_timeout, check_timeout, kno
 from ._sockets import SocketOptions, SocketRole
 from ._trace import Tracer
 from ._transport import Context, Transport
+from ._util import peer_text
 
 if TYPE_CHECKING:
     from ._access import AccessGate, AccessSource
@@ -163,7 +164,7 @@ class PoolListener(Listener):
             tracer.info(
                 "%s connection accepted from %s on %s (conn #%d) event #%d",
                 self.transport.name,
-                _fmt(conn.info.remote),
+                peer_text(conn.info.remote),
                 self.address,
                 conn.id,
                 tracer.next_event_id(),
@@ -178,15 +179,6 @@ class PoolListener(Listener):
     async def aclose(self) -> None:
         self._owner.pool._listeners.discard(self)
         await self._inner.aclose()
-
-
-def _fmt(sockaddr: object) -> str:
-    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2 and isinstance(sockaddr[0], str):
-        host = sockaddr[0]
-        return f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
-    if isinstance(sockaddr, bytes) and sockaddr.startswith(b"\0"):
-        return "@" + sockaddr[1:].decode(errors="replace")
-    return str(sockaddr) if sockaddr else "(unnamed)"
 
 
 @final
@@ -476,7 +468,10 @@ class Pool:
             raise
         if tracing:
             tracer.info(
-                "connect succeeded for event #%d (conn #%d) [%s]", event_id, conn_id, _fmt(conn.info.remote)
+                "connect succeeded for event #%d (conn #%d) [%s]",
+                event_id,
+                conn_id,
+                peer_text(conn.info.remote),
             )
         await self._owner.adopt(conn)
         return conn

@@ -3,15 +3,33 @@
 :class:`ConflictDetector` is the one guard for trio's rule that a stream or
 channel has at most one sending and one receiving task at a time (trio's own
 ``_util.ConflictDetector`` is private, so we keep ours: a few lines).
+:func:`peer_text` is the one way a socket address is written in trace lines, logs
+and errors; :data:`LINGER_ZERO` the ``SO_LINGER`` value that makes ``close()`` send
+an RST.
 """
 
 from __future__ import annotations
 
-from typing import final
+import struct
+from typing import Final, final
 
 import trio
 
-__all__ = ["ConflictDetector"]
+__all__ = ["LINGER_ZERO", "ConflictDetector", "peer_text"]
+
+#: ``setsockopt(SOL_SOCKET, SO_LINGER, LINGER_ZERO)``: ``close()`` then resets the connection.
+LINGER_ZERO: Final = struct.pack("ii", 1, 0)
+
+
+def peer_text(sockaddr: object) -> str:
+    """A socket address for people: ``host:port``, ``[v6]:port``, ``@name`` for a Linux abstract
+    unix address, the path of a unix one; ``(unnamed)`` for none (an unbound unix peer)."""
+    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
+        host = str(sockaddr[0])
+        return f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
+    if isinstance(sockaddr, bytes):
+        return "@" + sockaddr[1:].decode(errors="replace") if sockaddr.startswith(b"\0") else repr(sockaddr)
+    return str(sockaddr) if sockaddr else "(unnamed)"
 
 
 @final

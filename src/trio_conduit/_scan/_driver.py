@@ -14,7 +14,6 @@ import os
 import resource
 import select
 import socket
-import struct
 from _socket import socket as _raw_socket
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Final
 import trio
 
 from .._errors import AddressError
+from .._util import LINGER_ZERO
 from ._engine import PortState, Probe, ScanEngine, ScanReason, ScanResult
 from ._ports import parse_ports
 
@@ -60,7 +60,6 @@ REASON_OF_ERRNO: Final = {
 }
 #: File descriptors kept free for everything else the process does.
 FD_RESERVE: Final = 24
-_LINGER_0: Final = struct.pack("ii", 1, 0)
 _EPOLL_OUT: Final = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 _EPOLL_IN: Final = select.EPOLLIN | select.EPOLLERR
 
@@ -246,7 +245,7 @@ async def scan(
             if sock.getsockname() == sock.getpeername():  # a self-connect: our own port, not a listener
                 code = errno.EADDRINUSE
             else:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_0)  # close with RST
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)  # close with RST
         sock.close()
         if code == 0:
             engine.answered(probe, ScanReason.SYN_ACK, now)

@@ -43,6 +43,7 @@ from .._address import Address
 from .._connection import Connection, DatagramConnection, Kind, StreamConnection
 from .._errors import AddressError
 from .._pool import Pool, open_pool
+from .._util import peer_text
 from ._access import access_keywords
 from ._report import BROKEN
 from ._stdio import (
@@ -493,11 +494,7 @@ async def _listen_socks5(pool: Pool, url: str, args: argparse.Namespace) -> int:
 
 
 def _peer(conn: Connection) -> str:
-    remote = conn.info.remote
-    if isinstance(remote, tuple) and len(remote) >= 2:
-        host = str(remote[0])
-        return f"[{host}]:{remote[1]}" if ":" in host else f"{host}:{remote[1]}"
-    return str(remote) if remote else "(unnamed)"
+    return peer_text(conn.info.remote)
 
 
 async def run_listen(args: argparse.Namespace, url: str, drain: Drain | None = None) -> int:

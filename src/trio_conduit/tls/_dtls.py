@@ -52,7 +52,7 @@ from OpenSSL import SSL, crypto
 from .._connection import CommunicationInfo, Connection, DatagramConnection, Listener, StreamConnection
 from .._errors import MessageTooLarge
 from .._socket_channel import DatagramEndpoint, DatagramListener
-from .._util import ConflictDetector
+from .._util import ConflictDetector, peer_text
 from ._certs import Certificate
 from ._config import Side, TLSConfig
 from ._dtls_config import build_dtls_context
@@ -213,13 +213,6 @@ def _session_reused(conn: SSL.Connection) -> bool:
         return _SSL_session_reused is not None and bool(_SSL_session_reused(conn._ssl))
     except AttributeError:
         return False
-
-
-def _peer_text(addr: object) -> str:
-    if isinstance(addr, tuple) and len(addr) >= 2 and isinstance(addr[0], str):
-        host = addr[0]
-        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
-    return str(addr)
 
 
 @final
@@ -646,7 +639,7 @@ class DTLSListener(Listener):
             self.dropped += 1
             return
         if assoc is not None:
-            self._tracer.debug("DTLS: a new connection from %s replaces its association", _peer_text(addr))
+            self._tracer.debug("DTLS: a new connection from %s replaces its association", peer_text(addr))
             del self._associations[addr]
             assoc.send.close()
         self._start_association(addr, hello, nursery)
@@ -679,7 +672,7 @@ class DTLSListener(Listener):
             try:
                 await endpoint.send_to(datagram, addr)
             except (OSError, MessageTooLarge, trio.BrokenResourceError) as exc:  # (a vanished unix peer too)
-                raise trio.BrokenResourceError(f"sending to {_peer_text(addr)} failed: {exc}") from exc
+                raise trio.BrokenResourceError(f"sending to {peer_text(addr)} failed: {exc}") from exc
 
         async def receive_datagram() -> bytes:
             return await assoc_box[0].receive.receive()

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, NoReturn, TypeVar, cast, 
 import trio
 
 from .._connection import StreamConnection
+from .._util import peer_text
 from ._certs import Certificate
 from ._config import Side, TLSConfig, build_context, trace_matches
 from ._errors import (
@@ -124,15 +125,6 @@ class TunnelPlan:
         self.buffered = buffered
 
 
-def _peer_text(sockaddr: object) -> str:
-    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2 and isinstance(sockaddr[0], str):
-        host = sockaddr[0]
-        return f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
-    if isinstance(sockaddr, bytes):
-        return "@" + sockaddr[1:].decode(errors="replace") if sockaddr.startswith(b"\0") else repr(sockaddr)
-    return str(sockaddr) if sockaddr else "(unnamed peer)"
-
-
 def _is_ip(name: str) -> bool:
     host = name.split("%", 1)[0]
     for family in (socket.AF_INET, socket.AF_INET6):
@@ -207,7 +199,7 @@ class TLSHandshake:
     def peer(self) -> str:
         """The peer as text: the address connected to, or the accepted socket's peer."""
         if self._peer is None:
-            self._peer = _peer_text(self.remote)
+            self._peer = peer_text(self.remote)
         return self._peer
 
     @property
