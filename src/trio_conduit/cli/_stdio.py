@@ -199,14 +199,17 @@ async def read_pieces(
         while data := await inp.receive_some(chunk):
             await send(bytes(data))
         return
-    pending = b""
+    pending = bytearray()  # a line's start, from earlier reads: each byte is looked at once
     while data := await inp.receive_some(CHUNK):
-        pending += data
-        *complete, pending = pending.split(b"\n")
-        for line in complete:
-            await send(line + b"\n")
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            pending += data[start : end + 1]
+            await send(bytes(pending))
+            pending.clear()
+            start = end + 1
+        pending += data[start:]
     if pending:
-        await send(pending)
+        await send(bytes(pending))
 
 
 def _open_output(std: StdFd) -> trio.abc.SendStream:
