@@ -404,8 +404,6 @@ class DatagramListener(Listener):
         )
         self._ctx = ctx
         self._address = address
-        self.transport = ctx.address.scheme
-        self._queue = queue
         self._peers: dict[SockAddr, PeerChannel] = {}
         backlog = ctx.socket_options.backlog
         self._new_send, self._new_recv = trio.open_memory_channel[PeerChannel](
@@ -452,7 +450,7 @@ class DatagramListener(Listener):
                     return
                 peer = self._peers.get(key)
                 if peer is None:
-                    peer = PeerChannel(self, key, self._ctx.new_conn_id(), self._queue)
+                    peer = PeerChannel(self, key, self._ctx.new_conn_id(), self.endpoint.queue)
                     try:
                         self._new_send.send_nowait(peer)
                     except trio.WouldBlock:
